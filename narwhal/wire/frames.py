@@ -1,0 +1,184 @@
+"""Application frames: the length-prefixed records inside the decrypted Noise byte stream.
+
+Layout (all integers big-endian; ``wire_spec.md`` section 5 is the authority)::
+
+    +----------+--------+--------------+----------+-----------------+
+    | length   | kind   | request id   | type tag | body            |
+    | u32      | u8     | u32          | u16      | length - 7 bytes|
+    +----------+--------+--------------+----------+-----------------+
+
+``length`` counts every byte after itself, so it is at least :data:`FRAME_HEADER_TAIL`
+(7). A frame whose ``length`` exceeds the receiver's maximum is rejected as soon as its
+four length bytes arrive: the decoder never allocates for a size a peer merely *declared*.
+
+This module is sans-IO: :class:`FrameDecoder` takes bytes and hands out :class:`Frame`
+objects; :func:`encode_frame` / :func:`frame_header` turn frames into bytes. It knows
+nothing about Noise, sockets or asyncio.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final, NoReturn
+
+import attrs
+
+from narwhal.errors import FrameError, FrameTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "FRAME_HEADER",
+    "FRAME_HEADER_TAIL",
+    "Frame",
+    "FrameDecoder",
+    "FrameKind",
+    "encode_frame",
+    "frame_header",
+]
+
+#: Largest accepted value of the length field (8 MiB, as in both reference Narwhals).
+#: Protects against a peer declaring a huge frame to make us buffer it.
+DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
+
+#: ``length`` (u32), ``kind`` (u8), ``request id`` (u32), ``type tag`` (u16).
+FRAME_HEADER: Final = struct.Struct(">IBIH")
+#: Bytes of header that ``length`` counts (kind + request id + tag).
+FRAME_HEADER_TAIL: Final = FRAME_HEADER.size - 4
+
+#: Largest request id (u32). Ids wrap around; 0 is never used for a request.
+MAX_REQUEST_ID: Final = 0xFFFF_FFFF
+#: Largest type tag (u16).
+MAX_TYPE_TAG: Final = 0xFFFF
+
+#: When the consumed prefix of the receive buffer exceeds this, the buffer is compacted.
+#: Compacting lazily keeps parsing many small frames O(n) instead of O(n^2).
+_COMPACT_THRESHOLD: Final = 256 * 1024
+
+
+class FrameKind(enum.IntEnum):
+    """What a frame is for. Unknown kinds are a protocol error."""
+
+    #: Expects exactly one RESPONSE or ERROR with the same request id.
+    REQUEST = 0
+    #: Successful answer to the REQUEST with the same id.
+    RESPONSE = 1
+    #: Fire-and-forget message; request id is 0.
+    ONEWAY = 2
+    #: Failure answer to a REQUEST (or, with id 0, a connection-level notice); body [code, text].
+    ERROR = 3
+    #: Keepalive probe; the receiver answers PONG with the same id and an empty body.
+    PING = 4
+    #: Answer to PING.
+    PONG = 5
+    #: The sender will start no new requests on this connection; body [code, text].
+    GOAWAY = 6
+
+
+_KINDS: Final = frozenset(int(k) for k in FrameKind)
+
+
+@attrs.frozen(slots=True)
+class Frame:
+    """One decoded frame. ``body`` is the raw (still encoded) message body."""
+
+    kind: FrameKind
+    request_id: int
+    tag: int
+    body: bytes = b""
+
+
+def frame_header(kind: FrameKind, request_id: int, tag: int, body_length: int) -> bytes:
+    """The 11 header bytes of a frame; write the body right after them.
+
+    Split from :func:`encode_frame` so a large body (a 500 KB batch) can be written
+    without first being copied behind its header.
+    """
+    return FRAME_HEADER.pack(FRAME_HEADER_TAIL + body_length, kind, request_id, tag)
+
+
+def encode_frame(kind: FrameKind, request_id: int = 0, tag: int = 0, body: bytes = b"") -> bytes:
+    """One whole frame as bytes (header + body)."""
+    return frame_header(kind, request_id, tag, len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental frame parser: ``receive_data(bytes)`` then ``next_frame()`` until None.
+
+    Guarantees:
+    - a declared length above ``max_frame_size`` raises :class:`FrameTooLarge` before any
+      of that frame's body is buffered;
+    - an unknown frame kind raises :class:`FrameError`;
+    - after either error the decoder is unusable (every call raises again), because the
+      stream has lost its framing and nothing after the error can be trusted;
+    - the receive buffer never holds more than one maximal frame plus ``slack`` bytes;
+      callers must drain ``next_frame()`` after each ``receive_data()``.
+    """
+
+    __slots__ = ("_buf", "_pos", "_max_frame_size", "_max_buffer", "_error")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *, slack: int = 65536):
+        if max_frame_size < FRAME_HEADER_TAIL:
+            raise ValueError(f"max_frame_size must be >= {FRAME_HEADER_TAIL}")
+        self._buf = bytearray()
+        self._pos = 0
+        self._max_frame_size = max_frame_size
+        self._max_buffer = max_frame_size + 4 + slack
+        self._error: FrameError | None = None
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes. Raises when the buffer would exceed its cap."""
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        if len(self._buf) - self._pos > self._max_buffer:
+            self._fail(FrameTooLarge(f"receive buffer over {self._max_buffer} bytes (frames not drained)"))
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None when more data is needed."""
+        if self._error is not None:
+            raise self._error
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 4:
+            return None
+        (length,) = struct.unpack_from(">I", buf, pos)
+        if length > self._max_frame_size:
+            self._fail(FrameTooLarge(f"frame length {length} exceeds maximum {self._max_frame_size}"))
+        if length < FRAME_HEADER_TAIL:
+            self._fail(FrameError(f"frame length {length} is shorter than the frame header"))
+        if available < 4 + length:
+            return None
+        _, kind, request_id, tag = FRAME_HEADER.unpack_from(buf, pos)
+        if kind not in _KINDS:
+            self._fail(FrameError(f"unknown frame kind {kind}"))
+        start = pos + FRAME_HEADER.size
+        end = pos + 4 + length
+        body = bytes(buf[start:end]) if end > start else b""
+        self._consume(end)
+        return Frame(FrameKind(kind), request_id, tag, body)
+
+    def _consume(self, new_pos: int) -> None:
+        if new_pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif new_pos > _COMPACT_THRESHOLD:
+            del self._buf[:new_pos]
+            self._pos = 0
+        else:
+            self._pos = new_pos
+
+    def _fail(self, error: FrameError) -> NoReturn:
+        self._error = error
+        self._buf = bytearray()
+        self._pos = 0
+        raise error

@@ -1,0 +1,555 @@
+"""The Noise layer, sans-IO: preamble, handshake state machine, and the transport cipher.
+
+How a link starts (``wire_spec.md`` sections 2-4 are the authority)::
+
+    initiator                                   responder
+    preamble(8) || len(2) || msg1     ----->    checks preamble, reads msg1, learns the
+                                                initiator's static key (IK) and payload,
+                                                decides: accept or reject
+              <-----    preamble(8) || len(2) || msg2 (payload: accept, or error + close)
+
+Patterns: ``Noise_IK_25519_ChaChaPoly_BLAKE2s`` between validators (both sides
+authenticated; the dialer knows the listener's static key from the committee) and
+``Noise_NK_25519_ChaChaPoly_BLAKE2s`` for clients (anonymous client, authenticated server).
+The prologue binds the wire version and a 32-byte network id (the committee hash), so
+peers with different committees or versions fail the handshake instead of talking.
+
+The handshake runs on noiseprotocol; afterwards its cipher states are *lifted* into
+:class:`NoiseTransport`, two ChaCha20-Poly1305 objects with our own nonce counters. That
+skips noiseprotocol's per-call overhead on the hot path, and it is handed out exactly once
+(a second copy would reuse nonces). Every noiseprotocol / cryptography exception is mapped
+to :class:`~narwhal.errors.HandshakeError` or :class:`~narwhal.errors.DecryptError` here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from typing import Any, Final
+
+import attrs
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from noise.connection import Keypair, NoiseConnection
+
+from narwhal.errors import (
+    DecryptError,
+    ErrorCode,
+    HandshakeError,
+    PeerRejected,
+    VersionMismatch,
+)
+
+__all__ = [
+    "HandshakePayload",
+    "MAX_NOISE_MESSAGE",
+    "MAX_PLAINTEXT",
+    "NoiseHandshake",
+    "NoiseTransport",
+    "Pattern",
+    "WIRE_VERSION",
+    "prologue",
+]
+
+#: The wire protocol's major version, sent in the preamble and bound into the prologue.
+WIRE_VERSION: Final = 1
+MAGIC: Final = b"NWPY"
+#: magic(4) version(u8) pattern(u8) reserved(u16, zero).
+PREAMBLE: Final = struct.Struct(">4sBBH")
+PROLOGUE_LABEL: Final = b"narwhal-py wire v1\x00"
+NETWORK_ID_SIZE: Final = 32
+KEY_SIZE: Final = 32
+
+#: Noise limits every message to 65535 bytes; each carries a 16-byte AEAD tag.
+MAX_NOISE_MESSAGE: Final = 65535
+AEAD_TAG_SIZE: Final = 16
+MAX_PLAINTEXT: Final = MAX_NOISE_MESSAGE - AEAD_TAG_SIZE
+NOISE_LENGTH: Final = struct.Struct(">H")
+
+#: Handshake messages are tiny (IK msg1 is 96 bytes + payload). Refusing larger lengths
+#: stops a peer from making us buffer 64 KiB per half-open connection.
+MAX_HANDSHAKE_MESSAGE: Final = 1024
+#: The encoded handshake payload (CBOR map) must fit comfortably in one handshake message.
+MAX_HANDSHAKE_PAYLOAD: Final = 512
+
+#: Our nonce counter must never wrap: Noise reserves 2**64-1.
+_MAX_NONCE: Final = 2**64 - 1
+
+
+class Pattern(enum.IntEnum):
+    """Handshake pattern, as carried in the preamble's pattern byte."""
+
+    #: Responder refuses the requested pattern (responder preamble only).
+    REFUSED = 0
+    #: Validator links: mutual authentication with the responder's key known in advance.
+    IK = 1
+    #: Client links: the server is authenticated, the client is anonymous.
+    NK = 2
+
+    @property
+    def protocol_name(self) -> bytes:
+        return b"Noise_" + self.name.encode() + b"_25519_ChaChaPoly_BLAKE2s"
+
+
+def prologue(network_id: bytes) -> bytes:
+    """The Noise prologue: label (binds the wire version) + network id (binds the committee)."""
+    if len(network_id) != NETWORK_ID_SIZE:
+        raise ValueError(f"network id must be {NETWORK_ID_SIZE} bytes")
+    return PROLOGUE_LABEL + network_id
+
+
+@attrs.frozen
+class HandshakePayload:
+    """Who the sender says it is and what it accepts. Sent inside the encrypted handshake.
+
+    ``role`` is ``"primary"``, ``"worker"`` or ``"client"``; ``authority`` is the sender's
+    authority public key (absent for clients); ``worker_id`` only for workers.
+    """
+
+    role: str
+    authority: bytes | None = None
+    worker_id: int | None = None
+    max_frame_size: int = 8 * 1024 * 1024
+    features: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        fields: dict[str, Any] = {
+            "role": self.role,
+            "max_frame_size": self.max_frame_size,
+            "features": list(self.features),
+        }
+        if self.authority is not None:
+            fields["authority"] = self.authority
+        if self.worker_id is not None:
+            fields["worker_id"] = self.worker_id
+        return cbor2.dumps(fields, canonical=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> HandshakePayload:
+        fields = _decode_map(data)
+        role = fields.get("role")
+        authority = fields.get("authority")
+        worker_id = fields.get("worker_id")
+        max_frame = fields.get("max_frame_size")
+        features = fields.get("features", [])
+        if role not in ("primary", "worker", "client"):
+            raise HandshakeError(f"handshake payload: bad role {role!r}")
+        if authority is not None and not (isinstance(authority, bytes) and len(authority) == 32):
+            raise HandshakeError("handshake payload: authority must be 32 bytes")
+        if worker_id is not None and not (type(worker_id) is int and 0 <= worker_id < 2**32):
+            raise HandshakeError("handshake payload: bad worker_id")
+        if not (type(max_frame) is int and 1024 <= max_frame < 2**32):
+            raise HandshakeError("handshake payload: bad max_frame_size")
+        if not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+            raise HandshakeError("handshake payload: features must be a list of text")
+        return cls(role, authority, worker_id, max_frame, tuple(features))
+
+
+def _decode_map(data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_HANDSHAKE_PAYLOAD:
+        raise HandshakeError(f"handshake payload over {MAX_HANDSHAKE_PAYLOAD} bytes")
+    try:
+        value = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several unrelated types on garbage
+        raise HandshakeError(f"handshake payload is not CBOR: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise HandshakeError("handshake payload must be a CBOR map with text keys")
+    return value
+
+
+class HandshakeStep(enum.Enum):
+    """Where a handshake is. Transitions happen only inside :class:`NoiseHandshake`."""
+
+    #: Initiator: ``initiate()`` not yet called.
+    START = "start"
+    #: Waiting for the peer's 8-byte preamble.
+    AWAIT_PREAMBLE = "await-preamble"
+    #: Waiting for the peer's length-prefixed handshake message.
+    AWAIT_MESSAGE = "await-message"
+    #: Responder: msg1 read; the caller must ``accept()`` or ``reject()``.
+    DECIDE = "decide"
+    #: Complete; ``transport()`` hands out the ciphers.
+    DONE = "done"
+    #: Failed; the connection must be closed.
+    FAILED = "failed"
+
+
+class NoiseHandshake:
+    """One handshake, either side. Feed bytes in, take bytes out, then ``transport()``.
+
+    Use :meth:`initiator` or :meth:`responder` to build one. Every method that can fail
+    raises a :class:`~narwhal.errors.HandshakeError`; afterwards the handshake is FAILED,
+    but :meth:`data_to_send` may still hold bytes (e.g. our preamble on a version
+    mismatch) that the caller should write before closing.
+    """
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        network_id: bytes,
+        local_static: bytes | None,
+        accepted_patterns: Iterable[Pattern],
+        ephemeral: bytes | None = None,
+    ) -> None:
+        self._initiator = initiator
+        self._prologue = prologue(network_id)
+        self._local_static = local_static
+        self._accepted = frozenset(accepted_patterns)
+        self._ephemeral = ephemeral
+        self._step = HandshakeStep.START if initiator else HandshakeStep.AWAIT_PREAMBLE
+        self._buf = bytearray()
+        self._out = bytearray()
+        self._noise: NoiseConnection | None = None
+        self._pattern: Pattern | None = None
+        self._transport_taken = False
+        self.remote_static: bytes | None = None
+        self.remote_payload: HandshakePayload | None = None
+        self.handshake_hash: bytes | None = None
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def initiator(
+        cls,
+        *,
+        pattern: Pattern,
+        network_id: bytes,
+        remote_static: bytes,
+        local_static: bytes | None = None,
+        ephemeral: bytes | None = None,
+    ) -> NoiseHandshake:
+        """Dialing side. IK needs ``local_static``; NK must not have one."""
+        if (pattern is Pattern.IK) != (local_static is not None):
+            raise ValueError("IK needs a local static key; NK must not have one")
+        hs = cls(
+            initiator=True,
+            network_id=network_id,
+            local_static=local_static,
+            accepted_patterns=(pattern,),
+            ephemeral=ephemeral,
+        )
+        hs._pattern = pattern
+        hs.remote_static = _check_key(remote_static)
+        return hs
+
+    @classmethod
+    def responder(
+        cls,
+        *,
+        network_id: bytes,
+        local_static: bytes,
+        accepted_patterns: Iterable[Pattern] = (Pattern.IK,),
+        ephemeral: bytes | None = None,
+    ) -> NoiseHandshake:
+        """Listening side, accepting the given patterns on this port."""
+        return cls(
+            initiator=False,
+            network_id=network_id,
+            local_static=_check_key(local_static),
+            accepted_patterns=accepted_patterns,
+            ephemeral=ephemeral,
+        )
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def step(self) -> HandshakeStep:
+        return self._step
+
+    @property
+    def pattern(self) -> Pattern | None:
+        return self._pattern
+
+    @property
+    def complete(self) -> bool:
+        return self._step is HandshakeStep.DONE
+
+    def data_to_send(self) -> bytes:
+        """Bytes the caller must write to the peer now (possibly empty)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def leftover(self) -> bytes:
+        """Bytes received after the last handshake message: the start of the transport stream."""
+        if self._step is not HandshakeStep.DONE:
+            raise HandshakeError("handshake not complete")
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+    # -- initiator ----------------------------------------------------------------------
+
+    def initiate(self, payload: HandshakePayload) -> None:
+        """Initiator: queue preamble + msg1 carrying ``payload``."""
+        if self._step is not HandshakeStep.START or self._pattern is None:
+            raise HandshakeError("initiate() called twice or on a responder")
+        assert self.remote_static is not None
+        noise = self._new_noise(self._pattern)
+        noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self.remote_static)
+        noise.set_as_initiator()
+        noise.start_handshake()
+        message = self._call(noise.write_message, _encode_payload(payload))
+        self._out += PREAMBLE.pack(MAGIC, WIRE_VERSION, self._pattern, 0)
+        self._out += NOISE_LENGTH.pack(len(message)) + message
+        self._step = HandshakeStep.AWAIT_PREAMBLE
+
+    # -- both ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer; advances as far as the data allows."""
+        if self._step in (HandshakeStep.FAILED, HandshakeStep.DONE, HandshakeStep.DECIDE):
+            if self._step is HandshakeStep.FAILED:
+                raise HandshakeError("handshake already failed")
+            self._buf += data  # early transport bytes; returned by leftover()
+            if len(self._buf) > MAX_NOISE_MESSAGE + NOISE_LENGTH.size:
+                self._fail(HandshakeError("too much data before the handshake completed"))
+            return
+        self._buf += data
+        try:
+            if self._step is HandshakeStep.AWAIT_PREAMBLE:
+                if len(self._buf) < PREAMBLE.size:
+                    return
+                self._read_preamble()
+            if self._step is HandshakeStep.AWAIT_MESSAGE:
+                message = self._take_message()
+                if message is None:
+                    return
+                if self._initiator:
+                    self._read_msg2(message)
+                else:
+                    self._read_msg1(message)
+        except HandshakeError:
+            self._step = HandshakeStep.FAILED
+            raise
+
+    def _read_preamble(self) -> None:
+        magic, version, pattern, reserved = PREAMBLE.unpack_from(self._buf)
+        del self._buf[: PREAMBLE.size]
+        if magic != MAGIC or reserved != 0:
+            raise HandshakeError("peer is not speaking the narwhal-py wire protocol (bad preamble)")
+        if self._initiator:
+            if version != WIRE_VERSION:
+                raise VersionMismatch(f"peer speaks wire version {version}, we speak {WIRE_VERSION}")
+            if pattern != self._pattern:
+                raise PeerRejected(f"peer refused handshake pattern {self._pattern!r} on this port")
+        else:
+            requested = Pattern(pattern) if pattern in Pattern.__members__.values() else None
+            if version != WIRE_VERSION:
+                self._out += PREAMBLE.pack(MAGIC, WIRE_VERSION, pattern, 0)
+                raise VersionMismatch(f"peer speaks wire version {version}, we speak {WIRE_VERSION}")
+            if requested is None or requested not in self._accepted:
+                self._out += PREAMBLE.pack(MAGIC, WIRE_VERSION, Pattern.REFUSED, 0)
+                raise HandshakeError(f"handshake pattern {pattern} not accepted on this port")
+            self._pattern = requested
+        self._step = HandshakeStep.AWAIT_MESSAGE
+
+    def _take_message(self) -> bytes | None:
+        if len(self._buf) < NOISE_LENGTH.size:
+            return None
+        (length,) = NOISE_LENGTH.unpack_from(self._buf)
+        if length > MAX_HANDSHAKE_MESSAGE:
+            raise HandshakeError(f"handshake message of {length} bytes (max {MAX_HANDSHAKE_MESSAGE})")
+        end = NOISE_LENGTH.size + length
+        if len(self._buf) < end:
+            return None
+        message = bytes(self._buf[NOISE_LENGTH.size : end])
+        del self._buf[:end]
+        return message
+
+    # -- responder ----------------------------------------------------------------------
+
+    def _read_msg1(self, message: bytes) -> None:
+        assert self._pattern is not None and self._local_static is not None
+        noise = self._new_noise(self._pattern)
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, self._local_static)
+        noise.set_as_responder()
+        noise.start_handshake()
+        payload = self._call(noise.read_message, message)
+        if self._pattern is Pattern.IK:
+            # noiseprotocol has no accessor for the remote static key; it lives on the
+            # handshake state until the handshake finishes (IK learns it from msg1).
+            self.remote_static = bytes(noise.noise_protocol.handshake_state.rs.public_bytes)
+        self.remote_payload = HandshakePayload.decode(bytes(payload))
+        self._step = HandshakeStep.DECIDE
+
+    def accept(self, payload: HandshakePayload) -> None:
+        """Responder: complete the handshake, sending our ``payload``."""
+        self._respond(_encode_payload(payload))
+        self._step = HandshakeStep.DONE
+
+    def reject(self, code: ErrorCode, reason: str) -> None:
+        """Responder: tell the initiator why it is refused; the caller then closes."""
+        body = cbor2.dumps({"error": int(code), "reason": reason[:200]}, canonical=True)
+        self._respond(body)
+        self._step = HandshakeStep.FAILED
+
+    def _respond(self, payload: bytes) -> None:
+        if self._step is not HandshakeStep.DECIDE or self._noise is None:
+            raise HandshakeError("accept()/reject() only after reading the initiator's message")
+        assert self._pattern is not None
+        message = self._call(self._noise.write_message, payload)
+        self._out += PREAMBLE.pack(MAGIC, WIRE_VERSION, self._pattern, 0)
+        self._out += NOISE_LENGTH.pack(len(message)) + message
+        self._finish()
+
+    # -- initiator, second half -----------------------------------------------------------
+
+    def _read_msg2(self, message: bytes) -> None:
+        assert self._noise is not None
+        payload = bytes(self._call(self._noise.read_message, message))
+        fields = _decode_map(payload)
+        if "error" in fields:
+            code = fields["error"]
+            reason = fields.get("reason", "")
+            error = PeerRejected(f"peer refused us: {reason} (code {code})")
+            if type(code) is int and code in ErrorCode.__members__.values():
+                error.code = ErrorCode(code)
+            raise error
+        self.remote_payload = HandshakePayload.decode(payload)
+        self._finish()
+        self._step = HandshakeStep.DONE
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _new_noise(self, pattern: Pattern) -> NoiseConnection:
+        noise = NoiseConnection.from_name(pattern.protocol_name)
+        noise.set_prologue(self._prologue)
+        if self._local_static is not None:
+            noise.set_keypair_from_private_bytes(Keypair.STATIC, self._local_static)
+        if self._ephemeral is not None:  # deterministic transcripts in tests only
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, self._ephemeral)
+        self._noise = noise
+        return noise
+
+    def _call(self, fn: Any, arg: bytes) -> bytes:
+        """Run one noiseprotocol step, mapping everything it can raise to HandshakeError."""
+        try:
+            return bytes(fn(arg))
+        except Exception as exc:  # InvalidTag, ValueError, Noise*Error, ...
+            raise HandshakeError(
+                f"Noise handshake failed ({type(exc).__name__}): wrong key, network id or version"
+            ) from exc
+
+    def _finish(self) -> None:
+        assert self._noise is not None
+        self.handshake_hash = bytes(self._noise.get_handshake_hash())
+
+    def transport(self) -> NoiseTransport:
+        """The transport ciphers. Exactly once: a second copy would reuse nonces."""
+        if self._step is not HandshakeStep.DONE or self._noise is None:
+            raise HandshakeError("handshake not complete")
+        if self._transport_taken:
+            raise HandshakeError("transport ciphers already handed out")
+        self._transport_taken = True
+        proto = self._noise.noise_protocol
+        encrypt = proto.cipher_state_encrypt
+        decrypt = proto.cipher_state_decrypt
+        self._noise = None
+        return NoiseTransport(encrypt.k, encrypt.n, decrypt.k, decrypt.n)
+
+    def _fail(self, error: HandshakeError) -> None:
+        self._step = HandshakeStep.FAILED
+        raise error
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+        raise ValueError(f"X25519 keys are {KEY_SIZE} bytes")
+    return key
+
+
+def _encode_payload(payload: HandshakePayload) -> bytes:
+    data = payload.encode()
+    if len(data) > MAX_HANDSHAKE_PAYLOAD:
+        raise ValueError(f"handshake payload over {MAX_HANDSHAKE_PAYLOAD} bytes")
+    return data
+
+
+class NoiseTransport:
+    """Lifted transport ciphers: ChaCha20-Poly1305 with our own 64-bit nonce counters.
+
+    ``encrypt`` cuts any plaintext into Noise messages of at most :data:`MAX_PLAINTEXT`
+    bytes, each sent as a 2-byte big-endian length + ciphertext. ``receive_data`` +
+    ``decrypt_available`` reverse that on a byte stream of any split. A message that fails
+    authentication (tampered, truncated, replayed, reordered) raises
+    :class:`~narwhal.errors.DecryptError`, after which the transport is unusable.
+    """
+
+    __slots__ = ("_enc", "_enc_n", "_dec", "_dec_n", "_buf", "_failed")
+
+    def __init__(self, enc_key: bytes, enc_nonce: int, dec_key: bytes, dec_nonce: int) -> None:
+        self._enc = ChaCha20Poly1305(enc_key)
+        self._enc_n = enc_nonce
+        self._dec = ChaCha20Poly1305(dec_key)
+        self._dec_n = dec_nonce
+        self._buf = bytearray()
+        self._failed = False
+
+    def encrypt(self, plaintext: bytes | bytearray | memoryview) -> list[bytes]:
+        """Noise messages (length prefix and ciphertext as separate items) for ``plaintext``."""
+        view = memoryview(plaintext)
+        out: list[bytes] = []
+        enc = self._enc.encrypt
+        n = self._enc_n
+        for start in range(0, len(view), MAX_PLAINTEXT):
+            if n >= _MAX_NONCE:
+                raise DecryptError("send nonce exhausted; the connection must be re-established")
+            ciphertext = enc(b"\x00\x00\x00\x00" + n.to_bytes(8, "little"), view[start : start + MAX_PLAINTEXT], None)
+            n += 1
+            out.append(NOISE_LENGTH.pack(len(ciphertext)))
+            out.append(ciphertext)
+        self._enc_n = n
+        return out
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer ciphertext stream bytes (at most one partial Noise message stays buffered)."""
+        self._buf += data
+
+    def decrypt_available(self) -> list[bytes]:
+        """Decrypt every complete Noise message buffered so far, in order."""
+        if self._failed:
+            raise DecryptError("transport already failed")
+        buf = self._buf
+        out: list[bytes] = []
+        pos = 0
+        dec = self._dec.decrypt
+        n = self._dec_n
+        view = memoryview(buf)
+        try:
+            while len(buf) - pos >= 2:
+                (length,) = NOISE_LENGTH.unpack_from(buf, pos)
+                end = pos + 2 + length
+                if len(buf) < end:
+                    break
+                if length < AEAD_TAG_SIZE:
+                    raise DecryptError(f"Noise message of {length} bytes is shorter than its tag")
+                nonce = b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
+                try:
+                    out.append(dec(nonce, view[pos + 2 : end], None))
+                except InvalidTag as exc:
+                    raise DecryptError("Noise message failed authentication") from exc
+                n += 1
+                pos = end
+        except DecryptError:
+            self._failed = True
+            self._buf = bytearray()
+            raise
+        finally:
+            self._dec_n = n
+            view.release()
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
