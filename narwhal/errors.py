@@ -172,6 +172,16 @@ class PoolFull(NetworkError):
     code = ErrorCode.OVERLOADED
 
 
+class SendCancelled(NetworkError):
+    """A reliable send was cancelled (explicitly, by GC of its round, or by dropping its handle)."""
+
+    code = ErrorCode.SHUTTING_DOWN
+
+    @property
+    def transient(self) -> bool:
+        return False  # the caller gave up on purpose: never retry
+
+
 class RemoteError(NetworkError):
     """The peer answered a request with an ERROR frame."""
 

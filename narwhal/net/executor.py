@@ -54,12 +54,13 @@ DEFAULT_CAPACITY = 64
 DEFAULT_MAX_PENDING = 1024
 
 
-class _State(enum.Enum):
-    IDLE = "idle"
-    WAITING = "waiting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    DONE = "done"
+class _State(enum.IntEnum):
+    # IntEnum, not Enum: members are dict keys on the hot path and int hashing is C-fast.
+    IDLE = 0
+    WAITING = 1
+    RUNNING = 2
+    BACKOFF = 3
+    DONE = 4
 
 
 class _Job:

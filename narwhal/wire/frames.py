@@ -23,8 +23,9 @@ import struct
 from typing import Final, NoReturn
 
 import attrs
+import cbor2
 
-from narwhal.errors import FrameError, FrameTooLarge
+from narwhal.errors import ErrorCode, FrameError, FrameTooLarge
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -33,6 +34,9 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "FrameKind",
+    "MAX_ERROR_TEXT",
+    "decode_error_body",
+    "encode_error_body",
     "encode_frame",
     "frame_header",
 ]
@@ -182,3 +186,31 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         raise error
+
+
+#: ERROR and GOAWAY texts are truncated to this many bytes: a peer cannot make us log or
+#: keep megabytes of "reason".
+MAX_ERROR_TEXT: Final = 1024
+
+
+def encode_error_body(code: int, text: str) -> bytes:
+    """Body of an ERROR or GOAWAY frame: CBOR ``[code, text]``."""
+    raw = text.encode("utf-8", "replace")[:MAX_ERROR_TEXT]
+    return cbor2.dumps([int(code), raw.decode("utf-8", "ignore")], canonical=True)
+
+
+def decode_error_body(body: bytes) -> tuple[int, str]:
+    """Parse an ERROR/GOAWAY body; malformed bodies become ``(PROTOCOL_ERROR, description)``."""
+    try:
+        value = cbor2.loads(body)
+    except Exception:  # cbor2 raises assorted types on garbage; any of them means malformed
+        return int(ErrorCode.PROTOCOL_ERROR), "malformed error body"
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and type(value[0]) is int
+        and 0 <= value[0] < 2**32
+        and isinstance(value[1], str)
+    ):
+        return value[0], value[1][:MAX_ERROR_TEXT]
+    return int(ErrorCode.PROTOCOL_ERROR), "malformed error body"

@@ -45,6 +45,7 @@ from narwhal.errors import (
 
 __all__ = [
     "HandshakePayload",
+    "HandshakeStep",
     "MAX_NOISE_MESSAGE",
     "MAX_PLAINTEXT",
     "NoiseHandshake",
@@ -255,6 +256,10 @@ class NoiseHandshake:
         )
 
     # -- state --------------------------------------------------------------------------
+
+    @property
+    def is_initiator(self) -> bool:
+        return self._initiator
 
     @property
     def step(self) -> HandshakeStep:

@@ -1,0 +1,521 @@
+"""Peers, connections and the two sending disciplines of Narwhal.
+
+:class:`PeerManager` owns one listening socket, one connection per peer and one
+:class:`~narwhal.net.executor.BoundedExecutor` per peer:
+
+- it **dials** every peer that has an address and keeps redialing with jittered backoff
+  while the peer is unreachable (one keeper task per peer);
+- it **accepts** inbound Noise-IK connections only from static keys in its peer directory
+  whose handshake payload matches the directory entry (role, authority, worker id);
+- when two connections to one peer exist (both dialed at once) it keeps the one dialed by
+  the endpoint with the smaller static key, as the other side does (``wire_spec.md`` §1),
+  and closes the other with GOAWAY ``DUPLICATE_CONNECTION``.
+
+On top of it:
+
+- :class:`ReliableNetwork` — ``send``/``broadcast`` retry each message until the peer
+  answers it (application-level ack) or the returned :class:`CancelHandle` is cancelled or
+  garbage-collected. Retries back off with jitter and never hold a pool slot while sleeping;
+  permanent errors stop them.
+- :class:`UnreliableNetwork` — ``unreliable_send``/``unreliable_broadcast`` try once and
+  refuse at once (raise) when the peer is unknown, not connected, or its pool is full.
+
+A slow or dead peer only ever fills its own executor: sends to the others proceed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from narwhal import messages
+from narwhal.errors import (
+    ConnectionClosed,
+    ErrorCode,
+    HandshakeError,
+    NetworkError,
+    PeerNotConnected,
+    PeerRejected,
+    PeerUnknown,
+    SendCancelled,
+)
+from narwhal.net.connection import Connection, ConnectionConfig
+from narwhal.net.executor import BoundedExecutor
+from narwhal.net.metrics import PeerMetrics
+from narwhal.net.retry import Backoff, RetryConfig
+from narwhal.net.rpc import DEFAULT_REQUEST_TIMEOUT, Router, RpcChannel
+from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
+
+__all__ = [
+    "CancelHandle",
+    "NetworkConfig",
+    "PeerInfo",
+    "PeerManager",
+    "ReliableNetwork",
+    "UnreliableNetwork",
+]
+
+log = logging.getLogger(__name__)
+
+#: Redial backoff: quick first retries (a restarting peer is back within a second or two),
+#: capped low so a recovered peer is found soon; a refused dial costs almost nothing.
+DEFAULT_DIAL_RETRY = RetryConfig(initial_interval=0.1, max_interval=2.0, multiplier=1.5,
+                                 randomization_factor=0.3)
+
+
+@attrs.frozen
+class PeerInfo:
+    """A directory entry: who a peer is and where to reach it."""
+
+    #: Human-readable name for logs and metrics, e.g. ``"v2/primary"``.
+    name: str
+    #: The peer's X25519 network public key: its identity on the wire.
+    static_key: bytes
+    #: ``"primary"`` or ``"worker"``.
+    role: str
+    authority: bytes | None = None
+    worker_id: int | None = None
+    #: Where to dial it; None means we only accept its connections.
+    address: tuple[str, int] | None = None
+
+    def matches(self, payload: HandshakePayload) -> bool:
+        return (payload.role, payload.authority, payload.worker_id) == (
+            self.role, self.authority, self.worker_id)
+
+
+@attrs.frozen
+class NetworkConfig:
+    """Knobs of the peer manager and the two networks (defaults as in ``wire_spec.md``)."""
+
+    connection: ConnectionConfig = ConnectionConfig()
+    #: Backoff of reliable sends (MystenLabs defaults: 500 ms, x1.5, 15 s, +-30%).
+    retry: RetryConfig = RetryConfig()
+    dial_retry: RetryConfig = DEFAULT_DIAL_RETRY
+    #: Requests in flight to one peer at once.
+    pool_capacity: int = 128
+    #: Jobs one peer's executor may hold (running + waiting + backing off); beyond it
+    #: ``send`` waits (backpressure) and ``unreliable_send`` refuses.
+    max_pending: int = 20_000
+    connect_timeout: float = 5.0
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+
+
+class _Peer:
+    """Everything the manager keeps about one peer."""
+
+    def __init__(self, info: PeerInfo, config: NetworkConfig) -> None:
+        self.info = info
+        self.connection: Connection | None = None
+        self.connected = asyncio.Event()
+        self.executor = BoundedExecutor(config.pool_capacity, config.max_pending, name=info.name)
+        self.metrics = PeerMetrics()
+        self.keeper: asyncio.Task[None] | None = None
+        self.connected_since: float | None = None
+
+    def usable(self) -> Connection | None:
+        conn = self.connection
+        return conn if conn is not None and conn.is_open else None
+
+
+class PeerManager:
+    """One listener, one connection and one bounded executor per peer."""
+
+    def __init__(
+        self,
+        *,
+        local_static: bytes,
+        local_public: bytes,
+        local_payload: HandshakePayload,
+        network_id: bytes,
+        peers: Iterable[PeerInfo],
+        router: Router | None = None,
+        config: NetworkConfig = NetworkConfig(),
+        name: str = "node",
+    ) -> None:
+        self._local_static = local_static
+        self.local_public = local_public
+        self._payload = local_payload
+        self._network_id = network_id
+        self.router = router or Router()
+        self.config = config
+        self.name = name
+        self._peers = {p.static_key: _Peer(p, config) for p in peers}
+        self._server: asyncio.Server | None = None
+        self._handshaking: set[Connection] = set()
+        self._running = False
+        #: Handshakes refused or failed on our listener, by reason.
+        self.rejected_handshakes = 0
+        self.failed_handshakes = 0
+
+    # -- directory ----------------------------------------------------------------------
+
+    @property
+    def peer_ids(self) -> list[bytes]:
+        return list(self._peers)
+
+    def info(self, peer_id: bytes) -> PeerInfo:
+        return self._peer(peer_id).info
+
+    def _peer(self, peer_id: bytes) -> _Peer:
+        try:
+            return self._peers[peer_id]
+        except KeyError:
+            raise PeerUnknown(f"{self.name}: unknown peer {peer_id.hex()[:16]}") from None
+
+    def executor(self, peer_id: bytes) -> BoundedExecutor:
+        return self._peer(peer_id).executor
+
+    def metrics(self, peer_id: bytes) -> PeerMetrics:
+        return self._peer(peer_id).metrics
+
+    def connection_nowait(self, peer_id: bytes) -> Connection | None:
+        return self._peer(peer_id).usable()
+
+    def is_connected(self, peer_id: bytes) -> bool:
+        return self.connection_nowait(peer_id) is not None
+
+    async def connection(self, peer_id: bytes, timeout: float | None = None) -> Connection:
+        """The open connection to ``peer_id``, waiting up to ``timeout`` for one."""
+        peer = self._peer(peer_id)
+        deadline = time.monotonic() + (self.config.connect_timeout if timeout is None else timeout)
+        while (conn := peer.usable()) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._running:
+                raise PeerNotConnected(f"{self.name}: not connected to {peer.info.name}")
+            peer.connected.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await peer.connected.wait()
+            except TimeoutError:
+                continue
+        return conn
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> int:
+        """Listen on ``host:port`` (0 = any free port) or on an already bound ``sock``;
+        start dialing every peer that has an address; return the listening port."""
+        loop = asyncio.get_running_loop()
+        self._running = True
+        if sock is not None:
+            self._server = await loop.create_server(self._inbound_connection, sock=sock)
+        else:
+            self._server = await loop.create_server(self._inbound_connection, host, port)
+        bound = self._server.sockets[0].getsockname()[1]
+        for peer in self._peers.values():
+            if peer.info.address is not None:
+                peer.keeper = loop.create_task(self._keep_connected(peer), name=f"keeper:{peer.info.name}")
+        log.info("%s: listening on %s:%d, %d peers", self.name, host, bound, len(self._peers))
+        return int(bound)
+
+    async def stop(self) -> None:
+        """Stop dialing and listening, cancel every send, close every connection."""
+        self._running = False
+        if self._server is not None:
+            self._server.close()
+        keepers = [p.keeper for p in self._peers.values() if p.keeper is not None]
+        for task in keepers:
+            task.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+        for peer in self._peers.values():
+            await peer.executor.aclose()
+        for conn in list(self._handshaking):  # nothing worth finishing: drop them now
+            conn.abort()
+        self._handshaking.clear()
+        conns = [p.connection for p in self._peers.values() if p.connection is not None]
+        for conn in conns:
+            conn.close(ErrorCode.SHUTTING_DOWN, "node stopping")
+        grace = self.config.connection.close_grace + 1.0
+        await asyncio.gather(*(asyncio.wait_for(asyncio.shield(c.closed), grace) for c in conns),
+                             return_exceptions=True)
+        for conn in conns:
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connecting ---------------------------------------------------------------------
+
+    def _new_connection(self, handshake: NoiseHandshake, name: str, expected: _Peer | None) -> Connection:
+        conn = Connection(
+            handshake,
+            local_payload=self._payload,
+            identify=lambda key, payload: self._identify(key, payload, expected),
+            sink_factory=lambda c: RpcChannel(c, self.router),
+            config=self.config.connection,
+            name=name,
+            on_open=self._connection_opened,
+            on_close=self._connection_closed,
+        )
+        self._handshaking.add(conn)
+        return conn
+
+    def _inbound_connection(self) -> Connection:
+        handshake = NoiseHandshake.responder(
+            network_id=self._network_id, local_static=self._local_static,
+            accepted_patterns=(Pattern.IK,))
+        return self._new_connection(handshake, f"{self.name}<-?", None)
+
+    def _identify(self, key: bytes | None, payload: HandshakePayload, expected: _Peer | None) -> _Peer:
+        peer = self._peers.get(key) if key is not None else None
+        if peer is None or (expected is not None and peer is not expected):
+            self.rejected_handshakes += 1
+            raise PeerRejected(f"static key {key.hex()[:16] if key else None} is not a peer of {self.name}")
+        if not peer.info.matches(payload):
+            self.rejected_handshakes += 1
+            peer.metrics.record_error("handshake", "payload does not match the committee")
+            raise PeerRejected(f"{peer.info.name}: handshake payload does not match the committee")
+        return peer
+
+    async def _dial(self, peer: _Peer) -> Connection:
+        assert peer.info.address is not None
+        host, port = peer.info.address
+        handshake = NoiseHandshake.initiator(
+            pattern=Pattern.IK, network_id=self._network_id, remote_static=peer.info.static_key,
+            local_static=self._local_static)
+        loop = asyncio.get_running_loop()
+        created: list[Connection] = []
+
+        def factory() -> Connection:
+            conn = self._new_connection(handshake, f"{self.name}->{peer.info.name}", peer)
+            created.append(conn)
+            return conn
+
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                _, conn = await loop.create_connection(factory, host, port)
+                return await conn.ready
+        except BaseException:
+            # uvloop builds the protocol before connecting: a refused or cancelled dial
+            # leaves a Connection that will never see connection_made/lost. Forget it.
+            for conn in created:
+                self._handshaking.discard(conn)
+                conn.abort()
+            raise
+
+    async def _keep_connected(self, peer: _Peer) -> None:
+        """Dial ``peer`` whenever we have no connection to it, backing off while it fails."""
+        backoff = Backoff(self.config.dial_retry)
+        while self._running:
+            conn = peer.usable()
+            if conn is not None:
+                await asyncio.shield(conn.closed)
+                continue
+            try:
+                await self._dial(peer)
+                backoff.reset()
+                continue
+            except (OSError, TimeoutError, ConnectionClosed, HandshakeError) as exc:
+                peer.metrics.dial_failures += 1
+                if isinstance(exc, HandshakeError):
+                    peer.metrics.record_error("handshake", exc)
+                log.debug("%s: dial %s failed: %r", self.name, peer.info.name, exc)
+            await asyncio.sleep(backoff.next_delay() or self.config.dial_retry.max_interval)
+
+    def _connection_opened(self, conn: Connection) -> None:
+        self._handshaking.discard(conn)
+        peer: _Peer = conn.peer
+        if not conn.initiator:
+            conn.name = f"{self.name}<-{peer.info.name}"
+        current = peer.usable()
+        if current is not None and current is not conn:
+            keep, drop = (current, conn) if self._preferred(current) else (conn, current)
+            drop.close(ErrorCode.DUPLICATE_CONNECTION, "duplicate connection")
+            if keep is current:
+                return
+        peer.connection = conn
+        peer.metrics.connects += 1
+        if peer.metrics.connects > 1:
+            peer.metrics.reconnects += 1
+        peer.connected_since = time.time()
+        peer.connected.set()
+        log.info("%s: connected to %s (%s)", self.name, peer.info.name,
+                 "outbound" if conn.initiator else "inbound")
+
+    def _preferred(self, conn: Connection) -> bool:
+        """Is ``conn`` the one both sides keep? The one dialed by the smaller static key."""
+        assert conn.remote_static is not None
+        we_are_smaller = self.local_public < conn.remote_static
+        return conn.initiator == we_are_smaller
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self._handshaking.discard(conn)
+        peer: _Peer | None = conn.peer
+        if peer is None:
+            if conn.close_reason is not None and isinstance(conn.close_reason, HandshakeError):
+                self.failed_handshakes += 1
+            return
+        m = peer.metrics
+        m.closed_bytes_in += conn.stats.bytes_in
+        m.closed_bytes_out += conn.stats.bytes_out
+        m.closed_frames_in += conn.stats.frames_in
+        m.closed_frames_out += conn.stats.frames_out
+        if peer.connection is conn:
+            peer.connection = None
+            peer.connected_since = None
+            peer.connected.clear()
+            reason = conn.close_reason
+            if reason is not None and not isinstance(reason, ConnectionClosed):
+                m.record_error("connection", reason)
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per-peer state and counters, JSON-ready (read by the admin endpoint / peer_top)."""
+        rows = []
+        for peer in self._peers.values():
+            conn = peer.usable()
+            ex = peer.executor
+            m = peer.metrics
+            live = conn.stats if conn is not None else None
+            rows.append({
+                "name": peer.info.name,
+                "key": peer.info.static_key.hex(),
+                "role": peer.info.role,
+                "worker_id": peer.info.worker_id,
+                "address": f"{peer.info.address[0]}:{peer.info.address[1]}" if peer.info.address else None,
+                "state": "connected" if conn is not None else "disconnected",
+                "direction": None if conn is None else ("outbound" if conn.initiator else "inbound"),
+                "connected_since": peer.connected_since,
+                "rtt_ms": None if live is None or live.rtt_ewma is None else live.rtt_ewma * 1000,
+                "bytes_in": m.closed_bytes_in + (live.bytes_in if live else 0),
+                "bytes_out": m.closed_bytes_out + (live.bytes_out if live else 0),
+                "frames_in": m.closed_frames_in + (live.frames_in if live else 0),
+                "frames_out": m.closed_frames_out + (live.frames_out if live else 0),
+                "in_flight": ex.in_flight,
+                "queued": ex.waiting,
+                "backing_off": ex.backing_off,
+                "pending": ex.pending,
+                "pool_capacity": ex.capacity,
+                **{k: v for k, v in m.as_dict().items() if not k.startswith("closed_")},
+            })
+        return rows
+
+
+class CancelHandle:
+    """The result of one reliable send: await it for the response, ``cancel()`` to give up.
+
+    Two ways stop the retries: an explicit :meth:`cancel` (what garbage collection of a
+    round does), or dropping the last reference to the handle (``__del__`` cancels the
+    task, like MystenLabs' cancel-on-drop handles). The task never refers back to its
+    handle, so CPython's reference counting runs ``__del__`` as soon as the caller lets go.
+    """
+
+    __slots__ = ("_task", "peer")
+
+    def __init__(self, task: asyncio.Task[Any], peer: bytes) -> None:
+        self._task = task
+        self.peer = peer
+
+    def __del__(self) -> None:
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelled()
+
+    def add_done_callback(self, fn: Any) -> None:
+        self._task.add_done_callback(fn)
+
+    async def wait(self) -> Any:
+        """The peer's response; raises :class:`SendCancelled` if the send was cancelled."""
+        try:
+            return await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if self._task.cancelled():
+                raise SendCancelled("reliable send was cancelled") from None
+            raise
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+
+class ReliableNetwork:
+    """Retry until acknowledged (a RESPONSE), cancelled, or a permanent error."""
+
+    def __init__(self, manager: PeerManager, retry: RetryConfig | None = None) -> None:
+        self.manager = manager
+        self.retry = retry or manager.config.retry
+
+    async def send(self, peer_id: bytes, message: Any) -> CancelHandle:
+        """Start sending ``message`` to ``peer_id``; waits only when that peer's executor
+        already holds ``max_pending`` jobs (backpressure)."""
+        return await self._send_encoded(peer_id, messages.tag_of(message), messages.encode(message))
+
+    async def broadcast(self, peer_ids: Sequence[bytes], message: Any) -> list[CancelHandle]:
+        """``send`` to each peer; the message is encoded once."""
+        tag, body = messages.tag_of(message), messages.encode(message)
+        return [await self._send_encoded(p, tag, body) for p in peer_ids]
+
+    async def _send_encoded(self, peer_id: bytes, tag: int, body: bytes) -> CancelHandle:
+        manager = self.manager
+        peer = manager._peer(peer_id)
+        metrics = peer.metrics
+
+        async def attempt() -> Any:
+            conn = await manager.connection(peer_id)
+            channel: RpcChannel = conn.sink  # type: ignore[assignment]
+            return await channel.request_raw(tag, body, timeout=manager.config.request_timeout)
+
+        def on_retry(number: int, error: BaseException, delay: float) -> None:
+            metrics.retries += 1
+            metrics.record_error("send", error)
+
+        task = await peer.executor.spawn_with_retries(attempt, self.retry, on_retry=on_retry)
+        task.add_done_callback(lambda t: _count_outcome(metrics, t))
+        return CancelHandle(task, peer_id)
+
+
+def _count_outcome(metrics: PeerMetrics, task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        metrics.sends_cancelled += 1
+    elif task.exception() is not None:
+        metrics.sends_failed += 1
+        metrics.record_error("send", task.exception() or "")
+    else:
+        metrics.sends_ok += 1
+
+
+class UnreliableNetwork:
+    """One best-effort try per message; refuses at once instead of queueing."""
+
+    def __init__(self, manager: PeerManager) -> None:
+        self.manager = manager
+
+    def unreliable_send(self, peer_id: bytes, message: Any) -> asyncio.Task[Any]:
+        """Send ``message`` as one request now. Raises :class:`PeerUnknown`,
+        :class:`PeerNotConnected` or :class:`PoolFull` instead of waiting."""
+        return self._send_encoded(peer_id, messages.tag_of(message), messages.encode(message))
+
+    def unreliable_broadcast(self, peer_ids: Sequence[bytes], message: Any) -> list[asyncio.Task[Any] | Exception]:
+        """``unreliable_send`` to each peer; refusals are returned in place of tasks."""
+        tag, body = messages.tag_of(message), messages.encode(message)
+        results: list[asyncio.Task[Any] | Exception] = []
+        for peer_id in peer_ids:
+            try:
+                results.append(self._send_encoded(peer_id, tag, body))
+            except NetworkError as exc:  # unknown, not connected, or pool full
+                results.append(exc)
+        return results
+
+    def _send_encoded(self, peer_id: bytes, tag: int, body: bytes) -> asyncio.Task[Any]:
+        manager = self.manager
+        peer = manager._peer(peer_id)
+        conn = peer.usable()
+        if conn is None:
+            raise PeerNotConnected(f"{manager.name}: not connected to {peer.info.name}")
+        channel: RpcChannel = conn.sink  # type: ignore[assignment]
+        task = peer.executor.try_spawn(
+            lambda: channel.request_raw(tag, body, timeout=manager.config.request_timeout))
+        task.add_done_callback(lambda t: _count_outcome(peer.metrics, t))
+        return task

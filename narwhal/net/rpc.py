@@ -1,0 +1,256 @@
+"""Requests, responses and one-way messages over one :class:`~narwhal.net.connection.Connection`.
+
+An :class:`RpcChannel` is the connection's frame sink. Outbound it numbers requests
+(``request_id``), waits for the matching RESPONSE or ERROR with a deadline, and sends
+one-way messages. Inbound it decodes each REQUEST/ONEWAY body with the message registry,
+finds the handler in the :class:`Router`, runs it as a task, and answers with its return
+value (or ``Ack``) or a typed ERROR frame. Any number of requests may be outstanding in
+both directions on one connection.
+
+Bounds: at most ``max_concurrent_handlers`` handlers run per connection. A request beyond
+that is answered ``OVERLOADED`` at once (transient: the sender's retrier backs off) and a
+one-way message beyond it is dropped and counted. We never pause reading instead: a
+handler may itself wait for a response on this very connection, and pausing the reader
+would deadlock it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from narwhal import messages
+from narwhal.errors import (
+    ConnectionClosed,
+    ErrorCode,
+    MessageError,
+    NarwhalError,
+    RemoteError,
+    RequestRejected,
+    RequestTimeout,
+)
+from narwhal.wire.frames import Frame, FrameKind, decode_error_body, encode_error_body
+
+__all__ = ["Handler", "Router", "RpcChannel", "DEFAULT_REQUEST_TIMEOUT"]
+
+log = logging.getLogger(__name__)
+
+#: Requests without an explicit deadline give up after this long (seconds).
+DEFAULT_REQUEST_TIMEOUT = 30.0
+#: Handlers running at once per connection; bounds the memory one peer can make us use.
+MAX_CONCURRENT_HANDLERS = 512
+
+#: ``handler(peer, message) -> response | None`` (None answers a request with ``Ack``).
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+class Router:
+    """Message class -> handler, shared by every connection of a server or peer manager.
+
+    ``allow(peer, message_class) -> bool`` (optional) refuses message types on links where
+    they do not belong (answered ``UNAUTHORIZED``).
+    """
+
+    def __init__(self, allow: Callable[[Any, type], bool] | None = None) -> None:
+        self._handlers: dict[int, Handler] = {}
+        self._allow = allow
+
+    def route(self, message_class: type, handler: Handler) -> None:
+        self._handlers[messages.tag_of(message_class)] = handler
+
+    def handler_for(self, tag: int) -> Handler | None:
+        return self._handlers.get(tag)
+
+    def allowed(self, peer: Any, message_class: type) -> bool:
+        return self._allow is None or self._allow(peer, message_class)
+
+
+class RpcChannel:
+    """Request/response state of one connection; also its :class:`FrameSink`."""
+
+    def __init__(
+        self,
+        connection: Any,
+        router: Router,
+        *,
+        max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS,
+    ) -> None:
+        self._conn = connection
+        self._router = router
+        self._max_handlers = max_concurrent_handlers
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closed: BaseException | None = None
+        self._goaway = False
+        #: Errors by kind, for metrics ("decode", "unknown_type", "overloaded", ...).
+        self.errors: Counter[str] = Counter()
+        self.requests_sent = 0
+        self.requests_served = 0
+
+    # -- outbound -----------------------------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        """Requests in flight in either direction (graceful close waits for zero)."""
+        return len(self._pending) + len(self._handlers)
+
+    @property
+    def accepting_requests(self) -> bool:
+        return self._closed is None and not self._goaway and self._conn.is_open
+
+    async def request(self, message: Any, *, timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> Any:
+        """Send ``message`` as a REQUEST; return the decoded response or raise.
+
+        Raises :class:`RemoteError` (peer answered ERROR), :class:`RequestTimeout`,
+        :class:`ConnectionClosed`, or :class:`MessageError` (response did not decode).
+        """
+        body = messages.encode(message)
+        return await self.request_raw(messages.tag_of(message), body, timeout=timeout)
+
+    async def request_raw(self, tag: int, body: bytes, *, timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> Any:
+        """Like :meth:`request` with an already encoded body (encode once, send to many)."""
+        self._check_open()
+        await self._conn.wait_writable()
+        self._check_open()
+        request_id = self._allocate_id()
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._conn.send_frame(FrameKind.REQUEST, request_id, tag, body)
+            self.requests_sent += 1
+            async with asyncio.timeout(timeout):
+                response_tag, response_body = await future
+        except TimeoutError:
+            raise RequestTimeout(f"{self._conn.name}: no answer within {timeout}s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        return self._decode_response(tag, response_tag, response_body)
+
+    async def notify(self, message: Any) -> None:
+        """Send ``message`` one-way (no answer, no delivery guarantee)."""
+        self._check_open()
+        await self._conn.wait_writable()
+        self._conn.send_frame(FrameKind.ONEWAY, 0, messages.tag_of(message), messages.encode(message))
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise ConnectionClosed(f"{self._conn.name}: connection closed") from self._closed
+        if self._goaway or not self._conn.is_open:
+            raise ConnectionClosed(f"{self._conn.name}: connection is draining")
+
+    def _allocate_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % 0xFFFF_FFFF + 1
+            if self._next_id not in self._pending:
+                return self._next_id
+
+    def _decode_response(self, request_tag: int, tag: int, body: bytes) -> Any:
+        expected = messages.class_for(request_tag).response
+        response = messages.decode(tag, body)
+        if expected is not None and not isinstance(response, expected):
+            raise MessageError(
+                f"{self._conn.name}: response {type(response).__name__} to a request that expects "
+                f"{expected.__name__}"
+            )
+        return response
+
+    # -- inbound ------------------------------------------------------------------------
+
+    def frame_received(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is FrameKind.RESPONSE or kind is FrameKind.ERROR:
+            future = self._pending.get(frame.request_id)
+            if future is None or future.done():
+                self.errors["late_answer"] += 1  # requester gave up; harmless
+                return
+            if kind is FrameKind.RESPONSE:
+                future.set_result((frame.tag, frame.body))
+            else:
+                code, text = decode_error_body(frame.body)
+                future.set_exception(RemoteError(code, text))
+        elif kind is FrameKind.REQUEST:
+            self._serve(frame, reply=True)
+        elif kind is FrameKind.ONEWAY:
+            self._serve(frame, reply=False)
+
+    def _serve(self, frame: Frame, *, reply: bool) -> None:
+        """Decode, route and start the handler; answer errors at once."""
+        if frame.request_id == 0 and reply:
+            self.errors["bad_request_id"] += 1
+            return
+        if len(self._handlers) >= self._max_handlers or self._closed is not None:
+            self._reject(frame, reply, ErrorCode.OVERLOADED, "too many requests in flight", "overloaded")
+            return
+        handler = self._router.handler_for(frame.tag)
+        if handler is None:
+            self._reject(frame, reply, ErrorCode.UNKNOWN_TYPE, f"no handler for type 0x{frame.tag:04x}",
+                         "unknown_type")
+            return
+        try:
+            message = messages.decode(frame.tag, frame.body)
+        except MessageError as exc:
+            self._reject(frame, reply, exc.code, str(exc), "malformed")
+            return
+        if not self._router.allowed(self._conn.peer, type(message)):
+            self._reject(frame, reply, ErrorCode.UNAUTHORIZED,
+                         f"{type(message).__name__} is not allowed on this link", "unauthorized")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run_handler(handler, message, frame.request_id if reply else 0)
+        )
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _run_handler(self, handler: Handler, message: Any, request_id: int) -> None:
+        try:
+            response = await handler(self._conn.peer, message)
+        except RequestRejected as exc:
+            self.errors["rejected"] += 1
+            self._answer_error(request_id, exc.code, exc.text)
+            return
+        except NarwhalError as exc:
+            self.errors[type(exc).__name__] += 1
+            self._answer_error(request_id, exc.code, str(exc))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a handler bug must not take the connection down
+            log.exception("%s: handler for %s failed", self._conn.name, type(message).__name__)
+            self.errors["handler_crash"] += 1
+            self._answer_error(request_id, ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
+            return
+        self.requests_served += 1
+        if request_id and self._conn.can_send:
+            if response is None:
+                response = messages.Ack()
+            self._conn.send_frame(FrameKind.RESPONSE, request_id, messages.tag_of(response),
+                                  messages.encode(response))
+
+    def _reject(self, frame: Frame, reply: bool, code: ErrorCode, text: str, counter: str) -> None:
+        self.errors[counter] += 1
+        if reply:
+            self._answer_error(frame.request_id, code, text)
+        else:
+            log.debug("%s: dropped one-way 0x%04x: %s", self._conn.name, frame.tag, text)
+
+    def _answer_error(self, request_id: int, code: ErrorCode, text: str) -> None:
+        if request_id and self._conn.can_send:
+            self._conn.send_frame(FrameKind.ERROR, request_id, 0, encode_error_body(code, text))
+
+    # -- connection events ---------------------------------------------------------------
+
+    def goaway_received(self, code: int, text: str) -> None:
+        self._goaway = True
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        self._closed = error or ConnectionClosed(f"{self._conn.name}: closed")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionClosed(f"{self._conn.name}: connection closed"))
+        self._pending.clear()
+        for task in list(self._handlers):
+            task.cancel()
