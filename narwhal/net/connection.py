@@ -257,6 +257,23 @@ class Connection(asyncio.Protocol):
         self._cipher = hs.transport()
         leftover = hs.leftover()
         self._handshake = None
+        if self.initiator:
+            self._confirm()
+            # Prove to the responder that we hold the keys (see _transport_data) and take
+            # a first RTT sample.
+            self._send_ping()
+        if leftover:
+            self._transport_data(leftover)
+
+    def _confirm(self) -> None:
+        """The link is authenticated both ways: start keepalive, announce it.
+
+        A responder only gets here after decrypting the initiator's first transport
+        message: an IK message 1 can be *replayed* by anyone who recorded it, and the
+        replayer completes the handshake without being able to encrypt a single message.
+        Announcing the connection earlier would let such a replay displace a real
+        connection under the duplicate-connection rule (wire_spec.md section 3.5).
+        """
         self.state = ConnectionState.OPEN
         if self._timer is not None:
             self._timer.cancel()
@@ -265,15 +282,16 @@ class Connection(asyncio.Protocol):
         self.ready.set_result(self)
         if self._on_open is not None:
             self._on_open(self)
-        if leftover:
-            self._transport_data(leftover)
 
     def _transport_data(self, data: bytes) -> None:
         cipher = self._cipher
         assert cipher is not None
         cipher.receive_data(data)
         decoder = self._decoder
-        for plaintext in cipher.decrypt_available():
+        plaintexts = cipher.decrypt_available()
+        if plaintexts and self.state is ConnectionState.HANDSHAKE:
+            self._confirm()
+        for plaintext in plaintexts:
             decoder.receive_data(plaintext)
             while (frame := decoder.next_frame()) is not None:
                 self.stats.frames_in += 1
@@ -376,12 +394,15 @@ class Connection(asyncio.Protocol):
             log.info("%s: idle for %.1fs, closing", self.name, now - self._last_received)
             self.close(ErrorCode.IDLE_TIMEOUT, "idle timeout")
             return
-        self._ping_id = (self._ping_id % 0xFFFF_FFFF) + 1
         self._pings = {k: v for k, v in self._pings.items() if now - v < self.config.idle_timeout}
-        self._pings[self._ping_id] = now
+        self._send_ping()
+        self._timer = self._loop.call_later(self.config.keepalive_interval, self._tick)
+
+    def _send_ping(self) -> None:
+        self._ping_id = (self._ping_id % 0xFFFF_FFFF) + 1
+        self._pings[self._ping_id] = time.monotonic()
         self.stats.pings_sent += 1
         self.send_frame(FrameKind.PING, self._ping_id, 0, b"")
-        self._timer = self._loop.call_later(self.config.keepalive_interval, self._tick)
 
     # -- closing ------------------------------------------------------------------------
 

@@ -224,11 +224,19 @@ class RpcChannel:
             self._answer_error(request_id, ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
             return
         self.requests_served += 1
-        if request_id and self._conn.can_send:
-            if response is None:
-                response = messages.Ack()
-            self._conn.send_frame(FrameKind.RESPONSE, request_id, messages.tag_of(response),
-                                  messages.encode(response))
+        if not request_id or not self._conn.can_send:
+            return
+        if response is None:
+            response = messages.Ack()
+        try:
+            body = messages.encode(response)
+        except MessageError:  # our handler built an invalid message: our bug, not the peer's
+            log.exception("%s: handler for %s returned an invalid response",
+                          self._conn.name, type(message).__name__)
+            self.errors["bad_response"] += 1
+            self._answer_error(request_id, ErrorCode.INTERNAL, "invalid response")
+            return
+        self._conn.send_frame(FrameKind.RESPONSE, request_id, messages.tag_of(response), body)
 
     def _reject(self, frame: Frame, reply: bool, code: ErrorCode, text: str, counter: str) -> None:
         self.errors[counter] += 1

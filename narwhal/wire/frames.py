@@ -160,11 +160,12 @@ class FrameDecoder:
             self._fail(FrameTooLarge(f"frame length {length} exceeds maximum {self._max_frame_size}"))
         if length < FRAME_HEADER_TAIL:
             self._fail(FrameError(f"frame length {length} is shorter than the frame header"))
+        if available >= 5 and buf[pos + 4] not in _KINDS:
+            # checked before the body arrives: a bad kind must not make us buffer megabytes
+            self._fail(FrameError(f"unknown frame kind {buf[pos + 4]}"))
         if available < 4 + length:
             return None
         _, kind, request_id, tag = FRAME_HEADER.unpack_from(buf, pos)
-        if kind not in _KINDS:
-            self._fail(FrameError(f"unknown frame kind {kind}"))
         start = pos + FRAME_HEADER.size
         end = pos + 4 + length
         body = bytes(buf[start:end]) if end > start else b""
@@ -195,8 +196,15 @@ MAX_ERROR_TEXT: Final = 1024
 
 def encode_error_body(code: int, text: str) -> bytes:
     """Body of an ERROR or GOAWAY frame: CBOR ``[code, text]``."""
-    raw = text.encode("utf-8", "replace")[:MAX_ERROR_TEXT]
-    return cbor2.dumps([int(code), raw.decode("utf-8", "ignore")], canonical=True)
+    return cbor2.dumps([int(code), _truncate_utf8(text, MAX_ERROR_TEXT)], canonical=True)
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore")
 
 
 def decode_error_body(body: bytes) -> tuple[int, str]:
@@ -212,5 +220,5 @@ def decode_error_body(body: bytes) -> tuple[int, str]:
         and 0 <= value[0] < 2**32
         and isinstance(value[1], str)
     ):
-        return value[0], value[1][:MAX_ERROR_TEXT]
+        return value[0], _truncate_utf8(value[1], MAX_ERROR_TEXT)
     return int(ErrorCode.PROTOCOL_ERROR), "malformed error body"

@@ -447,9 +447,6 @@ def test_reject_reason_truncated_to_200_characters() -> None:
     assert "x" * 201 not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="noise.py: unknown rejection codes stay UNAUTHORIZED; spec 8 says INTERNAL"
-)
 def test_reject_with_unknown_code_is_internal() -> None:
     pair = Pair(Pattern.IK)
     pair.msg1()
@@ -459,10 +456,6 @@ def test_reject_with_unknown_code_is_internal() -> None:
     assert info.value.code is ErrorCode.INTERNAL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec 3.4: a 200-character reason can exceed the 512-byte payload cap; reject() sends it anyway",
-)
 def test_reject_with_long_multibyte_reason_is_still_peer_rejected() -> None:
     pair = Pair(Pattern.IK)
     pair.msg1()

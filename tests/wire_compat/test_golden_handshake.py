@@ -235,11 +235,6 @@ def test_generator_matches_the_files(vector: dict[str, Any]) -> None:
     assert generate(vector["pattern"].lower()) == vector
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="noise.py _new_noise silences the warning around set_keypair_from_private_bytes, "
-    "but noiseprotocol emits it later, in start_handshake() -> validate()",
-)
 def test_fixed_ephemeral_keys_do_not_warn() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
