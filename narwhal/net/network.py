@@ -93,9 +93,9 @@ class PeerInfo:
 class NetworkConfig:
     """Knobs of the peer manager and the two networks (defaults as in ``wire_spec.md``)."""
 
-    connection: ConnectionConfig = ConnectionConfig()
+    connection: ConnectionConfig = attrs.field(factory=ConnectionConfig)
     #: Backoff of reliable sends (MystenLabs defaults: 500 ms, x1.5, 15 s, +-30%).
-    retry: RetryConfig = RetryConfig()
+    retry: RetryConfig = attrs.field(factory=RetryConfig)
     dial_retry: RetryConfig = DEFAULT_DIAL_RETRY
     #: Requests in flight to one peer at once.
     pool_capacity: int = 128

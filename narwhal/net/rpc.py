@@ -34,7 +34,7 @@ from narwhal.errors import (
 )
 from narwhal.wire.frames import Frame, FrameKind, decode_error_body, encode_error_body
 
-__all__ = ["Handler", "Router", "RpcChannel", "DEFAULT_REQUEST_TIMEOUT"]
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Handler", "Router", "RpcChannel"]
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "FRAME_HEADER",
     "FRAME_HEADER_TAIL",
+    "MAX_ERROR_TEXT",
     "Frame",
     "FrameDecoder",
     "FrameKind",
-    "MAX_ERROR_TEXT",
     "decode_error_body",
     "encode_error_body",
     "encode_frame",
@@ -119,7 +119,7 @@ class FrameDecoder:
       callers must drain ``next_frame()`` after each ``receive_data()``.
     """
 
-    __slots__ = ("_buf", "_pos", "_max_frame_size", "_max_buffer", "_error")
+    __slots__ = ("_buf", "_error", "_max_buffer", "_max_frame_size", "_pos")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *, slack: int = 65536):
         if max_frame_size < FRAME_HEADER_TAIL:

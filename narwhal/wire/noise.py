@@ -45,14 +45,14 @@ from narwhal.errors import (
 )
 
 __all__ = [
-    "HandshakePayload",
-    "HandshakeStep",
     "MAX_NOISE_MESSAGE",
     "MAX_PLAINTEXT",
+    "WIRE_VERSION",
+    "HandshakePayload",
+    "HandshakeStep",
     "NoiseHandshake",
     "NoiseTransport",
     "Pattern",
-    "WIRE_VERSION",
     "prologue",
 ]
 
@@ -505,7 +505,7 @@ class NoiseTransport:
     :class:`~narwhal.errors.DecryptError`, after which the transport is unusable.
     """
 
-    __slots__ = ("_enc", "_enc_n", "_dec", "_dec_n", "_buf", "_failed")
+    __slots__ = ("_buf", "_dec", "_dec_n", "_enc", "_enc_n", "_failed")
 
     def __init__(self, enc_key: bytes, enc_nonce: int, dec_key: bytes, dec_nonce: int) -> None:
         self._enc = ChaCha20Poly1305(enc_key)
