@@ -182,16 +182,23 @@ class Connection(asyncio.Protocol):
             self._write_raw(hs.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        handshaking = self.state is ConnectionState.HANDSHAKE
         self.state = ConnectionState.CLOSED
         self._transport = None
         self._writable.set()  # wake waiters; they will see CLOSED
         for handle in (self._timer, self._flush_handle):
             if handle is not None:
                 handle.cancel()
-        reason = self.close_reason or (
-            ConnectionClosed(f"{self.name}: connection lost: {exc}") if exc else
-            ConnectionClosed(f"{self.name}: connection closed")
-        )
+        if self.close_reason is not None:
+            reason = self.close_reason
+        elif handshaking and self.initiator and self._cipher is None:
+            # the responder hung up on our message 1: it could not decrypt it or refused it
+            reason = HandshakeError(f"{self.name}: peer closed the connection during the handshake "
+                                    "(wrong server key, network id or version?)")
+        elif exc is not None:
+            reason = ConnectionClosed(f"{self.name}: connection lost: {exc}")
+        else:
+            reason = ConnectionClosed(f"{self.name}: connection closed")
         self.close_reason = reason
         if not self.ready.done():
             self.ready.set_exception(reason)

@@ -1,0 +1,177 @@
+"""Client links: Noise-NK listeners for anonymous clients, and the dialer clients use.
+
+Validators talk to each other through :class:`~narwhal.net.network.PeerManager` (Noise IK,
+committee keys only). Clients — load generators, wallets, output subscribers — hold no
+committee key: they authenticate the *server* (its static key is in the committee) and
+stay anonymous themselves (``Noise_NK``, ``wire_spec.md`` section 3.1). A
+:class:`ClientServer` accepts them on a separate port, up to ``max_clients`` at once, and
+routes their requests with an ordinary :class:`~narwhal.net.rpc.Router`; handlers receive
+a :class:`ClientPeer` as the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from narwhal.errors import ErrorCode, HandshakeError, PeerRejected
+from narwhal.net.connection import Connection, ConnectionConfig
+from narwhal.net.rpc import MAX_CONCURRENT_HANDLERS, Router, RpcChannel
+from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
+
+__all__ = ["ClientPeer", "ClientServer", "connect_client"]
+
+log = logging.getLogger(__name__)
+
+#: Clients connected at once; each costs buffers and handler slots, so a flood of
+#: connections is refused (OVERLOADED) instead of exhausting memory.
+DEFAULT_MAX_CLIENTS = 256
+
+
+@attrs.frozen
+class ClientPeer:
+    """The identity handlers see for a client: a connection number and its address."""
+
+    id: int
+    address: str
+
+
+class ClientServer:
+    """A Noise-NK listener for clients of one node role (a worker's transactions port, a
+    primary's output port)."""
+
+    def __init__(
+        self,
+        *,
+        local_static: bytes,
+        network_id: bytes,
+        local_payload: HandshakePayload,
+        router: Router,
+        config: ConnectionConfig = ConnectionConfig(),
+        name: str = "clients",
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS,
+    ) -> None:
+        self._local_static = local_static
+        self._network_id = network_id
+        self._payload = local_payload
+        self.router = router
+        self.config = config
+        self.name = name
+        self.max_clients = max_clients
+        self._max_handlers = max_concurrent_handlers
+        self._server: asyncio.Server | None = None
+        self._ids = itertools.count(1)
+        #: Every live connection (handshaking or open).
+        self.connections: set[Connection] = set()
+        self.accepted = 0
+        self.refused = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(self._new_connection, sock=sock)
+        else:
+            self._server = await loop.create_server(self._new_connection, host, port)
+        bound = int(self._server.sockets[0].getsockname()[1])
+        log.info("%s: accepting clients on %s:%d", self.name, host, bound)
+        return bound
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.connections)
+        for conn in conns:
+            conn.close(ErrorCode.SHUTTING_DOWN, "node stopping")
+        await asyncio.gather(*(asyncio.wait_for(asyncio.shield(c.closed), self.config.close_grace + 1)
+                               for c in conns), return_exceptions=True)
+        for conn in conns:
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _new_connection(self) -> Connection:
+        handshake = NoiseHandshake.responder(network_id=self._network_id, local_static=self._local_static,
+                                             accepted_patterns=(Pattern.NK,))
+        conn = Connection(
+            handshake,
+            local_payload=self._payload,
+            identify=self._identify,
+            sink_factory=lambda c: RpcChannel(c, self.router, max_concurrent_handlers=self._max_handlers),
+            config=self.config,
+            name=f"{self.name}<-client",
+            on_open=self._opened,
+            on_close=self.connections.discard,
+        )
+        self.connections.add(conn)
+        return conn
+
+    def _identify(self, key: bytes | None, payload: HandshakePayload) -> ClientPeer:
+        if payload.role != "client":
+            self.refused += 1
+            raise PeerRejected(f"{self.name}: this port serves clients only")
+        if len(self.connections) > self.max_clients:
+            self.refused += 1
+            error = PeerRejected(f"{self.name}: too many clients")
+            error.code = ErrorCode.OVERLOADED
+            raise error
+        return ClientPeer(next(self._ids), "")
+
+    def _opened(self, conn: Connection) -> None:
+        self.accepted += 1
+        transport = conn._transport
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        if peername:
+            conn.peer = attrs.evolve(conn.peer, address=f"{peername[0]}:{peername[1]}")
+        conn.name = f"{self.name}<-client{conn.peer.id}"
+
+
+async def connect_client(
+    host: str,
+    port: int,
+    *,
+    server_static: bytes,
+    network_id: bytes,
+    router: Router | None = None,
+    config: ConnectionConfig = ConnectionConfig(),
+    check_server: Callable[[HandshakePayload], bool] | None = None,
+    timeout: float = 5.0,
+    name: str = "client",
+) -> Connection:
+    """Dial a node's client port (Noise NK); return the open connection.
+
+    ``conn.sink`` is its :class:`RpcChannel` (``request``/``notify``). ``check_server``
+    may refuse a server whose handshake payload is not the role we meant to reach.
+    """
+
+    def identify(key: bytes | None, payload: HandshakePayload) -> Any:
+        if check_server is not None and not check_server(payload):
+            raise HandshakeError(f"{name}: server at {host}:{port} is not the expected endpoint")
+        return payload
+
+    handshake = NoiseHandshake.initiator(pattern=Pattern.NK, network_id=network_id, remote_static=server_static)
+    loop = asyncio.get_running_loop()
+    client_router = router or Router()
+    created: list[Connection] = []
+
+    def factory() -> Connection:
+        conn = Connection(handshake, local_payload=HandshakePayload("client"), identify=identify,
+                          sink_factory=lambda c: RpcChannel(c, client_router), config=config,
+                          name=f"{name}->{host}:{port}")
+        created.append(conn)
+        return conn
+
+    try:
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(factory, host, port)
+            return await conn.ready
+    except BaseException:
+        for conn in created:
+            conn.abort()
+        raise
