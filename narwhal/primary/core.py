@@ -1,0 +1,407 @@
+"""The primary's core: validate headers and vote, aggregate votes into certificates,
+accept certificates in causal order, and garbage-collect old rounds.
+
+Rules kept here (``../shared/PROTOCOL.md``, "Primary"):
+
+- **Vote at most once per (author, round), for ever.** The choice is reserved in memory
+  *before* the first ``await`` (so two concurrent deliveries cannot both vote) and written
+  durably before the vote leaves. A different header for an already-voted (author, round)
+  is equivocation: counted, never voted for.
+- **Vote only for valid, complete headers**: member author who sent it himself, signature,
+  round above the GC round, parents that are certificates of the previous round carrying a
+  quorum of stake (fetched when missing), payload stored at our workers (asked to sync when
+  missing). Incomplete headers are parked, bounded, and retried when what they miss arrives.
+- **Accept certificates only after their parents** (or when those are below the GC round),
+  so the DAG and consensus see certificates in causal order. Missing ancestors are
+  fetched; the certificate is parked meanwhile.
+- A quorum of round-r certificates gives the proposer its parents for round r+1.
+- **GC**: rounds below the GC round are dropped from memory, their reliable sends are
+  cancelled, and workers are told to ``Cleanup``.
+
+The core never touches sockets: it talks through the ``network`` object it is given, so
+the same code runs over Noise/TCP and in deterministic in-memory tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import attrs
+
+from narwhal import messages
+from narwhal.messages import Certificate, Cleanup, Header, Synchronize, Vote
+from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
+from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
+from narwhal.primary.dag import Dag
+
+__all__ = ["Core", "PrimaryNetworkLike", "round_key", "vote_key"]
+
+log = logging.getLogger(__name__)
+
+#: Headers waiting for parents or payload. Beyond it the oldest are dropped (their authors'
+#: certificates will still arrive through certificate processing).
+MAX_PARKED_HEADERS = 1_000
+#: Certificates waiting for ancestors. Beyond it the oldest are dropped and refetched later.
+MAX_PARKED_CERTIFICATES = 20_000
+
+
+def round_key(round_: int, author: bytes = b"") -> bytes:
+    """Store key ordered by round: 8-byte big-endian round, then the author."""
+    return round_.to_bytes(8, "big") + author
+
+
+def vote_key(author: bytes, round_: int) -> bytes:
+    return author + round_.to_bytes(8, "big")
+
+
+class PrimaryNetworkLike(Protocol):
+    """What the core needs from the network (real: ``primary.network.PrimaryNetwork``)."""
+
+    async def broadcast(self, message: Any) -> list[Any]: ...
+
+    async def send(self, authority: bytes, message: Any) -> Any: ...
+
+    async def to_workers(self, message: Any, worker_ids: Iterable[int] | None = None) -> list[Any]: ...
+
+
+class StoreLike(Protocol):
+    async def write(self, ops: list[tuple[str, bytes, bytes | None]]) -> None: ...
+
+
+class Core:
+    def __init__(
+        self,
+        *,
+        name: bytes,
+        committee: Any,
+        signer: Any,
+        store: StoreLike,
+        network: PrimaryNetworkLike,
+        fetch_certificates: Callable[[Iterable[bytes], bytes | None], None],
+        on_parents: Callable[[int, tuple[bytes, ...]], None],
+        on_certificate: Callable[[Certificate], None] = lambda c: None,
+        worker_ids: Iterable[int] = (0,),
+    ) -> None:
+        self.name = name
+        self.committee = committee
+        self._signer = signer
+        self._store = store
+        self._network = network
+        self._fetch = fetch_certificates
+        self._on_parents = on_parents
+        self._on_certificate = on_certificate
+        self._worker_ids = tuple(worker_ids)
+        self.dag = Dag(Certificate.genesis(committee.authorities_sorted()))
+        self.gc_round = 0
+        self.voted: dict[tuple[bytes, int], bytes] = {}
+        self.available: set[tuple[bytes, int]] = set()
+        self._current: VotesAggregator | None = None
+        self._aggregators: dict[int, CertificatesAggregator] = {}
+        self._parked_headers: dict[bytes, Header] = {}
+        self._parked_certificates: dict[bytes, Certificate] = {}
+        self._accepting: set[bytes] = set()
+        self._sends: dict[int, list[Any]] = {}
+        self._sync_requested: set[bytes] = set()
+        #: Rejections and notable events by reason (metrics).
+        self.counters: Counter[str] = Counter()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def restore(self, *, certificates: Iterable[Certificate], votes: Iterable[tuple[bytes, int, bytes]],
+                available: Iterable[tuple[bytes, int]], gc_round: int) -> None:
+        """Rebuild memory from the store after a restart (certificates in round order)."""
+        self.gc_round = gc_round
+        for author, round_, digest in votes:
+            self.voted[(author, round_)] = digest
+        self.available.update(available)
+        for certificate in sorted(certificates, key=lambda c: c.header.round):
+            if certificate.header.round > gc_round and self.dag.insert(certificate):
+                self._count_parent(certificate)
+
+    # -- headers ---------------------------------------------------------------------------
+
+    async def handle_header(self, header: Header, sender: bytes | None) -> None:
+        """A header from its author (``sender``), or our own (sender None)."""
+        try:
+            check_header(header, self.committee, gc_round=self.gc_round,
+                         highest_round=self.dag.highest_round, sender=sender)
+        except Invalid as exc:
+            self.counters[f"header_{exc.reason}"] += 1
+            raise
+        await self._try_vote(header)
+
+    async def _try_vote(self, header: Header) -> None:
+        key = (header.author, header.round)
+        prior = self.voted.get(key)
+        if prior is not None:
+            if prior != header.digest():
+                self.counters["equivocation"] += 1
+                log.warning("equivocation: %s sent a second header for round %d",
+                            header.author.hex()[:16], header.round)
+            return
+        missing_parents = self._missing_parents(header)
+        missing_payload = [(d, w) for d, w in header.payload if (d, w) not in self.available]
+        if missing_parents or missing_payload:
+            self._park_header(header, missing_parents, missing_payload)
+            return
+        self._check_parents(header, [self.dag.get(p) for p in header.parents])
+        self._parked_headers.pop(header.digest(), None)
+        await self._vote(header)
+
+    def _missing_parents(self, header: Header) -> list[bytes]:
+        if header.round - 1 <= self.gc_round and header.round > 1:
+            return []  # parents already collected: nothing to check against
+        return [p for p in header.parents if p not in self.dag]
+
+    def _check_parents(self, header: Header, parents: list[Certificate | None]) -> None:
+        if header.round - 1 <= self.gc_round and header.round > 1:
+            return
+        weight = 0
+        for parent in parents:
+            assert parent is not None
+            if parent.header.round != header.round - 1:
+                self.counters["header_bad_parent_round"] += 1
+                raise Invalid("bad_parent_round", "a parent is not from the previous round")
+            weight += self.committee.stake(parent.header.author)
+        if weight < self.committee.quorum_threshold():
+            self.counters["header_parents_no_quorum"] += 1
+            raise Invalid("parents_no_quorum", "the parents do not carry a quorum of stake")
+
+    def _park_header(self, header: Header, missing_parents: list[bytes],
+                     missing_payload: list[tuple[bytes, int]]) -> None:
+        digest = header.digest()
+        if digest not in self._parked_headers:
+            self.counters["header_parked"] += 1
+            self._parked_headers[digest] = header
+            while len(self._parked_headers) > MAX_PARKED_HEADERS:
+                self._parked_headers.pop(next(iter(self._parked_headers)))
+                self.counters["header_parked_dropped"] += 1
+        if missing_parents:
+            self._fetch(missing_parents, header.author)
+        if missing_payload:
+            self._request_payload(header.author, missing_payload)
+
+    def _request_payload(self, author: bytes, missing: list[tuple[bytes, int]]) -> None:
+        """Ask our workers to fetch batches we lack (once per digest)."""
+        by_worker: dict[int, list[bytes]] = {}
+        for digest, worker_id in missing:
+            if digest not in self._sync_requested:
+                self._sync_requested.add(digest)
+                by_worker.setdefault(worker_id, []).append(digest)
+        for worker_id, digests in by_worker.items():
+            for start in range(0, len(digests), messages.MAX_DIGESTS_PER_REQUEST):
+                chunk = tuple(digests[start:start + messages.MAX_DIGESTS_PER_REQUEST])
+                self._spawn_send(self._network.to_workers(Synchronize(chunk, author), [worker_id]), None)
+
+    async def _vote(self, header: Header) -> None:
+        key = (header.author, header.round)
+        digest = header.digest()
+        self.voted[key] = digest  # reserved before any await: no second vote can start
+        await self._store.write([
+            ("headers", digest, messages.encode(header)),
+            ("votes", vote_key(header.author, header.round), digest),
+        ])
+        unsigned = Vote(digest, header.round, header.author, self.name, bytes(64))  # digest skips it
+        vote = attrs.evolve(unsigned, signature=self._signer.sign(unsigned.digest()))
+        self.counters["votes_cast"] += 1
+        if header.author == self.name:
+            await self.handle_vote(vote, None)
+        else:
+            self._track(header.round, await self._network.send(header.author, vote))
+
+    async def retry_parked_headers(self) -> None:
+        """Re-examine parked headers (after certificates or payload arrived)."""
+        for header in list(self._parked_headers.values()):
+            if header.round <= self.gc_round:
+                self._parked_headers.pop(header.digest(), None)
+                continue
+            if not self._missing_parents(header) and all(
+                    p in self.available for p in header.payload):
+                try:
+                    await self._try_vote(header)
+                except Invalid:
+                    self._parked_headers.pop(header.digest(), None)
+
+    # -- our own header ------------------------------------------------------------------
+
+    async def propose(self, header: Header) -> None:
+        """Our proposer made ``header`` (already signed and persisted): broadcast, vote."""
+        self._current = VotesAggregator(header, self.committee)
+        self._track(header.round, await self._network.broadcast(header))
+        await self._try_vote(header)
+
+    async def handle_vote(self, vote: Vote, sender: bytes | None) -> None:
+        if sender is not None and vote.author != sender:
+            self.counters["vote_wrong_sender"] += 1
+            raise Invalid("wrong_sender", "a vote must be sent by its voter")
+        current = self._current
+        if current is None or vote.header_digest != current.header.digest():
+            if vote.origin == self.name and current is not None and vote.round < current.header.round:
+                self.counters["vote_stale"] += 1  # for an older header of ours: harmless
+                return
+            self.counters["vote_unexpected"] += 1
+            raise Invalid("unexpected_vote", "vote for a header we did not send")
+        try:
+            check_vote(vote, current.header, self.committee)
+        except Invalid as exc:
+            self.counters[f"vote_{exc.reason}"] += 1
+            raise
+        certificate = current.append(vote)
+        if certificate is not None:
+            self.counters["certificates_formed"] += 1
+            self._track(certificate.header.round, await self._network.broadcast(certificate))
+            await self.accept_certificate(certificate)
+
+    # -- certificates --------------------------------------------------------------------
+
+    async def handle_certificate(self, certificate: Certificate, sender: bytes | None) -> None:
+        """A certificate from a peer (or a fetch): validate, then accept in causal order."""
+        digest = certificate.digest()
+        if digest in self.dag or digest in self._accepting or digest in self._parked_certificates:
+            return
+        if certificate.header.round <= self.gc_round:
+            self.counters["certificate_too_old"] += 1
+            return
+        try:
+            check_certificate(certificate, self.committee, gc_round=self.gc_round,
+                              highest_round=self.dag.highest_round)
+        except Invalid as exc:
+            self.counters[f"certificate_{exc.reason}"] += 1
+            raise
+        await self.accept_certificate(certificate, sender)
+
+    async def accept_certificate(self, certificate: Certificate, hint: bytes | None = None) -> None:
+        """Store and insert ``certificate`` once its parents are in; park it otherwise."""
+        header = certificate.header
+        missing = [] if header.round - 1 <= self.gc_round else [
+            p for p in header.parents if p not in self.dag]
+        if missing:
+            self._parked_certificates[certificate.digest()] = certificate
+            while len(self._parked_certificates) > MAX_PARKED_CERTIFICATES:
+                self._parked_certificates.pop(next(iter(self._parked_certificates)))
+                self.counters["certificate_parked_dropped"] += 1
+            self._fetch(missing, hint or header.author)
+            return
+        await self._insert(certificate)
+        await self._release_parked_certificates()
+        await self.retry_parked_headers()
+
+    async def _insert(self, certificate: Certificate) -> None:
+        digest = certificate.digest()
+        header = certificate.header
+        if digest in self._accepting or digest in self.dag:
+            return
+        if self.dag.has_author_round(header.author, header.round):
+            self.counters["certificate_conflict"] += 1  # impossible with < 1/3 faulty stake
+            return
+        self._accepting.add(digest)
+        try:
+            await self._store.write([
+                ("certificates", digest, messages.encode(certificate)),
+                ("certificates_by_round", round_key(header.round, header.author), digest),
+            ])
+            self._parked_certificates.pop(digest, None)
+            if header.round <= self.gc_round or not self.dag.insert(certificate):
+                return
+        finally:
+            self._accepting.discard(digest)
+        self.counters["certificates_accepted"] += 1
+        missing_payload = [(d, w) for d, w in header.payload if (d, w) not in self.available]
+        if missing_payload and header.author != self.name:
+            self._request_payload(header.author, missing_payload)  # catch up on batches too
+        self._count_parent(certificate)
+        self._on_certificate(certificate)
+
+    def _count_parent(self, certificate: Certificate) -> None:
+        round_ = certificate.header.round
+        aggregator = self._aggregators.setdefault(round_, CertificatesAggregator(self.committee))
+        parents = aggregator.append(certificate)
+        if parents is not None:
+            self._on_parents(round_, parents)
+
+    async def _release_parked_certificates(self) -> None:
+        """Insert every parked certificate whose parents are now all present."""
+        progress = True
+        while progress:
+            progress = False
+            for digest, certificate in list(self._parked_certificates.items()):
+                header = certificate.header
+                if header.round <= self.gc_round:
+                    self._parked_certificates.pop(digest, None)
+                elif all(p in self.dag for p in header.parents):
+                    self._parked_certificates.pop(digest, None)
+                    await self._insert(certificate)
+                    progress = True
+
+    def parents_of(self, round_: int) -> tuple[bytes, ...]:
+        aggregator = self._aggregators.get(round_)
+        return aggregator.digests() if aggregator is not None else ()
+
+    # -- payload ---------------------------------------------------------------------------
+
+    async def batch_available(self, digest: bytes, worker_id: int) -> None:
+        """A worker stored a batch (ours or another authority's)."""
+        if (digest, worker_id) in self.available:
+            return
+        self.available.add((digest, worker_id))
+        self._sync_requested.discard(digest)
+        await self._store.write([("payload", digest + worker_id.to_bytes(4, "big"), b"")])
+        if self._parked_headers:
+            await self.retry_parked_headers()
+
+    # -- garbage collection ------------------------------------------------------------------
+
+    async def garbage_collect(self, gc_round: int) -> None:
+        """Drop rounds <= ``gc_round``: memory, parked work, and their reliable sends."""
+        if gc_round <= self.gc_round:
+            return
+        self.gc_round = gc_round
+        self.dag.prune_below(gc_round + 1)
+        for round_ in [r for r in self._aggregators if r <= gc_round]:
+            del self._aggregators[round_]
+        for round_ in [r for r in self._sends if r <= gc_round]:
+            for handle in self._sends.pop(round_):
+                handle.cancel()
+        self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
+        for digest in [d for d, h in self._parked_headers.items() if h.round <= gc_round]:
+            del self._parked_headers[digest]
+        for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:
+            del self._parked_certificates[digest]
+        self._spawn_send(self._network.to_workers(Cleanup(gc_round)), None)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _track(self, round_: int, handles: Any) -> None:
+        """Remember reliable-send handles by round so GC can cancel them."""
+        if not isinstance(handles, list):
+            handles = [handles]
+        bucket = self._sends.setdefault(round_, [])
+        bucket[:] = [h for h in bucket if not h.done()]
+        bucket.extend(handles)
+
+    def _spawn_send(self, coroutine: Any, round_: int | None) -> None:
+        """Start a network call from sync code; keep its handles for GC when it has a round."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)  # the loop only keeps weak references to tasks
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if t.cancelled() or t.exception() is not None:
+                return
+            if round_ is not None:
+                self._track(round_, t.result())
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for handles in self._sends.values():
+            for handle in handles:
+                handle.cancel()
+        self._sends.clear()

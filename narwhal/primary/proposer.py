@@ -1,0 +1,122 @@
+"""The proposer: turns batch digests and parent certificates into our next header.
+
+A header for round r needs a quorum of round r-1 certificates as parents, and then either
+``header_size`` bytes of batch digests or ``max_header_delay`` since the last header —
+whichever comes first (asonnino/narwhal's rule). Parents of a round above ours make us
+jump ahead (we were late, or just restarted).
+
+Never two headers for one round, across restarts too: the round is written to the store
+*before* the header is handed to the core for broadcasting, and a restarted proposer
+starts above the last persisted round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from narwhal import messages
+from narwhal.messages import Header
+
+__all__ = ["Proposer"]
+
+log = logging.getLogger(__name__)
+
+#: Size counted per batch digest against ``header_size`` (as in the reference).
+DIGEST_SIZE = 32
+#: Digests waiting for a header. When the proposer cannot make headers (no quorum of
+#: parents), workers keep reporting batches: beyond this they are still kept but the
+#: oldest are carried over to later headers in order.
+MAX_HEADER_PAYLOAD = messages.MAX_HEADER_PAYLOAD
+
+
+class Proposer:
+    def __init__(
+        self,
+        *,
+        name: bytes,
+        signer: Any,
+        store: Any,
+        propose: Callable[[Header], Awaitable[None]],
+        header_size: int,
+        max_header_delay: float,
+        genesis_parents: tuple[bytes, ...],
+        last_proposed: int = 0,
+    ) -> None:
+        self.name = name
+        self._signer = signer
+        self._store = store
+        self._propose = propose
+        self._header_size = header_size
+        self._max_delay = max_header_delay
+        self.last_proposed = last_proposed
+        #: Round of ``_parents``; a header gets round ``_parents_round + 1``.
+        self._parents_round = 0
+        self._parents: tuple[bytes, ...] | None = genesis_parents if last_proposed == 0 else None
+        self._digests: list[tuple[bytes, int]] = []
+        self._wake = asyncio.Event()
+        self.headers_proposed = 0
+
+    @property
+    def round(self) -> int:
+        """The round of the next header we would make."""
+        return max(self._parents_round + 1, self.last_proposed + 1)
+
+    @property
+    def pending_digests(self) -> int:
+        return len(self._digests)
+
+    def add_digest(self, digest: bytes, worker_id: int) -> None:
+        """A batch of ours reached its quorum: include it in a coming header."""
+        self._digests.append((digest, worker_id))
+        if len(self._digests) * DIGEST_SIZE >= self._header_size:
+            self._wake.set()
+
+    def parents_ready(self, round_: int, parents: tuple[bytes, ...]) -> None:
+        """The core holds a quorum of certificates of ``round_``."""
+        if round_ < self._parents_round:
+            return
+        self._parents_round = round_
+        self._parents = parents
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_delay
+        while True:
+            enough_parents = self._parents is not None and self._parents_round + 1 > self.last_proposed
+            enough_digests = len(self._digests) * DIGEST_SIZE >= self._header_size
+            expired = loop.time() >= deadline
+            if enough_parents and (enough_digests or expired):
+                await self._make_header()
+                deadline = loop.time() + self._max_delay
+                continue
+            self._wake.clear()
+            timeout = max(0.0, deadline - loop.time()) if enough_parents else None
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _make_header(self) -> None:
+        assert self._parents is not None
+        round_ = self._parents_round + 1
+        payload_list = self._digests[:MAX_HEADER_PAYLOAD]
+        self._digests = self._digests[MAX_HEADER_PAYLOAD:]
+        payload = tuple(sorted(dict(payload_list).items()))  # unique digests, sorted
+        unsigned = Header(self.name, round_, payload, tuple(sorted(self._parents)), bytes(64))
+        header = Header(self.name, round_, payload, unsigned.parents, self._signer.sign(unsigned.digest()))
+        # Durable *before* anyone can see the header: a restart never reuses this round.
+        await self._store.write([
+            ("last_proposed", b"", round_.to_bytes(8, "big")),
+            ("headers", header.digest(), messages.encode(header)),
+        ])
+        self.last_proposed = round_
+        self._parents = None
+        self.headers_proposed += 1
+        log.info("Created header %s round=%d batches=%d parents=%d", header.digest().hex()[:16],
+                 round_, len(payload), len(header.parents))
+        await self._propose(header)
