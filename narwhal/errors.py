@@ -172,6 +172,16 @@ class PoolFull(NetworkError):
     code = ErrorCode.OVERLOADED
 
 
+class ExecutorClosed(NetworkError):
+    """The peer's task pool was closed (the node is stopping): nothing more will be sent."""
+
+    code = ErrorCode.SHUTTING_DOWN
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
 class SendCancelled(NetworkError):
     """A reliable send was cancelled (explicitly, by GC of its round, or by dropping its handle)."""
 

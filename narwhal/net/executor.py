@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from narwhal.errors import NarwhalError, PoolFull
+from narwhal.errors import ExecutorClosed, NarwhalError, PoolFull
 from narwhal.net.retry import Clock, OnRetry, RetryConfig, Sleep, is_transient, retry
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_MAX_PENDING", "BoundedExecutor"]
@@ -193,7 +193,7 @@ class BoundedExecutor:
         """Wait while ``pending >= max_pending``, then return a task that waits for a
         slot, awaits ``fn()`` once and frees the slot.
 
-        Raises ``RuntimeError`` once the executor is closed (also to callers blocked here
+        Raises ``ExecutorClosed`` once the executor is closed (also to callers blocked here
         when :meth:`close` is called).
         """
         job = await self._admit()
@@ -246,7 +246,7 @@ class BoundedExecutor:
         while self._admission_queue:
             waiter = self._admission_queue.popleft()
             if not waiter.done():
-                waiter.set_exception(RuntimeError(f"{self._name}: executor closed"))
+                waiter.set_exception(ExecutorClosed(f"{self._name}: executor closed"))
         for task in list(self._tasks):
             task.cancel()
 
@@ -274,7 +274,7 @@ class BoundedExecutor:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"{self._name}: executor closed")
+            raise ExecutorClosed(f"{self._name}: executor closed")
 
     def _new_job(self) -> _Job:
         job = _Job()

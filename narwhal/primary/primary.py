@@ -23,6 +23,7 @@ from typing import Any
 
 from narwhal import messages
 from narwhal.config import parse_address
+from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import (
     Certificate,
@@ -86,6 +87,9 @@ class Primary:
             name=self.name, signer=keys.signing, store=store, propose=self.core.propose,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
             genesis_parents=genesis, last_proposed=int.from_bytes(last, "big") if last else 0)
+        protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
+        self.consensus = protocol(committee, ConsensusState(parameters.gc_depth))
+        self.consensus_index = 0
         self._tasks: list[asyncio.Task[None]] = []
         for cls, handler in (
             (Header, self._on_header), (Vote, self._on_vote), (Certificate, self._on_certificate),
@@ -140,13 +144,20 @@ class Primary:
 
     def _parents_ready(self, round_: int, parents: tuple[bytes, ...]) -> None:
         self.proposer.parents_ready(round_, parents)
-        # Until consensus drives GC (committed round - gc_depth), collect by DAG depth.
-        gc_round = round_ - self.parameters.gc_depth
-        if gc_round > self.core.gc_round:
-            self.core._spawn_send(self.core.garbage_collect(gc_round), None)
 
     def _certificate_accepted(self, certificate: Certificate) -> None:
-        pass  # consensus hooks in here
+        """The core accepted a certificate (causal order): run consensus on it."""
+        for committed in self.consensus.process_certificate(certificate):
+            self.consensus_index += 1
+            header = committed.header
+            log.info("Committed certificate %s round=%d author=%s index=%d batches=%d",
+                     committed.digest().hex()[:16], header.round, header.author.hex()[:8],
+                     self.consensus_index, len(header.payload))
+            for digest, _ in header.payload:
+                log.info("Committed batch %s", digest.hex())
+        gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
+        if gc_round > self.core.gc_round:
+            self.core._spawn_send(self.core.garbage_collect(gc_round), None)
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -200,6 +211,9 @@ class Primary:
             "headers_proposed": self.proposer.headers_proposed,
             "dag_round": core.dag.highest_round,
             "gc_round": core.gc_round,
+            "consensus": self.consensus.name,
+            "committed_round": self.consensus.state.last_committed_round,
+            "consensus_index": self.consensus_index,
             "certificates": core.counters["certificates_accepted"],
             "votes_cast": core.counters["votes_cast"],
             "certificates_formed": core.counters["certificates_formed"],

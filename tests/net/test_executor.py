@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from narwhal.errors import ConnectionClosed, PeerUnknown, PoolFull
+from narwhal.errors import ExecutorClosed, ConnectionClosed, PeerUnknown, PoolFull
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.retry import RetryConfig
 
@@ -424,11 +424,11 @@ async def test_close_cancels_everything() -> None:
     assert (ex.backing_off, ex.in_flight, ex.waiting, ex.pending) == (1, 1, 1, 3)
     await ex.aclose()
     assert all(t.cancelled() for t in (backing_off, running, waiting))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ExecutorClosed):
         await blocked
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ExecutorClosed):
         await ex.spawn(probe.fn())
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ExecutorClosed):
         ex.try_spawn(probe.fn())
     assert ex.closed and ex.cancelled == 3
     assert_idle(ex)
@@ -451,7 +451,7 @@ async def test_close_after_a_place_was_reserved_refuses_the_blocked_spawn() -> N
     pool.tasks["held"].add_done_callback(lambda _: pool.ex.close())
     pool.gate.set()
     await pool.finish()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ExecutorClosed):
         await blocked
     assert pool.probe.order == ["held"]
     assert_idle(pool.ex)

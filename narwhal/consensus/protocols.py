@@ -1,0 +1,185 @@
+"""Bullshark and Tusk: pure functions from a causally ordered certificate stream to a
+total order of certificates.
+
+Both keep the same :class:`ConsensusState` (a DAG of uncommitted certificates, the last
+committed round per authority) and differ only in *which* leader a new certificate can
+decide and *where* its support is counted (``../shared/PROTOCOL.md``, "Consensus"):
+
+- **Bullshark** (partially synchronous, as in MystenLabs/narwhal): a certificate of round R
+  may decide the leader of round r = R-1 (r even, r >= 2) with f+1 stake of round-R
+  certificates among its children.
+- **Tusk** (as in asonnino/narwhal): a certificate of round R may decide the leader of round
+  r-2 where r = R-1 (r even, r >= 4) with f+1 stake of round r-1 children.
+
+When a leader is decided, every earlier uncommitted leader (every second round down to
+``last_committed_round + 2``) that is linked to it through parent edges is committed first,
+oldest first; each committed leader outputs its causal history that was not output yet:
+certificates ``c`` with ``c.round > last_committed[c.author]``, above the GC horizon.
+
+Determinism: nothing here depends on dict or set iteration order or on arrival order.
+Each sub-DAG is sorted by (round, author key); leaders are chosen by a fixed rotation over
+the committee sorted by key. The rotation is ``sorted_keys[(round // 2) % n]``: leaders only
+exist on even rounds, and the references' ``round % n`` would give, with an even committee
+size, the leadership to half of the authorities only.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from narwhal.messages import Certificate
+
+__all__ = ["Bullshark", "ConsensusState", "Tusk", "leader_of"]
+
+
+class Committee(Protocol):
+    def stake(self, name: bytes) -> int: ...
+
+    def validity_threshold(self) -> int: ...
+
+    def authorities_sorted(self) -> list[bytes]: ...
+
+
+def leader_of(committee: Committee, round_: int) -> bytes:
+    """The authority that leads ``round_`` (an even round), identical at every node."""
+    authorities = committee.authorities_sorted()
+    return authorities[(round_ // 2) % len(authorities)]
+
+
+class ConsensusState:
+    """What consensus remembers: uncommitted certificates and how far each author is committed."""
+
+    def __init__(self, gc_depth: int) -> None:
+        self.gc_depth = gc_depth
+        self.dag: dict[int, dict[bytes, Certificate]] = {}
+        self.digests: dict[bytes, Certificate] = {}
+        self.last_committed: dict[bytes, int] = {}
+        self.last_committed_round = 0
+
+    def insert(self, certificate: Certificate) -> None:
+        """Add a certificate (causal order). Already committed or GC'd ones are ignored;
+        genesis (round 0) counts as committed from the start."""
+        header = certificate.header
+        if header.round <= self.last_committed.get(header.author, 0) or (
+                header.round < self.last_committed_round - self.gc_depth):
+            return
+        self.dag.setdefault(header.round, {})[header.author] = certificate
+        self.digests[certificate.digest()] = certificate
+
+    def leader(self, committee: Committee, round_: int) -> Certificate | None:
+        return self.dag.get(round_, {}).get(leader_of(committee, round_))
+
+    def support(self, committee: Committee, leader: Certificate, round_: int) -> int:
+        """Stake of round ``round_`` certificates that have ``leader`` as a parent."""
+        digest = leader.digest()
+        return sum(committee.stake(author) for author, c in self.dag.get(round_, {}).items()
+                   if digest in c.header.parents)
+
+    def linked(self, leader: Certificate, previous: Certificate) -> bool:
+        """Is there a path of parent edges from ``leader`` down to ``previous``?"""
+        frontier = {leader.digest()}
+        for round_ in range(leader.header.round, previous.header.round, -1):
+            parents = {p for d in frontier for p in self.digests[d].header.parents if p in self.digests}
+            frontier = {d for d in parents if self.digests[d].header.round == round_ - 1}
+            if not frontier:
+                return False
+        return previous.digest() in frontier
+
+    def commit(self, committee: Committee, leader: Certificate) -> list[Certificate]:
+        """Commit ``leader`` and the linked uncommitted leaders before it; return the output."""
+        leaders = [leader]
+        for round_ in range(leader.header.round - 2, self.last_committed_round + 1, -2):
+            previous = self.leader(committee, round_)
+            if previous is not None and self.linked(leaders[-1], previous):
+                leaders.append(previous)
+        output: list[Certificate] = []
+        for committed_leader in reversed(leaders):
+            for certificate in self._sub_dag(committed_leader):
+                self._mark_committed(certificate)
+                output.append(certificate)
+        self._prune()
+        return output
+
+    def _sub_dag(self, leader: Certificate) -> list[Certificate]:
+        """The leader's causal history not output yet, sorted by (round, author)."""
+        horizon = self.last_committed_round - self.gc_depth
+        seen = {leader.digest()}
+        stack = [leader]
+        result = []
+        while stack:
+            certificate = stack.pop()
+            result.append(certificate)
+            for parent in certificate.header.parents:
+                ancestor = self.digests.get(parent)
+                if ancestor is None or parent in seen:
+                    continue  # already committed and pruned, or below the GC horizon
+                seen.add(parent)
+                author, round_ = ancestor.header.author, ancestor.header.round
+                if round_ > self.last_committed.get(author, 0) and round_ > horizon:
+                    stack.append(ancestor)
+        return sorted(result, key=lambda c: (c.header.round, c.header.author))
+
+    def _mark_committed(self, certificate: Certificate) -> None:
+        author, round_ = certificate.header.author, certificate.header.round
+        self.last_committed[author] = max(self.last_committed.get(author, 0), round_)
+        self.last_committed_round = max(self.last_committed_round, round_)
+
+    def _prune(self) -> None:
+        """Forget committed certificates and everything below the GC horizon."""
+        horizon = self.last_committed_round - self.gc_depth
+        for round_ in list(self.dag):
+            by_author = self.dag[round_]
+            for author in [a for a in by_author if round_ <= self.last_committed.get(a, 0) or round_ < horizon]:
+                self.digests.pop(by_author.pop(author).digest(), None)
+            if not by_author:
+                del self.dag[round_]
+
+
+class Bullshark:
+    """Decide the leader of round R-1 when a round-R certificate arrives."""
+
+    name = "bullshark"
+
+    def __init__(self, committee: Committee, state: ConsensusState) -> None:
+        self.committee = committee
+        self.state = state
+
+    def process_certificate(self, certificate: Certificate) -> list[Certificate]:
+        state = self.state
+        state.insert(certificate)
+        round_ = certificate.header.round
+        leader_round = round_ - 1
+        if leader_round % 2 != 0 or leader_round < 2 or leader_round <= state.last_committed_round:
+            return []
+        leader = state.leader(self.committee, leader_round)
+        if leader is None:
+            return []
+        if state.support(self.committee, leader, round_) < self.committee.validity_threshold():
+            return []
+        return state.commit(self.committee, leader)
+
+
+class Tusk:
+    """Decide the leader of round R-3 when a round-R certificate arrives (R-1 even)."""
+
+    name = "tusk"
+
+    def __init__(self, committee: Committee, state: ConsensusState) -> None:
+        self.committee = committee
+        self.state = state
+
+    def process_certificate(self, certificate: Certificate) -> list[Certificate]:
+        state = self.state
+        state.insert(certificate)
+        r = certificate.header.round - 1
+        if r % 2 != 0 or r < 4:
+            return []
+        leader_round = r - 2
+        if leader_round <= state.last_committed_round:
+            return []
+        leader = state.leader(self.committee, leader_round)
+        if leader is None:
+            return []
+        if state.support(self.committee, leader, r - 1) < self.committee.validity_threshold():
+            return []
+        return state.commit(self.committee, leader)
