@@ -288,15 +288,15 @@ class Parameters:
                               f"({self.idle_timeout}), got {self.keepalive_interval}")
 
     def network_config(self) -> NetworkConfig:
-        """The network layer's config. ``max_concurrent_handlers`` has no field there (yet):
-        it goes to each ``RpcChannel``."""
+        """The network layer's config built from these parameters."""
         connection = ConnectionConfig(
             handshake_timeout=self.handshake_timeout, keepalive_interval=self.keepalive_interval,
             idle_timeout=self.idle_timeout, max_frame_size=self.max_frame_size)
         return NetworkConfig(
             connection=connection, retry=self.retry, dial_retry=self.dial_retry,
             pool_capacity=self.pool_capacity, max_pending=self.max_pending,
-            connect_timeout=self.connect_timeout, request_timeout=self.request_timeout)
+            connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
+            max_concurrent_handlers=self.max_concurrent_handlers)
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -49,7 +49,7 @@ from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.metrics import PeerMetrics
 from narwhal.net.retry import Backoff, RetryConfig
-from narwhal.net.rpc import DEFAULT_REQUEST_TIMEOUT, Router, RpcChannel
+from narwhal.net.rpc import DEFAULT_REQUEST_TIMEOUT, MAX_CONCURRENT_HANDLERS, Router, RpcChannel
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 __all__ = [
@@ -104,6 +104,8 @@ class NetworkConfig:
     max_pending: int = 20_000
     connect_timeout: float = 5.0
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Handlers one connection runs at once; more requests are answered OVERLOADED.
+    max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS
 
 
 class _Peer:
@@ -246,7 +248,8 @@ class PeerManager:
             handshake,
             local_payload=self._payload,
             identify=lambda key, payload: self._identify(key, payload, expected),
-            sink_factory=lambda c: RpcChannel(c, self.router),
+            sink_factory=lambda c: RpcChannel(
+                c, self.router, max_concurrent_handlers=self.config.max_concurrent_handlers),
             config=self.config.connection,
             name=name,
             on_open=self._connection_opened,
