@@ -1,0 +1,177 @@
+"""The primary's protocol logic, independent of how messages travel.
+
+:class:`PrimaryNode` assembles the core, the proposer, the certificate fetcher and
+consensus around a ``network`` object and a ``store``. The real :class:`~narwhal.primary.
+primary.Primary` gives it the Noise/TCP network; the tests give it an in-memory network
+and run many nodes in one process, deterministically — the same code either way.
+
+Recovery: ``restore()`` rebuilds the state from the store (certificates, the votes we
+cast, the batches known available, the last round we proposed), so a restarted node never
+votes twice for one (author, round) and never proposes a round again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from narwhal import messages
+from narwhal.consensus import Bullshark, ConsensusState, Tusk
+from narwhal.errors import ErrorCode, RequestRejected
+from narwhal.messages import Certificate, CertificatesResponse, Header, Vote
+from narwhal.primary.core import Core, PrimaryNetworkLike, round_key
+from narwhal.primary.fetcher import CertificateFetcher
+from narwhal.primary.proposer import Proposer
+
+__all__ = ["PrimaryNode"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes of certificates in one catch-up response (well below the 8 MiB frame limit).
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+class NodeNetwork(PrimaryNetworkLike, Protocol):
+    @property
+    def others(self) -> list[bytes]: ...
+
+    async def request(self, authority: bytes, message: Any, timeout: float) -> Any: ...
+
+
+class PrimaryNode:
+    def __init__(self, *, name: bytes, signer: Any, committee: Any, parameters: Any, store: Any,
+                 network: NodeNetwork) -> None:
+        self.name = name
+        self.committee = committee
+        self.parameters = parameters
+        self.store = store
+        self.fetcher = CertificateFetcher(
+            others=network.others, request=network.request, have=lambda d: d in self.core.dag,
+            deliver=lambda c, source: self.core.handle_certificate(c, None))
+        self.core = Core(
+            name=name, committee=committee, signer=signer, store=store, network=network,
+            fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,
+            on_certificate=self._certificate_accepted, worker_ids=committee.worker_ids)
+        genesis = tuple(sorted(c.digest() for c in Certificate.genesis(committee.authorities_sorted())))
+        last = store.get("last_proposed", b"")
+        self.proposer = Proposer(
+            name=name, signer=signer, store=store, propose=self.core.propose,
+            header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
+            genesis_parents=genesis, last_proposed=int.from_bytes(last, "big") if last else 0)
+        protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
+        self.consensus = protocol(committee, ConsensusState(parameters.gc_depth))
+        self.consensus_index = 0
+        self.committed: list[Certificate] = []  # ordered output of this run (bounded below)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        certificates = [messages.decode(messages.tag_of(Certificate), value)
+                        for _, value in self.store.items("certificates")]
+        votes = [(key[:32], int.from_bytes(key[32:], "big"), value)
+                 for key, value in self.store.items("votes")]
+        available = [(key[:32], int.from_bytes(key[32:], "big")) for key in self.store.keys("payload")]
+        highest = max((c.header.round for c in certificates), default=0)
+        gc_round = max(0, highest - self.parameters.gc_depth)
+        self.core.restore(certificates=certificates, votes=votes, available=available, gc_round=gc_round)
+        if certificates:
+            log.info("restored %d certificates up to round %d, %d votes, gc round %d",
+                     len(certificates), highest, len(votes), gc_round)
+
+    async def run(self) -> None:
+        """Run the proposer for ever (restarting it after an unexpected failure)."""
+        while True:
+            try:
+                await self.proposer.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one failure stop our proposals for good
+                log.exception("proposer failed; restarting it")
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+        await self.core.close()
+
+    # -- inbound messages (the sender is an authenticated authority) -------------------------
+
+    async def on_header(self, sender: bytes, header: Header) -> None:
+        await self.core.handle_header(header, sender)
+
+    async def on_vote(self, sender: bytes, vote: Vote) -> None:
+        await self.core.handle_vote(vote, sender)
+
+    async def on_certificate(self, sender: bytes, certificate: Certificate) -> None:
+        await self.core.handle_certificate(certificate, sender)
+
+    async def on_batch(self, digest: bytes, worker_id: int, *, ours: bool) -> None:
+        """Our worker stored a batch: ours (quorum reached) or another authority's."""
+        if worker_id not in self.committee.worker_ids:
+            raise RequestRejected(ErrorCode.INVALID, f"no worker {worker_id}")
+        await self.core.batch_available(digest, worker_id)
+        if ours:
+            self.proposer.add_digest(digest, worker_id)
+
+    def certificates_by_digest(self, digests: list[bytes]) -> CertificatesResponse:
+        return _bounded_response(self.store.get_many("certificates", digests))
+
+    def certificates_after(self, after_round: int, max_items: int) -> CertificatesResponse:
+        rows = self.store.items("certificates_by_round", start=round_key(after_round + 1), limit=max_items)
+        return _bounded_response(self.store.get_many("certificates", [digest for _, digest in rows]))
+
+    # -- callbacks from the core -------------------------------------------------------------
+
+    def _parents_ready(self, round_: int, parents: tuple[bytes, ...]) -> None:
+        self.proposer.parents_ready(round_, parents)
+
+    def _certificate_accepted(self, certificate: Certificate) -> None:
+        """The core accepted a certificate (causal order): run consensus on it."""
+        for committed in self.consensus.process_certificate(certificate):
+            self.consensus_index += 1
+            header = committed.header
+            log.info("Committed certificate %s round=%d author=%s index=%d batches=%d",
+                     committed.digest().hex()[:16], header.round, header.author.hex()[:8],
+                     self.consensus_index, len(header.payload))
+            for digest, _ in header.payload:
+                log.info("Committed batch %s", digest.hex())
+            self.committed.append(committed)
+        del self.committed[:-10_000]
+        gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
+        if gc_round > self.core.gc_round:
+            self.core._spawn_send(self.core.garbage_collect(gc_round), None)
+
+    # -- observability -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        return {
+            "role": "primary",
+            "authority": self.name.hex(),
+            "round": self.proposer.round,
+            "last_proposed": self.proposer.last_proposed,
+            "headers_proposed": self.proposer.headers_proposed,
+            "dag_round": core.dag.highest_round,
+            "gc_round": core.gc_round,
+            "consensus": self.consensus.name,
+            "committed_round": self.consensus.state.last_committed_round,
+            "consensus_index": self.consensus_index,
+            "certificates": core.counters["certificates_accepted"],
+            "votes_cast": core.counters["votes_cast"],
+            "certificates_formed": core.counters["certificates_formed"],
+            "pending_digests": self.proposer.pending_digests,
+            "fetching": self.fetcher.wanted,
+            "counters": dict(core.counters),
+        }
+
+
+def _bounded_response(encoded: list[bytes | None]) -> CertificatesResponse:
+    certificates, size = [], 0
+    for value in encoded:
+        if value is None:
+            continue
+        size += len(value)
+        if size > MAX_RESPONSE_BYTES:
+            break
+        certificates.append(messages.decode(messages.tag_of(Certificate), value))
+    return CertificatesResponse(tuple(certificates))
