@@ -1,0 +1,173 @@
+"""Deterministic in-memory simulation of N primaries: no sockets, same protocol code.
+
+Each :class:`SimNode` is a real :class:`~narwhal.primary.node.PrimaryNode` with an
+in-memory store and a :class:`SimNetwork` that delivers messages to the other nodes'
+handlers as asyncio tasks. Workers are simulated by marking batches available at every
+node. A node can be "down" (drops what it would receive and send).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import attrs
+
+from narwhal.config import Committee, Parameters
+from narwhal.crypto import AuthorityKeys
+from narwhal.messages import Certificate, CertificatesRequest, Header, Vote
+from narwhal.primary.node import PrimaryNode
+
+
+class MemoryStore:
+    """The Store's interface over dicts; records every write in order."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, dict[bytes, bytes]] = defaultdict(dict)
+        self.log: list[tuple[str, bytes]] = []
+
+    async def write(self, ops):
+        for family, key, value in ops:
+            self.log.append((family, key))
+            if value is None:
+                self.families[family].pop(key, None)
+            else:
+                self.families[family][bytes(key)] = bytes(value)
+
+    def get(self, family, key):
+        return self.families[family].get(bytes(key))
+
+    def get_many(self, family, keys):
+        return [self.get(family, k) for k in keys]
+
+    def items(self, family, start=None, end=None, limit=None, reverse=False):
+        rows = sorted((k, v) for k, v in self.families[family].items()
+                      if (start is None or k >= start) and (end is None or k < end))
+        if reverse:
+            rows.reverse()
+        return rows[:limit] if limit is not None else rows
+
+    def keys(self, family, start=None, end=None, limit=None, reverse=False):
+        return [k for k, _ in self.items(family, start, end, limit, reverse)]
+
+
+class Handle:
+    def __init__(self, task: asyncio.Task) -> None:
+        self._task = task
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    def done(self) -> bool:
+        return self._task.done()
+
+
+class SimNetwork:
+    """One node's view of the simulated network."""
+
+    def __init__(self, sim: Simulation, me: bytes) -> None:
+        self.sim = sim
+        self.me = me
+        self.to_worker_log: list[Any] = []
+        self.sent: list[tuple[bytes, Any]] = []
+
+    @property
+    def others(self) -> list[bytes]:
+        return [n for n in self.sim.names if n != self.me]
+
+    async def broadcast(self, message):
+        return [await self.send(other, message) for other in self.others]
+
+    async def send(self, authority, message):
+        self.sent.append((authority, message))
+        return Handle(asyncio.ensure_future(self.sim.deliver(self.me, authority, message)))
+
+    async def to_workers(self, message, worker_ids=None):
+        self.to_worker_log.append(message)
+        return []
+
+    async def request(self, authority, message, timeout):
+        target = self.sim.nodes[authority]
+        if self.sim.down & {authority, self.me}:
+            raise TimeoutError("peer down")
+        assert isinstance(message, CertificatesRequest)
+        return target.node.certificates_by_digest(list(message.digests))
+
+
+@attrs.define
+class SimNode:
+    keys: AuthorityKeys
+    store: MemoryStore
+    network: SimNetwork
+    node: PrimaryNode
+    task: asyncio.Task | None = None
+    errors: list[Exception] = attrs.field(factory=list)
+
+
+class Simulation:
+    def __init__(self, n: int = 4, **parameters: Any) -> None:
+        self.keys = [AuthorityKeys.generate(1) for _ in range(n)]
+        self.committee = Committee.local([k.public() for k in self.keys], 1)
+        self.parameters = Parameters(**{"max_header_delay": 0.02, **parameters})
+        self.names = [k.name for k in self.keys]
+        self.down: set[bytes] = set()
+        self.nodes: dict[bytes, SimNode] = {}
+        for keys in self.keys:
+            self.nodes[keys.name] = self._make(keys, MemoryStore())
+
+    def _make(self, keys: AuthorityKeys, store: MemoryStore) -> SimNode:
+        network = SimNetwork(self, keys.name)
+        node = PrimaryNode(name=keys.name, signer=keys.signing, committee=self.committee,
+                           parameters=self.parameters, store=store, network=network)
+        return SimNode(keys, store, network, node)
+
+    async def deliver(self, sender: bytes, receiver: bytes, message: Any) -> None:
+        if self.down & {sender, receiver}:
+            return
+        target = self.nodes[receiver]
+        try:
+            if isinstance(message, Header):
+                await target.node.on_header(sender, message)
+            elif isinstance(message, Vote):
+                await target.node.on_vote(sender, message)
+            elif isinstance(message, Certificate):
+                await target.node.on_certificate(sender, message)
+        except Exception as exc:  # recorded: tests assert on rejections
+            target.errors.append(exc)
+
+    def start(self, name: bytes | None = None) -> None:
+        for sim_node in ([self.nodes[name]] if name else self.nodes.values()):
+            sim_node.node.restore()
+            sim_node.task = asyncio.ensure_future(sim_node.node.run())
+
+    async def stop(self, name: bytes | None = None) -> None:
+        for sim_node in ([self.nodes[name]] if name else self.nodes.values()):
+            if sim_node.task is not None:
+                sim_node.task.cancel()
+                await asyncio.gather(sim_node.task, return_exceptions=True)
+                sim_node.task = None
+            await sim_node.node.close()
+
+    async def restart(self, name: bytes) -> None:
+        """Crash and restart ``name`` from its store (memory lost, store kept)."""
+        await self.stop(name)
+        old = self.nodes[name]
+        self.nodes[name] = self._make(old.keys, old.store)
+        self.start(name)
+
+    async def make_batch(self, author_index: int, digest: bytes, worker_id: int = 0) -> None:
+        """Simulate a worker: the batch is stored everywhere, the author's quorum reached."""
+        for name, sim_node in self.nodes.items():
+            await sim_node.node.on_batch(digest, worker_id, ours=name == self.names[author_index])
+
+    def rounds(self) -> list[int]:
+        return [n.node.core.dag.highest_round for n in self.nodes.values()]
+
+    async def run_until(self, predicate, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                raise AssertionError(f"simulation did not reach the condition; rounds={self.rounds()}")
+            await asyncio.sleep(0.01)

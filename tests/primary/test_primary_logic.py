@@ -1,0 +1,207 @@
+"""Proposer, core and aggregators without sockets: an in-memory network of real PrimaryNodes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import attrs
+import pytest
+
+from narwhal.errors import RequestRejected
+from narwhal.messages import Certificate, Header, Vote
+from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
+
+from .sim import Simulation
+
+
+@pytest.fixture
+async def sim():
+    simulation = Simulation(4)
+    try:
+        yield simulation
+    finally:
+        await simulation.stop()
+
+
+def signed_header(keys, round_, parents, payload=()):
+    unsigned = Header(keys.name, round_, tuple(sorted(payload)), tuple(sorted(parents)), bytes(64))
+    return attrs.evolve(unsigned, signature=keys.signing.sign(unsigned.digest()))
+
+
+def genesis_digests(sim):
+    return [c.digest() for c in Certificate.genesis(sim.names)]
+
+
+async def test_four_nodes_advance_rounds_and_agree_on_certificates(sim):
+    sim.start()
+    for i in range(8):
+        await sim.make_batch(i % 4, os.urandom(32))
+    await sim.run_until(lambda: min(sim.rounds()) >= 20)
+    nodes = list(sim.nodes.values())
+    quorum = sim.committee.quorum_threshold()
+    by_author_round: dict = {}
+    for sim_node in nodes:
+        for round_ in sim_node.node.core.dag.rounds():
+            for author, certificate in sim_node.node.core.dag.round(round_).items():
+                if round_ == 0:
+                    continue
+                assert len(certificate.votes) >= quorum  # every certificate has 2f+1 signers
+                other = by_author_round.setdefault((author, round_), certificate)
+                assert other.digest() == certificate.digest()  # one certificate per (author, round)
+    assert all(n.errors == [] for n in nodes)
+    assert all(n.node.core.counters["equivocation"] == 0 for n in nodes)
+    # consensus commits and its order agrees across nodes (prefixes of one another)
+    outputs = [[c.digest() for c in n.node.committed] for n in nodes]
+    shortest = min(len(o) for o in outputs)
+    assert shortest > 0 and all(o[:shortest] == outputs[0][:shortest] for o in outputs)
+    # the batches made it into headers
+    payload = {d for n in nodes for c in n.node.committed for d, _ in c.header.payload}
+    assert len(payload) >= 1
+
+
+async def test_one_node_down_the_others_keep_advancing_then_it_catches_up(sim):
+    sim.start()
+    down = sim.names[3]
+    sim.down.add(down)
+    await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= 15)
+    assert sim.nodes[down].node.core.dag.highest_round < 5
+    sim.down.discard(down)
+    await sim.run_until(lambda: sim.nodes[down].node.core.dag.highest_round >= 15, timeout=15)
+    # it fetched the missing history and proposes again
+    await sim.run_until(lambda: sim.nodes[down].node.proposer.last_proposed >= 15, timeout=15)
+
+
+async def test_equivocating_header_gets_no_second_vote(sim):
+    node = sim.nodes[sim.names[0]].node
+    author = sim.keys[1]
+    first = signed_header(author, 1, genesis_digests(sim))
+    second = signed_header(author, 1, genesis_digests(sim), payload=[(b"\x07" * 32, 0)])
+    await node.core.batch_available(b"\x07" * 32, 0)
+    await node.on_header(author.name, first)
+    await node.on_header(author.name, second)
+    assert node.core.counters["votes_cast"] == 1
+    assert node.core.counters["equivocation"] == 1
+    votes = [m for _, m in sim.nodes[sim.names[0]].network.sent if isinstance(m, Vote)]
+    assert [v.header_digest for v in votes] == [first.digest()]
+
+
+async def test_vote_is_persisted_before_it_is_sent(sim):
+    sim_node = sim.nodes[sim.names[0]]
+    author = sim.keys[1]
+    header = signed_header(author, 1, genesis_digests(sim))
+    await sim_node.node.on_header(author.name, header)
+    assert ("votes", author.name + (1).to_bytes(8, "big")) in sim_node.store.log
+    assert any(isinstance(m, Vote) for _, m in sim_node.network.sent)
+
+
+async def test_restarted_node_never_votes_twice_nor_reproposes(sim):
+    name = sim.names[0]
+    author = sim.keys[1]
+    header = signed_header(author, 1, genesis_digests(sim))
+    await sim.nodes[name].node.on_header(author.name, header)
+    sim.start(name)
+    await sim.run_until(lambda: sim.nodes[name].node.proposer.last_proposed >= 1)
+    proposed = sim.nodes[name].node.proposer.last_proposed
+    await sim.restart(name)
+    restarted = sim.nodes[name].node
+    assert restarted.proposer.round > proposed
+    other = signed_header(author, 1, genesis_digests(sim), payload=[(b"\x09" * 32, 0)])
+    await restarted.core.batch_available(b"\x09" * 32, 0)
+    await restarted.on_header(author.name, other)
+    assert restarted.core.counters["votes_cast"] == 0
+    assert restarted.core.counters["equivocation"] == 1
+
+
+@pytest.mark.parametrize("case", ["bad_signature", "non_member", "wrong_sender", "too_far_ahead"])
+async def test_invalid_headers_are_rejected_with_a_reason(sim, case):
+    node = sim.nodes[sim.names[0]].node
+    author = sim.keys[1]
+    header = signed_header(author, 1, genesis_digests(sim))
+    sender = author.name
+    if case == "bad_signature":
+        header = attrs.evolve(header, signature=bytes(64))
+    elif case == "non_member":
+        from narwhal.crypto import AuthorityKeys
+
+        header = signed_header(AuthorityKeys.generate(1), 1, genesis_digests(sim))
+        sender = header.author
+    elif case == "wrong_sender":
+        sender = sim.names[2]
+    elif case == "too_far_ahead":
+        header = signed_header(author, 5_000, genesis_digests(sim))
+    with pytest.raises(RequestRejected):
+        await node.on_header(sender, header)
+    assert node.core.counters[f"header_{case}"] == 1
+    assert node.core.counters["votes_cast"] == 0
+
+
+async def test_header_with_unknown_parents_is_parked_and_fetched(sim):
+    node = sim.nodes[sim.names[0]].node
+    author = sim.keys[1]
+    header = signed_header(author, 2, [os.urandom(32) for _ in range(3)])
+    await node.on_header(author.name, header)
+    assert node.core.counters["header_parked"] == 1
+    assert node.fetcher.wanted == 3  # asked for, from the header's author first
+    assert node.core.counters["votes_cast"] == 0
+
+
+async def test_header_with_missing_payload_asks_workers_and_waits(sim):
+    sim_node = sim.nodes[sim.names[0]]
+    author = sim.keys[1]
+    batch = os.urandom(32)
+    header = signed_header(author, 1, genesis_digests(sim), payload=[(batch, 0)])
+    await sim_node.node.on_header(author.name, header)
+    assert sim_node.node.core.counters["votes_cast"] == 0
+    await asyncio.sleep(0)  # the Synchronize is sent from a background task
+    syncs = sim_node.network.to_worker_log
+    assert syncs and syncs[-1].digests == (batch,) and syncs[-1].target == author.name
+    await sim_node.node.on_batch(batch, 0, ours=False)  # the worker fetched it
+    assert sim_node.node.core.counters["votes_cast"] == 1
+
+
+async def test_vote_for_a_header_we_did_not_send_is_rejected(sim):
+    node = sim.nodes[sim.names[0]].node
+    voter = sim.keys[1]
+    unsigned = Vote(os.urandom(32), 1, sim.names[0], voter.name, bytes(64))
+    vote = attrs.evolve(unsigned, signature=voter.signing.sign(unsigned.digest()))
+    with pytest.raises(RequestRejected):
+        await node.on_vote(voter.name, vote)
+    assert node.core.counters["vote_unexpected"] == 1
+
+
+async def test_certificates_with_too_few_or_bad_signers_are_rejected(sim):
+    node = sim.nodes[sim.names[0]].node
+    author = sim.keys[1]
+    header = signed_header(author, 1, genesis_digests(sim))
+    vote_digest = Vote(header.digest(), 1, author.name, author.name, bytes(64)).digest()
+    votes = sorted((k.name, k.signing.sign(vote_digest)) for k in sim.keys[1:3])  # 2 < quorum 3
+    with pytest.raises(RequestRejected):
+        await node.on_certificate(author.name, Certificate(header, tuple(votes)))
+    assert node.core.counters["certificate_insufficient_stake"] == 1
+    forged = sorted((k.name, bytes(64)) for k in sim.keys[1:4])
+    with pytest.raises(RequestRejected):
+        await node.on_certificate(author.name, Certificate(header, tuple(forged)))
+    assert node.core.counters["certificate_bad_signature"] == 1
+    good = sorted((k.name, k.signing.sign(vote_digest)) for k in sim.keys[1:4])
+    await node.on_certificate(author.name, Certificate(header, tuple(good)))
+    assert node.core.counters["certificates_accepted"] == 1
+
+
+def test_aggregators_count_distinct_stake_once():
+    sim = Simulation(4)
+    committee = sim.committee
+    header = signed_header(sim.keys[0], 1, genesis_digests(sim))
+    aggregator = VotesAggregator(header, committee)
+    vote = Vote(header.digest(), 1, header.author, sim.names[1], bytes(64))
+    assert aggregator.append(vote) is None
+    assert aggregator.append(vote) is None and aggregator.weight == 1  # duplicate ignored
+    assert aggregator.append(attrs.evolve(vote, author=sim.names[2])) is None
+    certificate = aggregator.append(attrs.evolve(vote, author=sim.names[3]))
+    assert certificate is not None and len(certificate.votes) == 3
+    assert aggregator.append(attrs.evolve(vote, author=sim.names[0])) is None  # only once
+    parents = CertificatesAggregator(committee)
+    genesis = Certificate.genesis(sim.names)
+    assert [parents.append(c) for c in genesis[:2]] == [None, None]
+    assert parents.append(genesis[2]) is not None
+    assert parents.append(genesis[3]) is None and len(parents.digests()) == 4
