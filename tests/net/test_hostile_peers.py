@@ -21,7 +21,7 @@ from narwhal.net.network import ReliableNetwork
 from narwhal.wire.frames import decode_error_body
 from tests.wire_compat import spec_peer
 
-from .cluster import NETWORK_ID, eventually, make_nodes, start_all, stop_all
+from .cluster import NETWORK_ID, eventually, make_nodes, stop_all
 from .test_network import recording_router
 
 CLEANUP = messages.tag_of(messages.Cleanup)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import os
+import socket
 
 import pytest
 
@@ -39,7 +39,6 @@ def recording_router(received: list, *, delay: float = 0.0) -> Router:
         if delay:
             await asyncio.sleep(delay)
         received.append((peer.info.name, message.round))
-        return None
 
     router.route(messages.Cleanup, on_cleanup)
     return router
