@@ -106,6 +106,7 @@ class Core:
         self._accepting: set[bytes] = set()
         self._sends: dict[int, list[Any]] = {}
         self._sync_requested: set[bytes] = set()
+        self._revoted: set[tuple[bytes, int]] = set()
         #: Rejections and notable events by reason (metrics).
         self.counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
@@ -143,6 +144,11 @@ class Core:
                 self.counters["equivocation"] += 1
                 log.warning("equivocation: %s sent a second header for round %d",
                             header.author.hex()[:16], header.round)
+            elif header.author != self.name and key not in self._revoted:
+                # The same header again: its author restarted and lost our vote. Signing
+                # the same vote again is not equivocation; answer once per header.
+                self._revoted.add(key)
+                await self._send_vote(header)
             return
         missing_parents = self._missing_parents(header)
         missing_payload = [(d, w) for d, w in header.payload if (d, w) not in self.available]
@@ -206,9 +212,12 @@ class Core:
             ("headers", digest, messages.encode(header)),
             ("votes", vote_key(header.author, header.round), digest),
         ])
-        unsigned = Vote(digest, header.round, header.author, self.name, bytes(64))  # digest skips it
-        vote = attrs.evolve(unsigned, signature=self._signer.sign(unsigned.digest()))
         self.counters["votes_cast"] += 1
+        await self._send_vote(header)
+
+    async def _send_vote(self, header: Header) -> None:
+        unsigned = Vote(header.digest(), header.round, header.author, self.name, bytes(64))
+        vote = attrs.evolve(unsigned, signature=self._signer.sign(unsigned.digest()))
         if header.author == self.name:
             await self.handle_vote(vote, None)
         else:
@@ -233,7 +242,10 @@ class Core:
         """Our proposer made ``header`` (already signed and persisted): broadcast, vote."""
         self._current = VotesAggregator(header, self.committee)
         self._track(header.round, await self._network.broadcast(header))
-        await self._try_vote(header)
+        if self.voted.get((self.name, header.round)) == header.digest():
+            await self._send_vote(header)  # re-proposed after a restart: count our vote again
+        else:
+            await self._try_vote(header)
 
     async def handle_vote(self, vote: Vote, sender: bytes | None) -> None:
         if sender is not None and vote.author != sender:
@@ -368,6 +380,7 @@ class Core:
             for handle in self._sends.pop(round_):
                 handle.cancel()
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
+        self._revoted = {k for k in self._revoted if k[1] > gc_round}
         for digest in [d for d, h in self._parked_headers.items() if h.round <= gc_round]:
             del self._parked_headers[digest]
         for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:

@@ -16,6 +16,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+import cbor2
+
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
@@ -30,6 +32,32 @@ log = logging.getLogger(__name__)
 
 #: Bytes of certificates in one catch-up response (well below the 8 MiB frame limit).
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+CONSENSUS_STATE_KEY = b"state"
+
+
+def encode_output_record(index: int, certificate: Certificate) -> bytes:
+    """One entry of the ordered output: what a subscriber needs to fetch the transactions."""
+    header = certificate.header
+    return cbor2.dumps([index, header.round, header.author, certificate.digest(),
+                        [list(p) for p in header.payload]], canonical=True)
+
+
+def decode_output_record(blob: bytes) -> tuple[int, int, bytes, bytes, list[tuple[bytes, int]]]:
+    index, round_, author, digest, payload = cbor2.loads(blob)
+    return index, round_, author, digest, [(d, w) for d, w in payload]
+
+
+def encode_consensus_state(state: ConsensusState, index: int) -> bytes:
+    return cbor2.dumps({"index": index, "last_committed_round": state.last_committed_round,
+                        "last_committed": sorted(state.last_committed.items())}, canonical=True)
+
+
+def decode_consensus_state(blob: bytes, state: ConsensusState) -> int:
+    """Load a persisted consensus state into ``state``; return the consensus index."""
+    value = cbor2.loads(blob)
+    state.last_committed = {bytes(a): r for a, r in value["last_committed"]}
+    state.last_committed_round = value["last_committed_round"]
+    return int(value["index"])
 
 
 class NodeNetwork(PrimaryNetworkLike, Protocol):
@@ -55,14 +83,16 @@ class PrimaryNode:
             on_certificate=self._certificate_accepted, worker_ids=committee.worker_ids)
         genesis = tuple(sorted(c.digest() for c in Certificate.genesis(committee.authorities_sorted())))
         last = store.get("last_proposed", b"")
+        self._last_header_digest = last[8:] if last else None
         self.proposer = Proposer(
             name=name, signer=signer, store=store, propose=self.core.propose,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
-            genesis_parents=genesis, last_proposed=int.from_bytes(last, "big") if last else 0)
+            genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0)
         protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
         self.consensus = protocol(committee, ConsensusState(parameters.gc_depth))
         self.consensus_index = 0
-        self.committed: list[Certificate] = []  # ordered output of this run (bounded below)
+        self.committed: list[Certificate] = []  # recent ordered output of this run
+        self._commit_writes: asyncio.Future[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -74,13 +104,24 @@ class PrimaryNode:
         available = [(key[:32], int.from_bytes(key[32:], "big")) for key in self.store.keys("payload")]
         highest = max((c.header.round for c in certificates), default=0)
         gc_round = max(0, highest - self.parameters.gc_depth)
+        blob = self.store.get("consensus", CONSENSUS_STATE_KEY)
+        if blob is not None:
+            self.consensus_index = decode_consensus_state(blob, self.consensus.state)
         self.core.restore(certificates=certificates, votes=votes, available=available, gc_round=gc_round)
+        for certificate in sorted(certificates, key=lambda c: c.header.round):
+            committed = self.consensus.process_certificate(certificate)
+            if committed:  # commits the crash interrupted before they were persisted
+                self._record_commits(committed)
+        ours = [(key[:32], int.from_bytes(key[32:], "big")) for key in self.store.keys("our_batches")]
+        for digest, worker_id in ours:  # acknowledged to our workers, not yet in a header
+            self.proposer.add_digest(digest, worker_id)
         if certificates:
             log.info("restored %d certificates up to round %d, %d votes, gc round %d",
                      len(certificates), highest, len(votes), gc_round)
 
     async def run(self) -> None:
         """Run the proposer for ever (restarting it after an unexpected failure)."""
+        await self._repropose_last_header()
         while True:
             try:
                 await self.proposer.run()
@@ -90,9 +131,28 @@ class PrimaryNode:
                 log.exception("proposer failed; restarting it")
                 await asyncio.sleep(0.1)
 
+    async def _repropose_last_header(self) -> None:
+        """After a restart, send our last header again if it never became a certificate:
+        the crash may have come before its broadcast, or lost the votes it gathered. Its
+        digest is unchanged, so this is never equivocation."""
+        digest = self._last_header_digest
+        if digest is None:
+            return
+        blob = self.store.get("headers", digest)
+        if blob is None:
+            return
+        header = messages.decode(messages.tag_of(Header), blob)
+        certified = self.core.dag.round(header.round).get(self.name)
+        if certified is None and header.round > self.core.gc_round:
+            log.info("re-proposing our header of round %d after a restart", header.round)
+            self.core.counters["header_reproposed"] += 1
+            await self.core.propose(header)
+
     async def close(self) -> None:
         await self.fetcher.close()
         await self.core.close()
+        if self._commit_writes is not None:
+            await asyncio.gather(self._commit_writes, return_exceptions=True)
 
     # -- inbound messages (the sender is an authenticated authority) -------------------------
 
@@ -109,6 +169,10 @@ class PrimaryNode:
         """Our worker stored a batch: ours (quorum reached) or another authority's."""
         if worker_id not in self.committee.worker_ids:
             raise RequestRejected(ErrorCode.INVALID, f"no worker {worker_id}")
+        if ours:
+            # durable before the worker's report is acknowledged: after a crash the
+            # proposer still includes it (it is removed when a header carries it)
+            await self.store.write([("our_batches", digest + worker_id.to_bytes(4, "big"), b"")])
         await self.core.batch_available(digest, worker_id)
         if ours:
             self.proposer.add_digest(digest, worker_id)
@@ -127,19 +191,40 @@ class PrimaryNode:
 
     def _certificate_accepted(self, certificate: Certificate) -> None:
         """The core accepted a certificate (causal order): run consensus on it."""
-        for committed in self.consensus.process_certificate(certificate):
-            self.consensus_index += 1
-            header = committed.header
-            log.info("Committed certificate %s round=%d author=%s index=%d batches=%d",
-                     committed.digest().hex()[:16], header.round, header.author.hex()[:8],
-                     self.consensus_index, len(header.payload))
-            for digest, _ in header.payload:
-                log.info("Committed batch %s", digest.hex())
-            self.committed.append(committed)
-        del self.committed[:-10_000]
+        committed = self.consensus.process_certificate(certificate)
+        if committed:
+            self._record_commits(committed)
         gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
         if gc_round > self.core.gc_round:
             self.core._spawn_send(self.core.garbage_collect(gc_round), None)
+
+    def _record_commits(self, committed: list[Certificate]) -> None:
+        """Number the newly committed certificates and persist them with the consensus
+        state, atomically and in commit order (a crash before the write completes is
+        recovered by recomputing the same commits from the stored certificates)."""
+        ops: list[tuple[str, bytes, bytes | None]] = []
+        for certificate in committed:
+            self.consensus_index += 1
+            header = certificate.header
+            log.info("Committed certificate %s round=%d author=%s index=%d batches=%d",
+                     certificate.digest().hex()[:16], header.round, header.author.hex()[:8],
+                     self.consensus_index, len(header.payload))
+            for digest, _ in header.payload:
+                log.info("Committed batch %s", digest.hex())
+            ops.append(("output", self.consensus_index.to_bytes(8, "big"),
+                        encode_output_record(self.consensus_index, certificate)))
+            self.committed.append(certificate)
+        del self.committed[:-10_000]
+        ops.append(("consensus", CONSENSUS_STATE_KEY,
+                    encode_consensus_state(self.consensus.state, self.consensus_index)))
+        previous = self._commit_writes
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self.store.write(ops)
+
+        self._commit_writes = asyncio.ensure_future(write())
 
     # -- observability -------------------------------------------------------------------------
 

@@ -111,8 +111,10 @@ class Proposer:
         header = Header(self.name, round_, payload, unsigned.parents, self._signer.sign(unsigned.digest()))
         # Durable *before* anyone can see the header: a restart never reuses this round.
         await self._store.write([
-            ("last_proposed", b"", round_.to_bytes(8, "big")),
+            ("last_proposed", b"", round_.to_bytes(8, "big") + header.digest()),
             ("headers", header.digest(), messages.encode(header)),
+            # these batches are now carried by a header: no longer pending after a restart
+            *(("our_batches", d + w.to_bytes(4, "big"), None) for d, w in payload),
         ])
         self.last_proposed = round_
         self._parents = None

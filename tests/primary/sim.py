@@ -123,8 +123,10 @@ class Simulation:
         return SimNode(keys, store, network, node)
 
     async def deliver(self, sender: bytes, receiver: bytes, message: Any) -> None:
-        if self.down & {sender, receiver}:
-            return
+        """Reliable delivery, like ReliableNetwork: retried while either side is down,
+        until delivered or the send's handle is cancelled."""
+        while self.down & {sender, receiver}:
+            await asyncio.sleep(0.02)
         target = self.nodes[receiver]
         try:
             if isinstance(message, Header):
