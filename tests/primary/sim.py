@@ -112,6 +112,7 @@ class Simulation:
         self.parameters = Parameters(**{"max_header_delay": 0.02, **parameters})
         self.names = [k.name for k in self.keys]
         self.down: set[bytes] = set()
+        self.drop: Any = lambda sender, receiver, message: False
         self.nodes: dict[bytes, SimNode] = {}
         for keys in self.keys:
             self.nodes[keys.name] = self._make(keys, MemoryStore())
@@ -127,6 +128,8 @@ class Simulation:
         until delivered or the send's handle is cancelled."""
         while self.down & {sender, receiver}:
             await asyncio.sleep(0.02)
+        if self.drop(sender, receiver, message):
+            return  # lost after being acknowledged (e.g. the receiver crashed right after)
         target = self.nodes[receiver]
         try:
             if isinstance(message, Header):
