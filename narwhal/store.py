@@ -17,8 +17,8 @@ Guarantees:
 - **Atomic.** One ``write(ops)`` call is all-or-nothing, including across families.
 - **Read-your-writes.** A read started after an ``await write`` returned sees it.
 - **Never blocks the loop on a write.** All writes go to ONE writer thread doing **group
-  commit**: it takes everything queued, commits it in one transaction (so concurrent
-  writers share one fsync), then resolves every waiting future with one
+  commit**: it takes everything queued (up to 32 MiB), commits it in one transaction (so
+  concurrent writers share one fsync), then resolves every waiting future with one
   ``loop.call_soon_threadsafe``. Should the group fail, each write in it is retried in a
   transaction of its own so that one bad write fails only its own caller.
 - **Bounded.** Queued-but-uncommitted writes hold at most ``max_pending_bytes`` (a single
@@ -30,17 +30,28 @@ Guarantees:
 - One process per store: a lock file (``<path>.lock``, ``flock``) refuses a second opener.
 
 Reads run synchronously on the caller's (loop) thread on a second, read-only connection:
-WAL lets it read concurrently with the writer's transaction, and a point read costs a few
-microseconds (~120 us for a 500 KB batch from the OS cache), well under a thread hop
-(``bench/store.py`` measures both). Scans return lists, so keep them bounded with
-``limit``. Use the store from one event loop thread.
+WAL lets it read concurrently with the writer, and ``get`` costs ~10-18 us for 100 B and
+~130-180 us for a 500 KB batch from the OS cache, against ~110-145 us / ~260-320 us
+through ``asyncio.to_thread`` (``bench/store.py``, this shared 2-core machine). Scans
+return lists (no cursor left open to pin an old snapshot), so bound them with ``limit``.
+Use the store from one event loop thread.
 
-Pragmas: ``page_size=65536`` (set before the file is created; ~3x faster than 4 KiB pages
-for 500 KB values, overflow chains are 16x shorter), ``journal_mode=WAL``,
-``wal_autocheckpoint=256`` pages (16 MiB at 64 KiB pages; the 1000-page default would
-checkpoint 64 MiB at once and stall every writer ~0.5 s). Tables are rowid tables with a
-``BLOB PRIMARY KEY``: measured faster than ``WITHOUT ROWID`` for both 100 B and 500 KB
-values at 64 KiB pages.
+Choices, measured with ``bench/store.py`` (``group`` = 16/64 concurrent writers):
+
+- Group commit: 100 B records get ~10-19x the writes/s of one commit per write (FULL);
+  500 KB batches ~1.4-1.9x, the disk's bandwidth (~130-180 MB/s here) being the limit.
+  A lone sequential writer pays a thread hop (~0.5-1 ms) over writing on the loop, which
+  in exchange never stalls (a loop doing the commits itself stalled up to ~200 ms).
+- ``page_size=65536``, fixed when the file is created: 500 KB values ~1.2-1.8x faster
+  than 4 KiB pages; but a commit rewrites every page it touches into the WAL, so lone
+  100 B random-key writes run ~0.45-0.65x as fast. Batches dominate the bytes.
+- ``wal_autocheckpoint=256`` pages (16 MiB): the worst 500 KB write latency tracks the
+  checkpoint size, ~80-100 ms at 64 pages, ~90-150 ms at 256, ~200-270 ms at 1000 (the
+  default: a 64 MiB checkpoint stalls the writer); writes/s differed within noise.
+- Rowid tables with a ``BLOB PRIMARY KEY``: faster than ``WITHOUT ROWID`` at 64 KiB pages
+  for 100 B and 500 KB values alike. LMDB (no WAL double write), as a raw engine with the
+  same writes per synced transaction: ~1.3-2x sqlite for 500 KB values, ~0.7-1.0x for
+  100 B; not adopted (not stdlib, and sqlite's group commit closes much of the gap).
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 from narwhal.errors import NarwhalError
 
@@ -74,6 +85,7 @@ DEFAULT_FAMILIES: tuple[str, ...] = (
     "votes",  # author || u64(round) -> digest of the header we voted for
     "last_proposed",  # b"" -> our last proposed header (singleton)
     "payload",  # batch digest || u32(worker_id) -> b"" (batch available at that worker)
+    "our_batches",  # batch digest || u32(worker_id) -> b"" (ours, not yet in a header)
     "consensus",  # name -> small state blob
     "output",  # u64(consensus index) -> committed item
 )
@@ -109,6 +121,21 @@ def _size(b: object) -> int:
     raise StoreError(f"keys and values must be bytes-like, not {type(b).__name__}")
 
 
+class _Statements(NamedTuple):
+    table: str  # quoted
+    put: str
+    delete: str
+    get: str
+    contains: str
+
+    @classmethod
+    def of(cls, family: str) -> _Statements:
+        t = f'"{family}"'
+        return cls(t, f"INSERT OR REPLACE INTO {t} (k, v) VALUES (?, ?)",
+                   f"DELETE FROM {t} WHERE k = ?", f"SELECT v FROM {t} WHERE k = ?",
+                   f"SELECT 1 FROM {t} WHERE k = ?")
+
+
 class _Entry:
     """One queued write: normalized ops (sql, params), its byte charge, its future."""
 
@@ -133,10 +160,7 @@ class Store:
             writer.execute("PRAGMA synchronous").fetchone()[0]]
         #: Counters: transactions committed, write() calls committed, backpressure waits.
         self.commits = self.committed_writes = self.backpressure_waits = 0
-        self._statements = {f: (f'INSERT OR REPLACE INTO "{f}" (k, v) VALUES (?, ?)',
-                                f'DELETE FROM "{f}" WHERE k = ?',
-                                f'SELECT v FROM "{f}" WHERE k = ?',
-                                f'SELECT 1 FROM "{f}" WHERE k = ?') for f in families}
+        self._statements = {f: _Statements.of(f) for f in families}
         self._pending_bytes = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,7 +200,8 @@ class Store:
                 writer.execute(f"PRAGMA {pragma}")
             writer.execute("BEGIN IMMEDIATE")
             for f in families:
-                writer.execute(f'CREATE TABLE IF NOT EXISTS "{f}" (k BLOB PRIMARY KEY, v BLOB NOT NULL)')
+                writer.execute(f'CREATE TABLE IF NOT EXISTS "{f}" '
+                               "(k BLOB PRIMARY KEY, v BLOB NOT NULL)")
             writer.execute("COMMIT")
             if created:  # make the new file's directory entry durable too
                 _fsync_dir(path.parent)
@@ -204,10 +229,10 @@ class Store:
             sql = self._sql(family)
             nbytes += _OP_OVERHEAD + _size(key)
             if value is None:
-                entry_ops.append((sql[1], (key,)))
+                entry_ops.append((sql.delete, (key,)))
             else:
                 nbytes += _size(value)
-                entry_ops.append((sql[0], (key, value)))
+                entry_ops.append((sql.put, (key, value)))
         if entry_ops:
             await self._submit(entry_ops, nbytes)
 
@@ -221,7 +246,7 @@ class Store:
                            end: Bytes | None = None) -> None:
         """Delete every key in ``[start, end)`` (``None``: unbounded), durably."""
         where, params = _range(start, end)
-        await self._submit([(f'DELETE FROM "{self._family(family)}"{where}', params)], 0)
+        await self._submit([(f"DELETE FROM {self._sql(family).table}{where}", params)], 0)
 
     async def close(self) -> None:
         """Commit everything queued (and writers waiting for room), stop the thread, close.
@@ -322,21 +347,19 @@ class Store:
                 while size < _MAX_GROUP_BYTES:
                     group.append(self._queue.get_nowait())
                     size += group[-1].nbytes
-            stop = next((i for i, e in enumerate(group) if e.ops is None), len(group))
-            writes = group[:stop]
-            errors = self._commit(writes) if writes else []
-            if stop < len(group):  # close(): nothing can be queued after it, but be sure
-                errors += [StoreError("store is closed")] * (len(group) - stop - 1) + [None]
-                writes = writes + group[stop + 1:] + [group[stop]]
+            writes = [e for e in group if e.ops is not None]
+            stops = [e for e in group if e.ops is None]  # close() queued its stop entry
+            errors = (self._commit(writes) if writes else []) + [None] * len(stops)
+            if stops:
                 with contextlib.suppress(sqlite3.Error):
                     self._writer.close()
             try:
                 assert self._loop is not None  # set before the first entry was queued
-                self._loop.call_soon_threadsafe(self._finish, writes, errors)
+                self._loop.call_soon_threadsafe(self._finish, writes + stops, errors)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 logger.warning("store %s: event loop closed, %d results dropped",
-                               self.path, len(writes))
-            if stop < len(group):
+                               self.path, len(group))
+            if stops:
                 return
 
     def _commit(self, entries: list[_Entry]) -> list[StoreError | None]:
@@ -365,21 +388,21 @@ class Store:
     # --- reads (caller's thread, own connection) ------------------------------------------
 
     def get(self, family: str, key: Bytes) -> bytes | None:
-        rows = self._read(self._sql(family)[2], (key,))
+        rows = self._read(self._sql(family).get, (key,))
         return rows[0][0] if rows else None
 
     def get_many(self, family: str, keys: Sequence[Bytes]) -> list[bytes | None]:
         """Values of ``keys`` in order (``None`` where missing)."""
-        table, found = self._family(family), dict[bytes, bytes]()
+        table, found = self._sql(family).table, dict[bytes, bytes]()
         for i in range(0, len(keys), _GET_MANY_CHUNK):
             chunk = keys[i:i + _GET_MANY_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found.update(self._read(f'SELECT k, v FROM "{table}" WHERE k IN ({marks})',
+            found.update(self._read(f"SELECT k, v FROM {table} WHERE k IN ({marks})",
                                     tuple(chunk)))
         return [found.get(bytes(k)) for k in keys]
 
     def contains(self, family: str, key: Bytes) -> bool:
-        return bool(self._read(self._sql(family)[3], (key,)))
+        return bool(self._read(self._sql(family).contains, (key,)))
 
     def items(self, family: str, start: Bytes | None = None, end: Bytes | None = None,
               limit: int | None = None, reverse: bool = False) -> list[tuple[bytes, bytes]]:
@@ -399,7 +422,7 @@ class Store:
     def _scan(self, cols: str, family: str, start: Bytes | None, end: Bytes | None,
               limit: int | None, reverse: bool) -> list[Any]:
         where, params = _range(start, end)
-        sql = f'SELECT {cols} FROM "{self._family(family)}"{where} ORDER BY k' + (
+        sql = f"SELECT {cols} FROM {self._sql(family).table}{where} ORDER BY k" + (
             " DESC" if reverse else "")
         if limit is not None:
             sql, params = sql + " LIMIT ?", params + (limit,)
@@ -414,12 +437,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
 
-    def _family(self, family: str) -> str:
-        self._sql(family)
-        return family
-
-    def _sql(self, family: str) -> tuple[str, str, str, str]:
-        """(put, delete, get, contains) statements of ``family``."""
+    def _sql(self, family: str) -> _Statements:
         try:
             return self._statements[family]
         except KeyError:

@@ -147,7 +147,8 @@ async def test_misuse_raises_store_error(store: Store) -> None:
     with pytest.raises(StoreError, match="bytes-like"):
         await store.put("headers", "text", b"v")  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="bytes-like"):
-        await store.write([("headers", b"k", b"v"), ("headers", b"k2", 5)])  # type: ignore[list-item]
+        await store.write([("headers", b"k", b"v"),
+                           ("headers", b"k2", 5)])  # type: ignore[list-item]
     assert store.get("headers", b"k") is None  # validation happens before anything is queued
     with pytest.raises(StoreError):
         Store.open(store.path.with_name("other.db"), families=["ok", "bad name"])
@@ -231,6 +232,16 @@ async def test_cancelled_waiter_releases_its_place(tmp_path: Path) -> None:
     assert s.get("batches", b"b") is None and s.get("batches", b"c") == b"c" * 10
     assert s.pending_bytes == 0
     await s.close()
+
+
+async def test_a_cancelled_write_that_was_queued_still_commits(store: Store) -> None:
+    task = asyncio.create_task(store.put("headers", b"cancelled", b"v"))
+    await asyncio.sleep(0)  # queued
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.put("headers", b"next", b"v")  # FIFO: commits after the cancelled one
+    assert store.get("headers", b"cancelled") == b"v" and store.pending_bytes == 0
 
 
 async def test_close_flushes_queued_and_waiting_writes(tmp_path: Path) -> None:
