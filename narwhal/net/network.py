@@ -358,6 +358,7 @@ class PeerManager:
         m.closed_bytes_out += conn.stats.bytes_out
         m.closed_frames_in += conn.stats.frames_in
         m.closed_frames_out += conn.stats.frames_out
+        m.errors.update({f"rpc_{kind}": n for kind, n in getattr(conn.sink, "errors", {}).items()})
         if peer.connection is conn:
             peer.connection = None
             peer.connected_since = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 #: Headers waiting for parents or payload. Beyond it the oldest are dropped (their authors'
 #: certificates will still arrive through certificate processing).
 MAX_PARKED_HEADERS = 1_000
+#: A batch sync is asked for again after this long if the batch is still missing.
+SYNC_REPEAT_AFTER = 30.0
 #: Certificates waiting for ancestors. Beyond it the oldest are dropped and refetched later.
 MAX_PARKED_CERTIFICATES = 20_000
 
@@ -105,11 +108,12 @@ class Core:
         self._parked_certificates: dict[bytes, Certificate] = {}
         self._accepting: set[bytes] = set()
         self._sends: dict[int, list[Any]] = {}
-        self._sync_requested: set[bytes] = set()
+        self._sync_requested: dict[bytes, tuple[int, float]] = {}  # digest -> (round, asked at)
         self._revoted: set[tuple[bytes, int]] = set()
         #: Rejections and notable events by reason (metrics).
         self.counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
+        self._unrounded: set[Any] = set()  # handles of sends not tied to a round (Cleanup)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -190,19 +194,22 @@ class Core:
         if missing_parents:
             self._fetch(missing_parents, header.author)
         if missing_payload:
-            self._request_payload(header.author, missing_payload)
+            self._request_payload(header.author, missing_payload, header.round)
 
-    def _request_payload(self, author: bytes, missing: list[tuple[bytes, int]]) -> None:
-        """Ask our workers to fetch batches we lack (once per digest)."""
+    def _request_payload(self, author: bytes, missing: list[tuple[bytes, int]], round_: int) -> None:
+        """Ask our workers to fetch batches we lack: once per digest, again after
+        ``SYNC_REPEAT_AFTER`` if it is still missing (the worker may have given up)."""
+        now = time.monotonic()
         by_worker: dict[int, list[bytes]] = {}
         for digest, worker_id in missing:
-            if digest not in self._sync_requested:
-                self._sync_requested.add(digest)
+            asked = self._sync_requested.get(digest)
+            if asked is None or now - asked[1] > SYNC_REPEAT_AFTER:
+                self._sync_requested[digest] = (round_, now)
                 by_worker.setdefault(worker_id, []).append(digest)
         for worker_id, digests in by_worker.items():
             for start in range(0, len(digests), messages.MAX_DIGESTS_PER_REQUEST):
                 chunk = tuple(digests[start:start + messages.MAX_DIGESTS_PER_REQUEST])
-                self._spawn_send(self._network.to_workers(Synchronize(chunk, author), [worker_id]), None)
+                self._spawn_send(self._network.to_workers(Synchronize(chunk, author), [worker_id]), round_)
 
     async def _vote(self, header: Header) -> None:
         key = (header.author, header.round)
@@ -325,7 +332,7 @@ class Core:
         self.counters["certificates_accepted"] += 1
         missing_payload = [(d, w) for d, w in header.payload if (d, w) not in self.available]
         if missing_payload and header.author != self.name:
-            self._request_payload(header.author, missing_payload)  # catch up on batches too
+            self._request_payload(header.author, missing_payload, header.round)  # catch up on batches
         self._count_parent(certificate)
         self._on_certificate(certificate)
 
@@ -361,7 +368,7 @@ class Core:
         if (digest, worker_id) in self.available:
             return
         self.available.add((digest, worker_id))
-        self._sync_requested.discard(digest)
+        self._sync_requested.pop(digest, None)
         await self._store.write([("payload", digest + worker_id.to_bytes(4, "big"), b"")])
         if self._parked_headers:
             await self.retry_parked_headers()
@@ -385,6 +392,7 @@ class Core:
             del self._parked_headers[digest]
         for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:
             del self._parked_certificates[digest]
+        self._sync_requested = {d: v for d, v in self._sync_requested.items() if v[0] > gc_round}
         self._spawn_send(self._network.to_workers(Cleanup(gc_round)), None)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -398,23 +406,32 @@ class Core:
         bucket.extend(handles)
 
     def _spawn_send(self, coroutine: Any, round_: int | None) -> None:
-        """Start a network call from sync code; keep its handles for GC when it has a round."""
+        """Start a network call from sync code and keep what it returns alive.
+
+        Reliable sends return cancel-on-drop handles: dropping them would cancel the send
+        at once. Handles of a round are kept for GC to cancel; the others until done."""
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)  # the loop only keeps weak references to tasks
 
         def done(t: asyncio.Task[Any]) -> None:
             self._background.discard(t)
-            if t.cancelled() or t.exception() is not None:
+            if t.cancelled() or t.exception() is not None or t.result() is None:
                 return
+            handles = t.result() if isinstance(t.result(), list) else [t.result()]
             if round_ is not None:
-                self._track(round_, t.result())
+                self._track(round_, handles)
+                return
+            for handle in handles:
+                self._unrounded.add(handle)
+                handle.add_done_callback(lambda _, h=handle: self._unrounded.discard(h))
 
         task.add_done_callback(done)
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
-        for handles in self._sends.values():
+        for handles in [*self._sends.values(), list(self._unrounded)]:
             for handle in handles:
                 handle.cancel()
         self._sends.clear()
+        self._unrounded.clear()

@@ -1,0 +1,106 @@
+"""Late sends: replication of our batches that continues after their quorum.
+
+Once a batch has a quorum of durable acks the slower peers need not hold it for the
+protocol to progress, but it is cheaper for them to receive it now than to fetch it later
+(``Synchronize``), so their reliable sends keep retrying in the background. Each running
+send pins the batch in memory, so they cannot run for ever.
+
+**The rule.** The worker counts cleanup *epochs*: epoch ``e`` is the time after the
+``e``-th ``Cleanup(round)`` from our primary (a Cleanup whose round is not above the last
+one is a resend and does not start an epoch). A batch sealed in epoch ``e`` keeps its late
+sends through epochs ``e`` and ``e + 1``: on entering epoch ``e + 2`` they are cancelled.
+Put differently, a ``Cleanup`` cancels the late sends of batches sealed before the
+previous ``Cleanup``. A batch thus gets at least one whole GC interval of background
+retries; a peer that missed it after that fetches it on demand when its primary sees a
+header that needs it. The worker cannot do better by rounds: it never learns which round
+a batch's header got into.
+
+**The bound.** At most ``max_batches`` batches keep late sends; beyond it the oldest
+batch's sends are cancelled. The worker sizes it so that late batches hold at most about
+``max_pending_transactions_bytes``, the budget pending transactions already have.
+
+:class:`CleanupEpoch` is shared with the synchronizer, which expires its sync state by the
+same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from narwhal.worker.metrics import WorkerMetrics
+
+__all__ = ["CleanupEpoch", "LateSends"]
+
+
+@attrs.define
+class CleanupEpoch:
+    """How many Cleanups we have seen, and the last cleanup round."""
+
+    value: int = 0
+    round: int = 0
+
+    def advance(self, round_: int) -> bool:
+        """Record ``Cleanup(round_)``; True if it starts a new epoch."""
+        if round_ <= self.round:
+            return False
+        self.round = round_
+        self.value += 1
+        return True
+
+    def expired(self, epoch: int) -> bool:
+        """Has state created in ``epoch`` outlived the previous Cleanup?"""
+        return epoch < self.value - 1
+
+
+class LateSends:
+    """Reliable-send handles of already-quorum batches, by batch digest."""
+
+    def __init__(self, epoch: CleanupEpoch, max_batches: int, metrics: WorkerMetrics) -> None:
+        self._epoch = epoch
+        self.max_batches = max_batches
+        self.metrics = metrics
+        self._batches: dict[bytes, tuple[int, list[Any]]] = {}
+
+    @property
+    def batches(self) -> int:
+        return len(self._batches)
+
+    @property
+    def sends(self) -> int:
+        """Sends still running."""
+        return sum(not h.done() for _, handles in self._batches.values() for h in handles)
+
+    def keep(self, digest: bytes, sealed_epoch: int, handles: Iterable[Any]) -> None:
+        """Keep the still-running ``handles`` of a batch sealed in ``sealed_epoch``."""
+        running = [h for h in handles if not h.done()]
+        if not running:
+            return
+        self._batches[digest] = (sealed_epoch, running)
+        for handle in running:  # the callback holds the digest, not the handle
+            handle.add_done_callback(lambda _task, d=digest: self._forget_if_done(d))
+        while len(self._batches) > self.max_batches:
+            self._cancel(next(iter(self._batches)))
+
+    def expire(self) -> None:
+        """Cancel the late sends of batches whose epoch has expired (see the module doc)."""
+        for digest in [d for d, (e, _) in self._batches.items() if self._epoch.expired(e)]:
+            self._cancel(digest)
+
+    def close(self) -> None:
+        for digest in list(self._batches):
+            self._cancel(digest)
+
+    def _forget_if_done(self, digest: bytes) -> None:
+        entry = self._batches.get(digest)
+        if entry is not None and all(h.done() for h in entry[1]):
+            del self._batches[digest]
+
+    def _cancel(self, digest: bytes) -> None:
+        _, handles = self._batches.pop(digest)
+        for handle in handles:
+            if not handle.done():
+                handle.cancel()
+                self.metrics.late_sends_cancelled += 1

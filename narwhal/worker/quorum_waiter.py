@@ -1,0 +1,108 @@
+"""The quorum waiter: replicate each of our batches and wait for a quorum of durable acks.
+
+For every sealed batch, in its own task (batches overlap; their number is bounded by the
+pending-bytes budget of the intake):
+
+1. store it durably in ``batches`` and, at the same time (the two latencies overlap),
+   ``ReliableNetwork.broadcast`` it, encoded once, to the same-id worker of every other
+   authority. A peer answers only after storing it durably, so each completed send is a
+   durable copy. If our own write fails, the send handles are dropped, which cancels them;
+2. once our write is durable (our copy counts towards the quorum), sum our stake and the
+   stake of every peer whose send completed until it reaches
+   ``committee.quorum_threshold()`` (2f+1); then report ``OurBatch(digest, worker_id)`` to
+   our primary and release the batch's bytes from the intake's pending budget;
+3. hand the sends still running to :class:`~narwhal.worker.late_sends.LateSends`: slower
+   peers keep receiving the batch in the background until they ack or GC cancels them.
+
+If every send ends and the quorum is still short (peers refused the batch: permanent
+errors), the batch is dropped and counted ``quorum_failed``; its transactions were never
+promised to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from narwhal.messages import Batch, OurBatch, encode
+from narwhal.worker.late_sends import CleanupEpoch, LateSends
+from narwhal.worker.metrics import WorkerMetrics
+
+__all__ = ["QuorumWaiter"]
+
+log = logging.getLogger(__name__)
+
+
+class QuorumWaiter:
+    def __init__(self, *, own_stake: int, threshold: int, peers: Mapping[bytes, int],
+                 worker_id: int, network: Any, store: Any, report: Any, release: Any,
+                 late: LateSends, epoch: CleanupEpoch, metrics: WorkerMetrics) -> None:
+        self.own_stake, self.threshold = own_stake, threshold
+        self.peers = dict(peers)  # network key of each peer worker -> its authority's stake
+        self.worker_id = worker_id
+        self._network, self._store = network, store  # ReliableNetwork, Store
+        self._report, self._release = report, release  # PrimaryReporter.report, PendingBytes.release
+        self._late, self._epoch, self.metrics = late, epoch, metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, batch: Batch, nbytes: int) -> None:
+        """Replicate a freshly sealed batch of ``nbytes`` transaction bytes."""
+        task = asyncio.get_running_loop().create_task(self._replicate(batch, nbytes))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replicate(self, batch: Batch, nbytes: int) -> None:
+        started, epoch, digest = time.monotonic(), self._epoch.value, batch.digest()
+        try:
+            _, handles = await asyncio.gather(
+                self._store.write([("batches", digest, encode(batch))]),
+                self._network.broadcast(list(self.peers), batch))
+            self.metrics.txs_stored += len(batch.transactions)
+            if not await self._quorum(handles):
+                self.metrics.error("quorum_failed")
+                log.warning("Batch %s failed to reach a quorum: peers refused it", digest.hex())
+                return
+        except Exception:
+            self.metrics.error("replication_failed")
+            log.exception("cannot replicate batch %s", digest.hex())
+            return
+        finally:
+            self._release(nbytes)
+        self.metrics.quorums_reached += 1
+        log.info("Batch %s reached quorum in %.0f ms", digest.hex(), (time.monotonic() - started) * 1e3)
+        self._report(OurBatch(digest, self.worker_id))
+        self._late.keep(digest, epoch, handles)
+
+    async def _quorum(self, handles: list[Any]) -> bool:
+        """Wait until our stake plus the acked peers' reaches the threshold (True), or
+        until every send has ended without reaching it (False)."""
+        stake, running = self.own_stake, len(handles)
+        reached = asyncio.get_running_loop().create_future()
+
+        def done(peer_stake: int, task: asyncio.Task[Any]) -> None:
+            nonlocal stake, running
+            running -= 1
+            if not task.cancelled() and task.exception() is None:
+                stake += peer_stake
+                self.metrics.acks_received += 1
+            if not reached.done() and (stake >= self.threshold or running == 0):
+                reached.set_result(stake >= self.threshold)
+
+        if stake >= self.threshold or not handles:
+            return stake >= self.threshold
+        for handle in handles:
+            handle.add_done_callback(functools.partial(done, self.peers[handle.peer]))
+        return bool(await reached)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

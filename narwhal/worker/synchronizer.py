@@ -1,0 +1,195 @@
+"""The synchronizer: fetch the batches our primary needs and we lack.
+
+``Synchronize(digests, target)`` comes from our primary when a header names batches that
+our worker does not hold. Digests we already hold are reported again (``OthersBatch``) at
+once. The others are fetched in rounds, one ``RequestBatches`` per peer per round:
+
+- round 0 asks the worker of ``target`` (the header's author certainly had them),
+- each later round asks ``sync_retry_nodes`` other authorities' workers, drawn at random
+  (a different draw each round, so one slow or lying peer cannot stall us);
+- a round lasts a jittered delay that starts at ``sync_retry_delay`` and grows x1.5 per
+  round up to ``MAX_DELAY_FACTOR`` times it. The requests are reliable sends, retried
+  (and waiting for a connection) until the round ends. Round 0 ends early when the target
+  has answered without everything: waiting longer would only delay the fallback.
+
+Every returned batch is checked before it is used: its digest must be one we asked for in
+this sync (anything else is counted ``sync_unexpected_batch`` and ignored) and its size
+within the batch limit; it is then stored durably and reported to our primary exactly as
+a batch received from its author (:meth:`BatchReceiver.store`).
+
+Bounds: a digest is wanted by at most one sync at a time (concurrent ``Synchronize`` for
+the same digest share it); at most ``MAX_WANTED_DIGESTS`` digests are wanted at once, and a
+``Synchronize`` beyond that is refused ``OVERLOADED`` (our primary's reliable send retries
+it later). A sync ends when it has everything or, by the rule of
+:mod:`narwhal.worker.late_sends`, when a ``Cleanup`` expires its epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import attrs
+
+from narwhal.errors import ErrorCode, RequestRejected
+from narwhal.messages import OthersBatch, RequestBatches, Synchronize
+from narwhal.net.retry import Backoff, RetryConfig
+from narwhal.worker.batch_receiver import BatchReceiver
+from narwhal.worker.late_sends import CleanupEpoch
+from narwhal.worker.metrics import WorkerMetrics
+
+__all__ = ["MAX_WANTED_DIGESTS", "Synchronizer"]
+
+log = logging.getLogger(__name__)
+
+#: Digests being fetched at once: ten full headers' worth of payload, plenty for a primary
+#: catching up, and a bound on the sync state a flood of Synchronize can build.
+MAX_WANTED_DIGESTS = 10_000
+#: The round delay grows up to this multiple of sync_retry_delay.
+MAX_DELAY_FACTOR = 8
+
+
+@attrs.define(eq=False)
+class _Sync:
+    """One Synchronize being served."""
+
+    wanted: set[bytes]  # still missing
+    asked: frozenset[bytes]  # everything this sync asked for
+    target: bytes | None  # network key of the target authority's worker
+    epoch: int
+    task: asyncio.Task[None] | None = None
+
+
+class Synchronizer:
+    def __init__(self, *, peers: dict[bytes, bytes], worker_id: int, network: Any, store: Any,
+                 receiver: BatchReceiver, report: Any, epoch: CleanupEpoch,
+                 metrics: WorkerMetrics, retry_delay: float, retry_nodes: int,
+                 max_wanted: int = MAX_WANTED_DIGESTS) -> None:
+        self.peers = peers  # other authority -> network key of its worker with our id
+        self.worker_id = worker_id
+        self._network, self._store = network, store  # ReliableNetwork, Store
+        self._receiver, self._report = receiver, report
+        self._epoch, self.metrics = epoch, metrics
+        self.retry = RetryConfig(initial_interval=retry_delay, multiplier=1.5,
+                                 max_interval=retry_delay * MAX_DELAY_FACTOR)
+        self.retry_nodes = retry_nodes
+        self.max_wanted = max_wanted
+        self._wanted: dict[bytes, _Sync] = {}
+        self._syncs: set[_Sync] = set()
+
+    @property
+    def wanted(self) -> int:
+        return len(self._wanted)
+
+    async def handle(self, peer: Any, message: Synchronize) -> None:
+        """The ``Synchronize`` handler: acked once the fetch is under way."""
+        new = []
+        for digest in dict.fromkeys(message.digests):
+            if digest in self._wanted:
+                continue
+            if self._store.contains("batches", digest):
+                self._report(OthersBatch(digest, self.worker_id))
+            else:
+                new.append(digest)
+        if not new:
+            return
+        if len(self._wanted) + len(new) > self.max_wanted:
+            self.metrics.error("sync_overloaded")
+            raise RequestRejected(ErrorCode.OVERLOADED, "too many batches being synchronized")
+        sync = _Sync(set(new), frozenset(new), self.peers.get(message.target), self._epoch.value)
+        self._wanted.update(dict.fromkeys(new, sync))
+        self._syncs.add(sync)
+        sync.task = asyncio.get_running_loop().create_task(self._fetch(sync))
+
+    async def _fetch(self, sync: _Sync) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.retry)
+        first = sync.target is not None
+        peers = [sync.target] if sync.target is not None else self._lucky_peers()
+        try:
+            while True:
+                sync.wanted = {d for d in sync.wanted if not self._store.contains("batches", d)}
+                if not sync.wanted:
+                    return
+                started, delay = loop.time(), backoff.next_delay() or self.retry.max_interval
+                answered = await self._ask(peers, sync, delay)
+                if not sync.wanted:
+                    return
+                if not (first and answered):
+                    await asyncio.sleep(max(0.0, started + delay - loop.time()))
+                first, peers = False, self._lucky_peers()
+        except Exception:  # a store failure: the node is in trouble, but say so here
+            self.metrics.error("sync_failed")
+            log.exception("batch sync failed")
+        finally:
+            self._forget(sync)
+
+    def _lucky_peers(self) -> list[bytes]:
+        keys = list(self.peers.values())
+        return random.sample(keys, min(self.retry_nodes, len(keys)))
+
+    async def _ask(self, peers: list[bytes], sync: _Sync, timeout: float) -> bool:
+        """Ask ``peers`` for what ``sync`` still wants; use answers as they come, for at
+        most ``timeout``. True if every peer answered (or refused for good) in time.
+
+        The requests are reliable sends (they wait for a connection and retry transient
+        failures) cancelled when the round ends."""
+        request = RequestBatches(tuple(sync.wanted))
+        handles = [await self._network.send(peer, request) for peer in peers]
+        answers: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
+        for handle in handles:
+            handle.add_done_callback(answers.put_nowait)
+        deadline = asyncio.get_running_loop().time() + timeout
+        waiting = len(handles)
+        try:
+            while waiting and sync.wanted:
+                async with asyncio.timeout_at(deadline):
+                    answer = await answers.get()
+                waiting -= 1
+                await self._accept(answer, sync)
+        except TimeoutError:
+            pass
+        finally:
+            for handle in handles:
+                handle.cancel()
+        return not waiting
+
+    async def _accept(self, answer: asyncio.Task[Any], sync: _Sync) -> None:
+        if answer.cancelled() or answer.exception() is not None:
+            self.metrics.error("sync_request_failed")
+            return
+        for batch in answer.result().batches:
+            digest = batch.digest()
+            if digest not in sync.asked:
+                self.metrics.error("sync_unexpected_batch")
+                log.warning("ignored a batch %s we did not ask for", digest.hex()[:16])
+                continue
+            if digest not in sync.wanted or self._receiver.too_large(batch):
+                continue
+            if await self._receiver.store(batch, digest):
+                self.metrics.batches_synced += 1
+            sync.wanted.discard(digest)
+
+    def _forget(self, sync: _Sync) -> None:
+        self._syncs.discard(sync)
+        for digest in sync.asked:
+            if self._wanted.get(digest) is sync:
+                del self._wanted[digest]
+
+    def expire(self) -> None:
+        """Give up the syncs whose epoch a Cleanup has expired."""
+        for sync in [s for s in self._syncs if self._epoch.expired(s.epoch)]:
+            self._cancel(sync)
+
+    def _cancel(self, sync: _Sync) -> None:
+        if sync.task is not None:
+            sync.task.cancel()
+        self._forget(sync)
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self._syncs if s.task is not None]
+        for sync in list(self._syncs):
+            self._cancel(sync)
+        await asyncio.gather(*tasks, return_exceptions=True)

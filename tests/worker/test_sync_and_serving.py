@@ -1,0 +1,132 @@
+"""RequestBatches serving (missing digests, response budget) and Synchronize fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import cbor2
+import pytest
+
+from narwhal import messages
+from narwhal.errors import ErrorCode, RemoteError
+from narwhal.net.rpc import Router
+
+from .harness import eventually, submit
+
+
+def unknown(i: int) -> bytes:
+    return hashlib.sha256(b"unknown %d" % i).digest()
+
+
+async def put_batch(cluster, holders, txs) -> bytes:
+    """Store a batch directly in the stores of ``holders`` (before their workers start)."""
+    batch = messages.Batch(txs)
+    for i in holders:
+        await cluster.store(i).put("batches", batch.digest(), messages.encode(batch))
+    return batch.digest()
+
+
+async def test_request_batches_lists_unknown_and_splits_at_the_response_budget(make_cluster):
+    # A 64 KiB frame limit makes the response budget 32 KiB: three 10 KB batches.
+    cluster = make_cluster(max_frame_size=65_536, max_batch_delay=10.0)
+    primaries, workers = await cluster.up()
+    primary0, worker0 = primaries[0], workers[0]
+    client = await cluster.client(0)
+    await submit(client, [bytes([i]) * 1_000 for i in range(50)])  # five full batches
+    await eventually(lambda: len(primary0.ours) == 5)
+    ours = [m.digest for m in primary0.ours]
+
+    answer = await primary0.request(0, messages.RequestBatches([unknown(1), *ours, unknown(2)]))
+    assert [b.digest() for b in answer.batches] == ours[:3]
+    assert answer.missing == (unknown(1), *ours[3:], unknown(2))
+    answer = await primary0.request(0, messages.RequestBatches(answer.missing))
+    assert [b.digest() for b in answer.batches] == ours[3:]
+    assert answer.missing == (unknown(1), unknown(2))
+    assert worker0.status()["batches_served"] == 5
+
+    # More digests than MAX_DIGESTS_PER_REQUEST do not even decode.
+    body = cbor2.dumps([[unknown(0)] * (messages.MAX_DIGESTS_PER_REQUEST + 1)], canonical=True)
+    with pytest.raises(RemoteError) as info:
+        await primary0.request(0, None, raw=(messages.RequestBatches.TAG, body))
+    assert info.value.code is ErrorCode.TOO_LARGE
+    assert worker0.status()["rpc_errors_live_connections"]["malformed"] == 1
+
+
+@pytest.mark.parametrize("target_up", [True, False])
+async def test_synchronize_falls_back_to_other_workers(make_cluster, target_up):
+    cluster = make_cluster()
+    digest = await put_batch(cluster, [1, 2], [b"held by 1 and 2"])
+    primaries, workers = await cluster.up(workers=(0, 1, 2, 3) if target_up else (0, 1, 2))
+    primary0, worker0 = primaries[0], workers[0]
+    await eventually(lambda: worker0.manager.is_connected(cluster.keys[2].workers[0].public))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    # The target (authority 3) lacks it, or is down: the others are asked, at once when it
+    # answered, after sync_retry_delay (0.3 s +-30%) when it did not.
+    await primary0.request(0, messages.Synchronize([digest], cluster.name(3)))
+    await eventually(lambda: 0 in cluster.holders(digest))
+    if not target_up:
+        assert loop.time() - started >= 0.2
+    await eventually(lambda: primary0.others == [messages.OthersBatch(digest, 0)])
+    assert worker0.status()["batches_synced"] == 1
+
+
+async def test_a_batch_we_did_not_ask_for_is_ignored_and_counted(make_cluster):
+    cluster = make_cluster()
+    wanted = await put_batch(cluster, [2], [b"the real one"])
+    bogus = messages.Batch([b"something else"])
+    router = Router()
+
+    async def lie(peer, request):
+        return messages.BatchesResponse([bogus], [])
+
+    router.route(messages.RequestBatches, lie)
+    liar = await cluster.start_fake_worker(1, router)
+    primaries, workers = await cluster.up(workers=(0, 2, 3))
+    primary0, worker0 = primaries[0], workers[0]
+    await eventually(lambda: worker0.manager.is_connected(cluster.keys[1].workers[0].public))
+    assert liar.manager.is_connected(cluster.keys[0].workers[0].public)
+
+    await primary0.request(0, messages.Synchronize([wanted], cluster.name(1)))
+    await eventually(lambda: worker0.status()["errors"].get("sync_unexpected_batch", 0) >= 1)
+    await eventually(lambda: 0 in cluster.holders(wanted))  # from worker 2, in a later round
+    assert 0 not in cluster.holders(bogus.digest())
+    await eventually(lambda: primary0.reported == {wanted})
+
+
+async def test_concurrent_synchronize_of_one_digest_is_fetched_once(make_cluster):
+    cluster = make_cluster()
+    digest = await put_batch(cluster, [1], [b"once"])
+    primaries, workers = await cluster.up(workers=(0, 1))
+    primary0, worker0 = primaries[0], workers[0]
+    await eventually(lambda: worker0.manager.is_connected(cluster.keys[1].workers[0].public))
+    for _ in range(3):
+        await primary0.request(0, messages.Synchronize([digest], cluster.name(1)))
+    await eventually(lambda: 0 in cluster.holders(digest))
+    await eventually(lambda: worker0.status()["sync_wanted_digests"] == 0)
+    assert worker0.status()["batches_synced"] == 1
+    await eventually(lambda: messages.OthersBatch(digest, 0) in primary0.others)
+
+
+async def test_sync_state_is_bounded_and_expires_on_cleanup(make_cluster):
+    cluster = make_cluster()
+    primaries, workers = await cluster.up(workers=(0, 1))
+    primary0, worker0 = primaries[0], workers[0]
+    worker0.synchronizer.max_wanted = 3
+
+    await primary0.request(0, messages.Synchronize([unknown(1), unknown(2)], cluster.name(1)))
+    with pytest.raises(RemoteError) as info:  # 2 + 2 > 3: refused, nothing half-registered
+        await primary0.request(0, messages.Synchronize([unknown(3), unknown(4)], cluster.name(1)))
+    assert info.value.code is ErrorCode.OVERLOADED
+    assert worker0.status()["errors"]["sync_overloaded"] == 1
+    assert worker0.status()["sync_wanted_digests"] == 2
+
+    # Nobody has them: the sync keeps trying until two Cleanups expire it.
+    await primary0.request(0, messages.Cleanup(1))
+    assert worker0.status()["sync_wanted_digests"] == 2
+    await primary0.request(0, messages.Cleanup(2))
+    assert worker0.status()["sync_wanted_digests"] == 0
+    await primary0.request(0, messages.Synchronize([unknown(3), unknown(4)], cluster.name(1)))
+    assert worker0.status()["sync_wanted_digests"] == 2
