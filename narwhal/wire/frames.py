@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Final, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
-import attrs
 import cbor2
 
 from narwhal.errors import ErrorCode, FrameError, FrameTooLarge
@@ -80,11 +79,22 @@ class FrameKind(enum.IntEnum):
 
 
 _KINDS: Final = frozenset(int(k) for k in FrameKind)
+#: value -> FrameKind. Kinds are 0..6, so indexing this tuple replaces ``FrameKind(value)``
+#: (an enum call costs ~1 us, once per received frame).
+_KIND_OF: Final = tuple(sorted(FrameKind))
+assert [int(k) for k in _KIND_OF] == list(range(len(_KIND_OF)))
+_LENGTH: Final = struct.Struct(">I")
+#: Bodies longer than this are copied out through a memoryview (one copy instead of a
+#: bytearray slice + bytes(), two); shorter ones through the slice, cheaper when small.
+_VIEW_COPY_MIN: Final = 2048
 
 
-@attrs.frozen(slots=True)
-class Frame:
-    """One decoded frame. ``body`` is the raw (still encoded) message body."""
+class Frame(NamedTuple):
+    """One decoded frame. ``body`` is the raw (still encoded) message body.
+
+    A NamedTuple rather than a frozen attrs class: as immutable, and ~4x cheaper to build
+    (frozen attrs sets each slot through ``object.__setattr__``), once per received frame.
+    """
 
     kind: FrameKind
     request_id: int
@@ -124,7 +134,9 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *, slack: int = 65536):
         if max_frame_size < FRAME_HEADER_TAIL:
             raise ValueError(f"max_frame_size must be >= {FRAME_HEADER_TAIL}")
-        self._buf = bytearray()
+        #: Unparsed bytes from ``_pos`` on: the caller's own ``bytes`` while they are parsed
+        #: in place, a ``bytearray`` once a partial frame must be completed by later data.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._max_frame_size = max_frame_size
         self._max_buffer = max_frame_size + 4 + slack
@@ -143,40 +155,67 @@ class FrameDecoder:
         """Append received bytes. Raises when the buffer would exceed its cap."""
         if self._error is not None:
             raise self._error
+        if self._pos == len(self._buf) and isinstance(data, bytes):
+            # Nothing pending: parse straight out of ``data`` (immutable, so it can be kept
+            # without a copy); the common case of whole frames inside one Noise message.
+            self._buf = data
+            self._pos = 0
+            return
+        if isinstance(self._buf, bytes):
+            self._buf = bytearray(memoryview(self._buf)[self._pos:])
+            self._pos = 0
         self._buf += data
         if len(self._buf) - self._pos > self._max_buffer:
             self._fail(FrameTooLarge(f"receive buffer over {self._max_buffer} bytes (frames not drained)"))
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None when more data is needed."""
+        frames = self._parse(1)
+        return frames[0] if frames else None
+
+    def frames(self) -> list[Frame]:
+        """Every complete frame buffered so far: ``next_frame()`` in a loop, ~2x cheaper."""
+        return self._parse(-1)
+
+    def _parse(self, limit: int) -> list[Frame]:
+        """Up to ``limit`` frames (all when -1); one pass with locals, then one compaction."""
         if self._error is not None:
             raise self._error
         buf, pos = self._buf, self._pos
-        available = len(buf) - pos
-        if available < 4:
-            return None
-        (length,) = struct.unpack_from(">I", buf, pos)
-        if length > self._max_frame_size:
-            self._fail(FrameTooLarge(f"frame length {length} exceeds maximum {self._max_frame_size}"))
-        if length < FRAME_HEADER_TAIL:
-            self._fail(FrameError(f"frame length {length} is shorter than the frame header"))
-        if available >= 5 and buf[pos + 4] not in _KINDS:
-            # checked before the body arrives: a bad kind must not make us buffer megabytes
-            self._fail(FrameError(f"unknown frame kind {buf[pos + 4]}"))
-        if available < 4 + length:
-            return None
-        _, kind, request_id, tag = FRAME_HEADER.unpack_from(buf, pos)
-        start = pos + FRAME_HEADER.size
-        end = pos + 4 + length
-        body = bytes(buf[start:end]) if end > start else b""
-        self._consume(end)
-        return Frame(FrameKind(kind), request_id, tag, body)
+        size = len(buf)
+        max_size = self._max_frame_size
+        unpack_length, unpack_header = _LENGTH.unpack_from, FRAME_HEADER.unpack_from
+        out: list[Frame] = []
+        while size - pos >= 4 and len(out) != limit:
+            (length,) = unpack_length(buf, pos)
+            if length > max_size:
+                self._fail(FrameTooLarge(f"frame length {length} exceeds maximum {max_size}"))
+            if length < FRAME_HEADER_TAIL:
+                self._fail(FrameError(f"frame length {length} is shorter than the frame header"))
+            if size - pos >= 5 and buf[pos + 4] not in _KINDS:
+                # checked before the body arrives: a bad kind must not make us buffer megabytes
+                self._fail(FrameError(f"unknown frame kind {buf[pos + 4]}"))
+            end = pos + 4 + length
+            if size < end:
+                break
+            _, kind, request_id, tag = unpack_header(buf, pos)
+            start = pos + FRAME_HEADER.size
+            if length > _VIEW_COPY_MIN:
+                with memoryview(buf) as view:
+                    body = bytes(view[start:end])
+            else:
+                body = bytes(buf[start:end]) if end > start else b""
+            out.append(Frame(_KIND_OF[kind], request_id, tag, body))
+            pos = end
+        if pos != self._pos:
+            self._consume(pos)
+        return out
 
     def _consume(self, new_pos: int) -> None:
         if new_pos == len(self._buf):
-            self._buf.clear()
+            self._buf = b""
             self._pos = 0
-        elif new_pos > _COMPACT_THRESHOLD:
+        elif isinstance(self._buf, bytearray) and new_pos > _COMPACT_THRESHOLD:
             del self._buf[:new_pos]
             self._pos = 0
         else:
@@ -184,7 +223,7 @@ class FrameDecoder:
 
     def _fail(self, error: FrameError) -> NoReturn:
         self._error = error
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0
         raise error
 

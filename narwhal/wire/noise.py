@@ -8,14 +8,16 @@ How a link starts (``wire_spec.md`` sections 2-4 are the authority)::
                                                 decides: accept or reject
               <-----    preamble(8) || len(2) || msg2 (payload: accept, or error + close)
 
-Patterns: ``Noise_IK_25519_ChaChaPoly_BLAKE2s`` between validators (both sides
+Patterns: ``Noise_IK_25519_AESGCM_BLAKE2s`` between validators (both sides
 authenticated; the dialer knows the listener's static key from the committee) and
-``Noise_NK_25519_ChaChaPoly_BLAKE2s`` for clients (anonymous client, authenticated server).
+``Noise_NK_25519_AESGCM_BLAKE2s`` for clients (anonymous client, authenticated server).
+AES-256-GCM rather than ChaCha20-Poly1305: these machines have AES instructions, and AES-GCM
+measured 2.8 GB/s per core against ChaCha20-Poly1305's 0.8 GB/s (``wire_spec.md`` §3.1).
 The prologue binds the wire version and a 32-byte network id (the committee hash), so
 peers with different committees or versions fail the handshake instead of talking.
 
 The handshake runs on noiseprotocol; afterwards its cipher states are *lifted* into
-:class:`NoiseTransport`, two ChaCha20-Poly1305 objects with our own nonce counters. That
+:class:`NoiseTransport`, two AES-256-GCM objects with our own nonce counters. That
 skips noiseprotocol's per-call overhead on the hot path, and it is handed out exactly once
 (a second copy would reuse nonces). Every noiseprotocol / cryptography exception is mapped
 to :class:`~narwhal.errors.HandshakeError` or :class:`~narwhal.errors.DecryptError` here and
@@ -25,6 +27,9 @@ nowhere else.
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
+import hmac
 import struct
 import warnings
 from collections.abc import Iterable
@@ -33,8 +38,11 @@ from typing import Any, Final
 import attrs
 import cbor2
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from noise.backends.default.backend import DefaultNoiseBackend
+from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
+from noise.functions.hash import Hash
 
 from narwhal.errors import (
     DecryptError,
@@ -96,7 +104,7 @@ class Pattern(enum.IntEnum):
 
     @property
     def protocol_name(self) -> bytes:
-        return b"Noise_" + self.name.encode() + b"_25519_ChaChaPoly_BLAKE2s"
+        return b"Noise_" + self.name.encode() + b"_25519_AESGCM_BLAKE2s"
 
 
 def prologue(network_id: bytes) -> bytes:
@@ -378,8 +386,7 @@ class NoiseHandshake:
 
     def _read_msg1(self, message: bytes) -> None:
         assert self._pattern is not None and self._local_static is not None
-        noise = self._new_noise(self._pattern)
-        noise.set_keypair_from_private_bytes(Keypair.STATIC, self._local_static)
+        noise = self._new_noise(self._pattern)  # sets our static keypair
         noise.set_as_responder()
         self._start(noise)
         payload = self._call(noise.read_message, message)
@@ -432,10 +439,13 @@ class NoiseHandshake:
     # -- plumbing -----------------------------------------------------------------------
 
     def _new_noise(self, pattern: Pattern) -> NoiseConnection:
-        noise = NoiseConnection.from_name(pattern.protocol_name)
+        noise = NoiseConnection.from_name(pattern.protocol_name, backend=_BACKEND)
         noise.set_prologue(self._prologue)
         if self._local_static is not None:
-            noise.set_keypair_from_private_bytes(Keypair.STATIC, self._local_static)
+            # set_keypair_from_private_bytes derives the public key, an X25519 scalar
+            # multiplication: do it once per key, not per handshake (no setter takes a
+            # ready keypair, hence the dict).
+            noise.noise_protocol.keypairs["s"] = _static_keypair(self._local_static)
         if self._ephemeral is not None:  # deterministic transcripts in tests only
             noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, self._ephemeral)
         self._noise = noise
@@ -482,6 +492,43 @@ class NoiseHandshake:
         raise error
 
 
+class _Blake2s(Hash):  # type: ignore[misc]
+    """BLAKE2s through hashlib: one C call, where noiseprotocol's default builds a
+    ``cryptography`` Hash object per call (~10x the cost; a handshake side hashes ~8 times)."""
+
+    fn = "blake2s"  # the digest name _hmac_digest hands to hmac.digest
+    hashlen = 32
+    blocklen = 64
+
+    def hash(self, data: bytes) -> bytes:
+        return hashlib.blake2s(data).digest()
+
+
+def _hmac_digest(key: bytes, data: bytes, algorithm: str) -> bytes:
+    """HMAC in one C call (HKDF runs ~15 per handshake side; the default backend builds a
+    ``cryptography`` HMAC object for each)."""
+    return hmac.digest(key, data, algorithm)
+
+
+class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
+    """noiseprotocol's default backend with the BLAKE2s hash and HMAC above. X25519 and
+    AES-GCM stay ``cryptography``'s; transcripts are byte-identical (golden tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hashes: dict[str, Any] = {**self.hashes, "BLAKE2s": _Blake2s}
+        self.hmac = _hmac_digest
+
+
+_BACKEND: Final = _Backend()
+
+
+@functools.lru_cache(maxsize=16)
+def _static_keypair(private: bytes) -> Any:
+    """Our static keypair, derived once per process (a node has one or two static keys)."""
+    return KeyPair25519.from_private_bytes(private)
+
+
 def _check_key(key: bytes) -> bytes:
     if not isinstance(key, bytes) or len(key) != KEY_SIZE:
         raise ValueError(f"X25519 keys are {KEY_SIZE} bytes")
@@ -496,84 +543,139 @@ def _encode_payload(payload: HandshakePayload) -> bytes:
 
 
 class NoiseTransport:
-    """Lifted transport ciphers: ChaCha20-Poly1305 with our own 64-bit nonce counters.
+    """Lifted transport ciphers: AES-256-GCM with our own 64-bit nonce counters.
 
     ``encrypt`` cuts any plaintext into Noise messages of at most :data:`MAX_PLAINTEXT`
-    bytes, each sent as a 2-byte big-endian length + ciphertext. ``receive_data`` +
-    ``decrypt_available`` reverse that on a byte stream of any split. A message that fails
-    authentication (tampered, truncated, replayed, reordered) raises
-    :class:`~narwhal.errors.DecryptError`, after which the transport is unusable.
+    bytes, each sent as a 2-byte big-endian length + ciphertext. ``decrypt`` reverses that
+    on a byte stream of any split, decrypting straight out of the received bytes (only an
+    incomplete trailing message is copied aside). A message that fails authentication
+    (tampered, truncated, replayed, reordered) raises :class:`~narwhal.errors.DecryptError`,
+    after which the transport is unusable.
     """
 
     __slots__ = ("_buf", "_dec", "_dec_n", "_enc", "_enc_n", "_failed")
 
     def __init__(self, enc_key: bytes, enc_nonce: int, dec_key: bytes, dec_nonce: int) -> None:
-        self._enc = ChaCha20Poly1305(enc_key)
+        self._enc = AESGCM(enc_key)
         self._enc_n = enc_nonce
-        self._dec = ChaCha20Poly1305(dec_key)
+        self._dec = AESGCM(dec_key)
         self._dec_n = dec_nonce
-        self._buf = bytearray()
+        self._buf = b""
         self._failed = False
 
     def encrypt(self, plaintext: bytes | bytearray | memoryview) -> list[bytes]:
         """Noise messages (length prefix and ciphertext as separate items) for ``plaintext``."""
-        view = memoryview(plaintext)
+        return self.encrypt_parts([plaintext])
+
+    def encrypt_parts(self, parts: list[bytes | bytearray | memoryview]) -> list[bytes]:
+        """Like :meth:`encrypt` of the parts' concatenation, without building it: each
+        Noise message is cut straight out of the parts, and only a message that spans
+        several parts is joined (at most 64 KiB: no large temporary buffer per flush)."""
         out: list[bytes] = []
-        enc = self._enc.encrypt
-        n = self._enc_n
-        for start in range(0, len(view), MAX_PLAINTEXT):
-            if n >= _MAX_NONCE:
-                raise DecryptError("send nonce exhausted; the connection must be re-established")
-            ciphertext = enc(b"\x00\x00\x00\x00" + n.to_bytes(8, "little"), view[start : start + MAX_PLAINTEXT], None)
-            n += 1
-            out.append(NOISE_LENGTH.pack(len(ciphertext)))
-            out.append(ciphertext)
-        self._enc_n = n
+        pending: list[memoryview] = []
+        pending_len = 0
+        for part in parts:
+            view = memoryview(part)
+            pos, size = 0, len(view)
+            while pos < size:
+                take = min(MAX_PLAINTEXT - pending_len, size - pos)
+                pending.append(view[pos : pos + take])
+                pending_len += take
+                pos += take
+                if pending_len == MAX_PLAINTEXT:
+                    self._seal(pending, out)
+                    pending, pending_len = [], 0
+        if pending:
+            self._seal(pending, out)
         return out
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer ciphertext stream bytes (at most one partial Noise message stays buffered
-        once :meth:`decrypt_available` has run)."""
+    def _seal(self, pieces: list[memoryview], out: list[bytes]) -> None:
+        n = self._enc_n
+        if n >= _MAX_NONCE:
+            raise DecryptError("send nonce exhausted; the connection must be re-established")
+        plaintext = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        ciphertext = self._enc.encrypt(_nonce(n), plaintext, None)
+        self._enc_n = n + 1
+        out.append(NOISE_LENGTH.pack(len(ciphertext)))
+        out.append(ciphertext)
+
+    def decrypt(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """The plaintexts of every Noise message completed by ``data``, in order."""
         if self._failed:
             raise DecryptError("transport already failed")
-        self._buf += data
+        out: list[bytes] = []
+        try:
+            if self._buf:
+                # finish the message left incomplete last time, copying only its bytes
+                data = self._complete_pending(data, out)
+                if not data:
+                    return out
+            self._buf = self._decrypt_messages(data, out)
+        except DecryptError:
+            self._failed = True
+            self._buf = b""
+            raise
+        return out
+
+    def _complete_pending(self, data: bytes | bytearray | memoryview, out: list[bytes]) -> memoryview:
+        buf = self._buf
+        if len(buf) < 2:
+            take = 2 - len(buf)
+            buf, data = buf + bytes(data[:take]), memoryview(data)[take:]
+            if len(buf) < 2:
+                self._buf = buf
+                return memoryview(b"")
+        need = 2 + ((buf[0] << 8) | buf[1]) - len(buf)
+        if len(data) < need:
+            self._buf = buf + bytes(data)
+            return memoryview(b"")
+        self._buf = b""
+        rest = self._decrypt_messages(buf + bytes(memoryview(data)[:need]), out)
+        assert not rest
+        return memoryview(data)[need:]
+
+    def _decrypt_messages(self, source: bytes | bytearray | memoryview, out: list[bytes]) -> bytes:
+        """Decrypt the complete messages at the start of ``source``; return the rest."""
+        pos, size = 0, len(source)
+        dec = self._dec.decrypt
+        n = self._dec_n
+        with memoryview(source) as view:
+            try:
+                while size - pos >= 2:
+                    length = (view[pos] << 8) | view[pos + 1]
+                    end = pos + 2 + length
+                    if size < end:
+                        break
+                    if length < AEAD_TAG_SIZE:
+                        raise DecryptError(f"Noise message of {length} bytes is shorter than its tag")
+                    try:
+                        out.append(dec(_nonce(n), view[pos + 2 : end], None))
+                    except InvalidTag as exc:
+                        raise DecryptError("Noise message failed authentication") from exc
+                    n += 1
+                    pos = end
+            finally:
+                self._dec_n = n
+            # at most one incomplete message (< 64 KiB) is kept for the next call
+            return bytes(view[pos:]) if pos < size else b""
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer stream bytes for :meth:`decrypt_available` (the two-step form of ``decrypt``;
+        use one form or the other on a transport, not both)."""
+        if self._failed:
+            raise DecryptError("transport already failed")
+        self._buf = self._buf + bytes(data)
 
     def decrypt_available(self) -> list[bytes]:
         """Decrypt every complete Noise message buffered so far, in order."""
-        if self._failed:
-            raise DecryptError("transport already failed")
-        buf = self._buf
-        out: list[bytes] = []
-        pos = 0
-        dec = self._dec.decrypt
-        n = self._dec_n
-        view = memoryview(buf)
-        try:
-            while len(buf) - pos >= 2:
-                (length,) = NOISE_LENGTH.unpack_from(buf, pos)
-                end = pos + 2 + length
-                if len(buf) < end:
-                    break
-                if length < AEAD_TAG_SIZE:
-                    raise DecryptError(f"Noise message of {length} bytes is shorter than its tag")
-                nonce = b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
-                try:
-                    out.append(dec(nonce, view[pos + 2 : end], None))
-                except InvalidTag as exc:
-                    raise DecryptError("Noise message failed authentication") from exc
-                n += 1
-                pos = end
-        except DecryptError:
-            self._failed = True
-            self._buf = bytearray()
-            raise
-        finally:
-            self._dec_n = n
-            view.release()
-        if pos:
-            del buf[:pos]
-        return out
+        buffered, self._buf = self._buf, b""
+        return self.decrypt(buffered)
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+def _nonce(n: int) -> bytes:
+    """The AES-GCM nonce of Noise: 4 zero bytes, then the counter as 8 big-endian bytes."""
+    return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")

@@ -3,9 +3,9 @@
 It exists to keep the spec honest: if our node and this file agree byte for byte, the spec
 is enough to build a compatible peer. It therefore imports nothing from ``narwhal`` and does
 not use the ``noise`` package; the Noise Protocol Framework (revision 34) pieces needed for
-``Noise_IK_25519_ChaChaPoly_BLAKE2s`` and ``Noise_NK_25519_ChaChaPoly_BLAKE2s`` are written
+``Noise_IK_25519_AESGCM_BLAKE2s`` and ``Noise_NK_25519_AESGCM_BLAKE2s`` are written
 out below from the Noise specification (sections 5 and 7), using ``cryptography`` for X25519
-and ChaCha20-Poly1305 and ``hashlib``/``hmac`` for BLAKE2s and HKDF.
+and AES-256-GCM and ``hashlib``/``hmac`` for BLAKE2s and HKDF.
 
 Layout (sans-IO: bytes in, bytes out; plus a small asyncio client at the bottom):
 
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, TypeVar
 import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 # --- constants (spec sections 2-5) -----------------------------------------------------
@@ -46,8 +46,8 @@ DEFAULT_MAX_FRAME_SIZE = 8 * 1024 * 1024  # 5
 FRAME_HEADER = struct.Struct(">IBIH")  # length, kind, request_id, tag
 REQUEST, RESPONSE, ONEWAY, ERROR, PING, PONG, GOAWAY = range(7)
 PROTOCOL_NAMES = {
-    IK: b"Noise_IK_25519_ChaChaPoly_BLAKE2s",
-    NK: b"Noise_NK_25519_ChaChaPoly_BLAKE2s",
+    IK: b"Noise_IK_25519_AESGCM_BLAKE2s",
+    NK: b"Noise_NK_25519_AESGCM_BLAKE2s",
 }
 HASHLEN = 32
 T = TypeVar("T")
@@ -110,12 +110,12 @@ class CipherState:
     def _nonce(self) -> bytes:
         if self.n >= 2**64 - 1:
             raise SpecError("nonce exhausted")
-        return b"\x00\x00\x00\x00" + self.n.to_bytes(8, "little")
+        return b"\x00\x00\x00\x00" + self.n.to_bytes(8, "big")
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         if self.k is None:
             return plaintext
-        ciphertext = ChaCha20Poly1305(self.k).encrypt(self._nonce(), plaintext, ad)
+        ciphertext = AESGCM(self.k).encrypt(self._nonce(), plaintext, ad)
         self.n += 1
         return ciphertext
 
@@ -123,7 +123,7 @@ class CipherState:
         if self.k is None:
             return ciphertext
         try:
-            plaintext = ChaCha20Poly1305(self.k).decrypt(self._nonce(), ciphertext, ad)
+            plaintext = AESGCM(self.k).decrypt(self._nonce(), ciphertext, ad)
         except InvalidTag as exc:
             raise SpecError("authentication failed") from exc
         self.n += 1
