@@ -135,51 +135,58 @@ class ConsensusState:
                 del self.dag[round_]
 
 
-class Bullshark:
-    """Decide the leader of round R-1 when a round-R certificate arrives."""
+class _LeaderCommit:
+    """Shared by both protocols: insert, find the decidable leader, check its support, commit."""
 
-    name = "bullshark"
-
-    def __init__(self, committee: Committee, state: ConsensusState) -> None:
-        self.committee = committee
-        self.state = state
-
-    def process_certificate(self, certificate: Certificate) -> list[Certificate]:
-        state = self.state
-        state.insert(certificate)
-        round_ = certificate.header.round
-        leader_round = round_ - 1
-        if leader_round % 2 != 0 or leader_round < 2 or leader_round <= state.last_committed_round:
-            return []
-        leader = state.leader(self.committee, leader_round)
-        if leader is None:
-            return []
-        if state.support(self.committee, leader, round_) < self.committee.validity_threshold():
-            return []
-        return state.commit(self.committee, leader)
-
-
-class Tusk:
-    """Decide the leader of round R-3 when a round-R certificate arrives (R-1 even)."""
-
-    name = "tusk"
+    name = ""
 
     def __init__(self, committee: Committee, state: ConsensusState) -> None:
         self.committee = committee
         self.state = state
 
+    def rounds_to_check(self, round_: int) -> tuple[int, int] | None:
+        """(leader round, round whose certificates support it) decidable at ``round_``."""
+        raise NotImplementedError
+
     def process_certificate(self, certificate: Certificate) -> list[Certificate]:
+        """Add ``certificate`` (causal order); the certificates it commits, in order."""
         state = self.state
         state.insert(certificate)
-        r = certificate.header.round - 1
-        if r % 2 != 0 or r < 4:
+        rounds = self.rounds_to_check(certificate.header.round)
+        if rounds is None:
             return []
-        leader_round = r - 2
+        leader_round, support_round = rounds
         if leader_round <= state.last_committed_round:
             return []
         leader = state.leader(self.committee, leader_round)
         if leader is None:
             return []
-        if state.support(self.committee, leader, r - 1) < self.committee.validity_threshold():
+        if state.support(self.committee, leader, support_round) < self.committee.validity_threshold():
             return []
         return state.commit(self.committee, leader)
+
+
+class Bullshark(_LeaderCommit):
+    """Decide the leader of round R-1 when a round-R certificate arrives (R-1 even, >= 2),
+    with the support of round R."""
+
+    name = "bullshark"
+
+    def rounds_to_check(self, round_: int) -> tuple[int, int] | None:
+        leader_round = round_ - 1
+        if leader_round % 2 != 0 or leader_round < 2:
+            return None
+        return leader_round, round_
+
+
+class Tusk(_LeaderCommit):
+    """Decide the leader of round r-2 when a round-R certificate arrives, r = R-1 even and
+    >= 4, with the support of round r-1."""
+
+    name = "tusk"
+
+    def rounds_to_check(self, round_: int) -> tuple[int, int] | None:
+        r = round_ - 1
+        if r % 2 != 0 or r < 4:
+            return None
+        return r - 2, r - 1
