@@ -1,92 +1,210 @@
-"""``python -m narwhal.node``: the node's command line.
+"""``python -m narwhal.node`` (also ``narwhal``): the node's command line.
 
 Subcommands (each has ``--help``):
 
-- ``demo``       start N local peer processes that exchange acknowledged messages over
-                 Noise and show their live peer tables (the README's run command);
-- ``demo-peer``  one such peer process (started by ``demo``).
+- ``keys generate``  a key file for one authority (signing key, network keys);
+- ``committee new``  a committee file from key files and addresses, or a whole local
+                     network (keys, committee, parameters) with ``--local N``;
+- ``run``            one authority: its primary and workers in one process (or one role);
+- ``testnet``        a local network of N validator processes plus a load client, with a
+                     live table, stopped by Ctrl-C or after ``--duration``.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, ports in use),
+130 interrupted twice.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
+import tempfile
 from pathlib import Path
 
-import uvloop
+from narwhal.config import Committee, ConfigError, Parameters
+from narwhal.crypto import AuthorityKeys
+from narwhal.node import files
+from narwhal.node.arguments import (
+    add_logging,
+    fail,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_until_signal,
+    setup_logging,
+)
+from narwhal.store import StoreError
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="override a parameter (JSON value), e.g. --set max_header_delay=0.05;"
+                             " repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="narwhal", description="narwhal-py validator node")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a local multi-process network demo",
-                          description="Start N peer processes on 127.0.0.1 that exchange reliable, "
-                                      "acknowledged messages over Noise; show their live state.")
-    demo.add_argument("--nodes", type=_positive_int, default=4, help="number of peers (default 4)")
-    demo.add_argument("--duration", type=_positive_float, default=None,
-                      help="stop after this many seconds (default: run until Ctrl-C)")
-    demo.add_argument("--rate", type=_positive_float, default=50.0,
-                      help="broadcasts per second per peer (default 50)")
-    demo.add_argument("--dir", type=Path, default=None, help="folder for keys and logs (default: a temp dir)")
+    keys = sub.add_parser("keys", help="key files", description="Manage key files.")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gen = keys_sub.add_parser("generate", help="write a new key file for one authority",
+                              description="Generate the signing key and the network keys of "
+                                          "an authority's primary and workers (mode 0600).")
+    gen.add_argument("--workers", type=positive_int, default=1, help="workers (default 1)")
+    gen.add_argument("--out", type=Path, required=True, help="key file to write")
+    gen.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    peer = sub.add_parser("demo-peer", help="one demo peer process (started by 'demo')")
-    peer.add_argument("directory", type=Path, help="directory.json written by 'demo'")
-    peer.add_argument("index", type=int, help="which entry of the directory this process is")
-    peer.add_argument("--rate", type=_positive_float, default=50.0)
+    committee = sub.add_parser("committee", help="committee files",
+                               description="Manage committee files.")
+    committee_sub = committee.add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = committee_sub.add_parser(
+        "new", help="write a committee (or a whole local network)",
+        description="Either from key files (--keys, with --hosts and --base-port), or "
+                    "--local N: generate N key files, parameters.json and committee.json "
+                    "with 127.0.0.1 ports in --dir.")
+    mode = new.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--keys", type=Path, nargs="+", metavar="KEYFILE",
+                      help="the authorities' key files")
+    mode.add_argument("--local", type=positive_int, metavar="N",
+                      help="generate a local network of N authorities")
+    new.add_argument("--out", type=Path, help="committee file (--keys; default with --local: "
+                                               "DIR/committee.json)")
+    new.add_argument("--hosts", nargs="+", default=["127.0.0.1"], metavar="HOST",
+                     help="one host for all authorities or one per key file (--keys)")
+    new.add_argument("--base-port", type=positive_int, default=None,
+                     help="first port; each authority takes 3 + 2*workers consecutive ports "
+                          "(default 4000 with --keys, free ports with --local)")
+    new.add_argument("--workers", type=positive_int, default=None,
+                     help="workers per authority (default 1 with --local; with --keys the "
+                          "fewest the key files have)")
+    new.add_argument("--dir", type=Path, help="folder of the local network (--local)")
+    new.add_argument("--force", action="store_true", help="overwrite existing files")
+    _add_overrides(new)
+
+    run = sub.add_parser(
+        "run", help="run one authority",
+        description="Run an authority's primary and all its workers in one process and one "
+                    "event loop (or a single role). Stops cleanly on SIGTERM/SIGINT. Writes "
+                    "DIR/status.json every second.")
+    run.add_argument("--keys", type=Path, required=True, help="this authority's key file")
+    run.add_argument("--committee", type=Path, required=True, help="committee file")
+    run.add_argument("--parameters", type=Path, default=None,
+                     help="parameters file (default: the built-in defaults)")
+    run.add_argument("--store", type=Path, required=True, metavar="DIR",
+                     help="folder for the stores and the status file")
+    run.add_argument("--role", choices=["all", "primary", "worker"], default="all",
+                     help="what to run (default all)")
+    run.add_argument("--worker-id", type=non_negative_int, default=None,
+                     help="which worker, with --role worker")
+    add_logging(run)
+
+    testnet = sub.add_parser(
+        "testnet", help="run a local network with a load client and a live table",
+        description="Create keys, committee and parameters in a folder, start N validator "
+                    "processes and a load client, show their progress live, and stop "
+                    "everything on Ctrl-C or after --duration.")
+    testnet.add_argument("--nodes", type=positive_int, default=4, help="validators (default 4)")
+    testnet.add_argument("--workers", type=positive_int, default=1,
+                         help="workers per validator (default 1)")
+    testnet.add_argument("--dir", type=Path, default=None,
+                         help="folder for keys, stores and logs (default: a new temp folder)")
+    testnet.add_argument("--duration", type=positive_float, default=None,
+                         help="stop after this many seconds (default: run until Ctrl-C)")
+    testnet.add_argument("--rate", type=non_negative_float, default=1000.0,
+                         help="client load in transactions per second, 0 for none "
+                              "(default 1000)")
+    testnet.add_argument("--tx-size", type=positive_int, default=512,
+                         help="bytes per transaction (default 512)")
+    testnet.add_argument("--consensus", choices=["bullshark", "tusk"], default=None,
+                         help="consensus protocol (default: the parameters' default)")
+    testnet.add_argument("--base-port", type=positive_int, default=None,
+                         help="first port (default: free ports chosen by the kernel)")
+    _add_overrides(testnet)
+    add_logging(testnet)
     return parser
 
 
-def _run(coro_factory) -> int:  # type: ignore[no-untyped-def]
-    """Run on uvloop; SIGTERM and Ctrl-C cancel the main task so shutdown is graceful."""
-    async def main() -> int:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        try:
-            return int(await coro_factory() or 0)
-        except asyncio.CancelledError:
-            return 130
+def _keys_generate(args: argparse.Namespace) -> int:
+    keys = files.generate_keys(args.out, args.workers, force=args.force)
+    print(f"{keys.name.hex()}  {args.out}")
+    return 0
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
+
+def _committee_new(args: argparse.Namespace) -> int:
+    parameters = files.parameters_with(files.parse_overrides(args.overrides))
+    if args.local is not None:
+        if args.dir is None:
+            return fail("--local needs --dir")
+        network = files.create_local(args.dir, args.local, args.workers or 1,
+                                     parameters=parameters, base_port=args.base_port,
+                                     force=args.force)
+        if args.out is not None:
+            files.refuse_overwrite([args.out], args.force)
+            network.committee.save(args.out)
+        print(f"{args.local} authorities in {args.dir}: keys/, committee.json, parameters.json")
+        return 0
+    if args.out is None:
+        return fail("--keys needs --out")
+    if args.overrides:
+        return fail("--set goes with --local (write parameters files yourself otherwise)")
+    files.refuse_overwrite([args.out], args.force)
+    public = [AuthorityKeys.load(path).public() for path in args.keys]
+    committee = files.committee_from_keys(public, hosts=args.hosts, workers=args.workers,
+                                          base_port=args.base_port or 4000)
+    committee.save(args.out)
+    print(f"committee of {committee.size} authorities x {len(committee.worker_ids)} workers: "
+          f"{args.out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from narwhal.node.runner import AuthorityRunner
+
+    if (args.role == "worker") != (args.worker_id is not None):
+        return fail("--worker-id goes with --role worker, and --role worker needs it")
+    keys = AuthorityKeys.load(args.keys)
+    committee = Committee.load(args.committee)
+    parameters = Parameters.load(args.parameters) if args.parameters else Parameters()
+    last_error = setup_logging(args.log_level, args.log_file)
+    runner = AuthorityRunner(keys, committee, parameters, args.store, role=args.role,
+                             worker_id=args.worker_id, last_error=last_error)
+
+    async def main(stop) -> int:  # type: ignore[no-untyped-def]
+        return 0 if await runner.run(stop) else 1
+    return run_until_signal(main)
+
+
+def _testnet(args: argparse.Namespace) -> int:
+    from narwhal.node.testnet import Testnet
+
+    overrides = files.parse_overrides(args.overrides)
+    if args.consensus is not None:
+        overrides["consensus"] = args.consensus
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="narwhal-testnet-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.log_level, directory / "testnet.log")
+    testnet = Testnet.create(
+        nodes=args.nodes, workers=args.workers, directory=directory,
+        parameters=files.parameters_with(overrides), base_port=args.base_port,
+        log_level=args.log_level)
+    return testnet.run(duration=args.duration, rate=args.rate, tx_size=args.tx_size)
+
+
+COMMANDS = {("keys", "generate"): _keys_generate, ("committee", "new"): _committee_new,
+            ("run", None): _run, ("testnet", None): _testnet}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
-        from narwhal.node.demo import run_demo
-
-        return _run(lambda: run_demo(args.nodes, args.duration, args.rate, args.dir))
-    if args.command == "demo-peer":
-        from narwhal.node.demo import run_peer
-
-        if not args.directory.is_file():
-            print(f"error: {args.directory} does not exist", file=sys.stderr)
-            return 2
-        return _run(lambda: run_peer(args.directory, args.index, args.rate))
-    return 2
+    command = COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        return command(args)
+    except (ConfigError, StoreError) as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), code=1)
 
 
 if __name__ == "__main__":

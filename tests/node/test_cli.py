@@ -1,0 +1,178 @@
+"""The node's command line: every subcommand's --help, the files it writes, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from narwhal.config import Committee, Parameters
+from narwhal.crypto import AuthorityKeys
+from narwhal.node.__main__ import main
+from narwhal.node.runner import bind_listener
+
+from .helpers import child_env, local_network
+
+SUBCOMMANDS = [[], ["keys"], ["keys", "generate"], ["committee"], ["committee", "new"], ["run"],
+               ["testnet"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "narwhal")
+def test_help_of_every_subcommand_exits_0(words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_python_m_and_console_script_run(tmp_path):
+    script = Path(sys.executable).parent / "narwhal"  # installed by pip install -e .
+    for argv in ([sys.executable, "-m", "narwhal.node", "--help"], [str(script), "--help"],
+                 [sys.executable, "-m", "narwhal.client", "submit", "--help"]):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                                env=child_env(), check=False)
+        assert result.returncode == 0, result.stderr
+        assert "usage:" in result.stdout
+
+
+def test_keys_generate_writes_a_loadable_private_file_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    assert main(["keys", "generate", "--workers", "3", "--out", str(out)]) == 0
+    keys = AuthorityKeys.load(out)
+    assert len(keys.workers) == 3 and keys.name.hex() in capsys.readouterr().out
+    assert out.stat().st_mode & 0o077 == 0
+    assert main(["keys", "generate", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert AuthorityKeys.load(out) == keys
+    assert main(["keys", "generate", "--out", str(out), "--force"]) == 0
+    assert AuthorityKeys.load(out) != keys
+
+
+def test_committee_new_from_key_files_and_hosts(tmp_path):
+    paths = [tmp_path / f"k{i}.json" for i in range(3)]
+    for path in paths:
+        assert main(["keys", "generate", "--workers", "2", "--out", str(path)]) == 0
+    out = tmp_path / "committee.json"
+    assert main(["committee", "new", "--keys", *map(str, paths), "--out", str(out),
+                 "--hosts", "10.0.0.1", "10.0.0.2", "node3.example", "--base-port", "7000"]) == 0
+    committee = Committee.load(out)
+    assert committee.size == 3 and len(committee.worker_ids) == 2
+    for path in paths:
+        committee.check_keys(AuthorityKeys.load(path).public())
+    first = committee.authorities[AuthorityKeys.load(paths[0]).name]
+    assert first.primary.address == "10.0.0.1:7000"
+    assert first.workers[1].transactions_address == "10.0.0.1:7006"
+
+
+def test_committee_new_local_writes_a_whole_network(tmp_path):
+    net = tmp_path / "net"
+    assert main(["committee", "new", "--local", "4", "--workers", "2", "--dir", str(net),
+                 "--set", "max_header_delay=0.05", "--set", "consensus=tusk"]) == 0
+    committee = Committee.load(net / "committee.json")
+    assert committee.size == 4 and len(committee.worker_ids) == 2
+    for i in range(4):
+        committee.check_keys(AuthorityKeys.load(net / "keys" / f"node-{i}.json").public())
+    parameters = Parameters.load(net / "parameters.json")
+    assert parameters.max_header_delay == 0.05 and parameters.consensus == "tusk"
+    hosts = {a.primary.address.split(":")[0] for a in committee.authorities.values()}
+    assert hosts == {"127.0.0.1"}
+
+
+BAD_INPUT = [
+    (["keys", "generate", "--workers", "0", "--out", "x.json"], "must be >= 1"),
+    (["committee", "new", "--local", "0", "--dir", "d"], "must be >= 1"),
+    (["committee", "new", "--local", "2", "--workers", "0", "--dir", "d"], "must be >= 1"),
+    (["committee", "new", "--local", "2"], "--local needs --dir"),
+    (["committee", "new", "--local", "2", "--dir", "d", "--set", "nope=1"], "unknown field"),
+    (["committee", "new", "--local", "2", "--dir", "d", "--set", "gc_depth=-1"],
+     "positive integer"),
+    (["committee", "new", "--keys", "missing.json", "--out", "c.json"], "file not found"),
+    (["run", "--keys", "missing.json", "--committee", "c.json", "--store", "s"],
+     "file not found"),
+    (["testnet", "--nodes", "0"], "must be >= 1"),
+    (["testnet", "--workers", "0"], "must be >= 1"),
+    (["testnet", "--rate", "-5"], "must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_INPUT, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)
+def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # nothing half-written
+
+
+@pytest.fixture
+def net(tmp_path):
+    return local_network(tmp_path / "net", nodes=4, workers=2)
+
+
+def _run(net, *extra, keys=0, committee=None):
+    return main(["run", "--keys", str(net.key_files[keys]),
+                 "--committee", str(committee or net.committee_file),
+                 "--parameters", str(net.parameters_file),
+                 "--store", str(net.directory / "store"), *extra])
+
+
+def test_run_refuses_a_key_file_of_another_committee(net, tmp_path, capsys):
+    stranger = tmp_path / "stranger.json"
+    AuthorityKeys.generate(2).save(stranger)
+    assert main(["run", "--keys", str(stranger), "--committee", str(net.committee_file),
+                 "--store", str(tmp_path / "s")]) == 2
+    assert "is not in the committee" in capsys.readouterr().err
+
+
+def test_run_refuses_a_key_file_whose_network_keys_differ(net, tmp_path, capsys):
+    forged = AuthorityKeys.load(net.key_files[0])
+    forged = AuthorityKeys(forged.signing, AuthorityKeys.generate(1).primary, forged.workers)
+    forged.save(tmp_path / "forged.json")
+    assert main(["run", "--keys", str(tmp_path / "forged.json"),
+                 "--committee", str(net.committee_file), "--store", str(tmp_path / "s")]) == 2
+    assert "does not match the key file" in capsys.readouterr().err
+
+
+def test_run_refuses_a_bad_committee_file(net, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    document = json.loads(net.committee_file.read_text())
+    next(iter(document["authorities"].values()))["stake"] = 0
+    bad.write_text(json.dumps(document))
+    assert _run(net, committee=bad) == 2
+    assert "stake: must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--role", "worker"], "--role worker needs it"),
+    (["--worker-id", "1"], "--worker-id goes with --role worker"),
+    (["--role", "worker", "--worker-id", "2"], "must be in 0..1"),
+])
+def test_run_checks_role_arguments(net, extra, message, capsys):
+    assert _run(net, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_refuses_a_port_in_use_before_starting_anything(net, capsys):
+    me = net.committee.authorities[AuthorityKeys.load(net.key_files[0]).name]
+    with bind_listener(me.workers[1].worker_address, "test") as taken:
+        taken.listen()
+        assert _run(net) == 2
+    error = capsys.readouterr().err
+    assert "worker 1 address" in error and "port already in use" in error
+    assert not (net.directory / "store" / "primary.db").exists()
+
+
+def test_bind_listener_falls_back_to_all_interfaces_for_a_foreign_address():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with bind_listener(f"192.0.2.1:{port}", "test") as sock:  # TEST-NET-1: never local
+        assert sock.getsockname() == ("0.0.0.0", port)
