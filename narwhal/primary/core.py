@@ -25,6 +25,7 @@ the same code runs over Noise/TCP and in deterministic in-memory tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections import Counter
@@ -113,6 +114,9 @@ class Core:
         #: Rejections and notable events by reason (metrics).
         self.counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
+        self._proposed_at = 0.0
+        #: Seconds from proposing each of our recent headers to its certificate (metrics).
+        self.certificate_latencies: collections.deque[float] = collections.deque(maxlen=200)
         self._unrounded: set[Any] = set()  # handles of sends not tied to a round (Cleanup)
 
     # -- recovery ------------------------------------------------------------------------
@@ -248,6 +252,7 @@ class Core:
     async def propose(self, header: Header) -> None:
         """Our proposer made ``header`` (already signed and persisted): broadcast, vote."""
         self._current = VotesAggregator(header, self.committee)
+        self._proposed_at = time.monotonic()
         self._track(header.round, await self._network.broadcast(header))
         if self.voted.get((self.name, header.round)) == header.digest():
             await self._send_vote(header)  # re-proposed after a restart: count our vote again
@@ -273,6 +278,7 @@ class Core:
         certificate = current.append(vote)
         if certificate is not None:
             self.counters["certificates_formed"] += 1
+            self.certificate_latencies.append(time.monotonic() - self._proposed_at)
             self._track(certificate.header.round, await self._network.broadcast(certificate))
             await self.accept_certificate(certificate)
 

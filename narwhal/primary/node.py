@@ -244,10 +244,17 @@ class PrimaryNode:
             "certificates": core.counters["certificates_accepted"],
             "votes_cast": core.counters["votes_cast"],
             "certificates_formed": core.counters["certificates_formed"],
+            "certificate_latency_ms": _median_ms(core.certificate_latencies),
             "pending_digests": self.proposer.pending_digests,
             "fetching": self.fetcher.wanted,
             "counters": dict(core.counters),
         }
+
+
+def _median_ms(samples: Any) -> float | None:
+    """Median of recent samples (seconds) in milliseconds, None before the first."""
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2] * 1000 if ordered else None
 
 
 def _bounded_response(encoded: list[bytes | None]) -> CertificatesResponse:

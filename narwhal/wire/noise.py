@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -567,7 +567,7 @@ class NoiseTransport:
         """Noise messages (length prefix and ciphertext as separate items) for ``plaintext``."""
         return self.encrypt_parts([plaintext])
 
-    def encrypt_parts(self, parts: list[bytes | bytearray | memoryview]) -> list[bytes]:
+    def encrypt_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
         """Like :meth:`encrypt` of the parts' concatenation, without building it: each
         Noise message is cut straight out of the parts, and only a message that spans
         several parts is joined (at most 64 KiB: no large temporary buffer per flush)."""
