@@ -132,6 +132,15 @@ class Core:
             if certificate.header.round > gc_round and self.dag.insert(certificate):
                 self._count_parent(certificate)
 
+    def resync_payload(self) -> None:
+        """Ask our workers for every batch our certificates reference but we lack (after a
+        restart, the workers' own sync state is gone)."""
+        for round_ in self.dag.rounds():
+            for author, certificate in self.dag.round(round_).items():
+                missing = [(d, w) for d, w in certificate.header.payload if (d, w) not in self.available]
+                if missing and author != self.name:
+                    self._request_payload(author, missing, round_)
+
     # -- headers ---------------------------------------------------------------------------
 
     async def handle_header(self, header: Header, sender: bytes | None) -> None:

@@ -121,6 +121,7 @@ class PrimaryNode:
 
     async def run(self) -> None:
         """Run the proposer for ever (restarting it after an unexpected failure)."""
+        self.core.resync_payload()
         await self._repropose_last_header()
         while True:
             try:

@@ -103,7 +103,8 @@ class Proposer:
 
     async def _make_header(self) -> None:
         assert self._parents is not None
-        round_ = self._parents_round + 1
+        parents_round = self._parents_round
+        round_ = parents_round + 1
         payload_list = self._digests[:MAX_HEADER_PAYLOAD]
         self._digests = self._digests[MAX_HEADER_PAYLOAD:]
         payload = tuple(sorted(dict(payload_list).items()))  # unique digests, sorted
@@ -117,7 +118,10 @@ class Proposer:
             *(("our_batches", d + w.to_bytes(4, "big"), None) for d, w in payload),
         ])
         self.last_proposed = round_
-        self._parents = None
+        if self._parents_round == parents_round:
+            # consumed; but parents of a later round that arrived during the await above
+            # are kept: the core announces each round's quorum only once
+            self._parents = None
         self.headers_proposed += 1
         log.info("Created header %s round=%d batches=%d parents=%d", header.digest().hex()[:16],
                  round_, len(payload), len(header.parents))

@@ -222,3 +222,30 @@ async def test_restarted_node_reproposes_an_uncertified_header_and_gets_it_certi
     await sim.run_until(lambda: sim.nodes[name].node.core.counters["header_reproposed"] == 1)
     await sim.run_until(lambda: name in sim.nodes[name].node.core.dag.round(last), timeout=10)
     assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
+
+
+async def test_parents_arriving_while_a_header_is_being_stored_are_not_lost():
+    """Regression: the quorum of round r can complete while the proposer is still writing
+    its round-r header; the proposer must then go on to round r+1, not wait for ever."""
+    from narwhal.primary.proposer import Proposer
+
+    class SlowStore:
+        async def write(self, ops):
+            proposer.parents_ready(1, (b"\x01" * 32,))  # arrives during the durable write
+            await asyncio.sleep(0)
+
+    proposed = []
+
+    async def propose(header):
+        proposed.append(header.round)
+
+    sim = Simulation(4)
+    proposer = Proposer(name=sim.names[0], signer=sim.keys[0].signing, store=SlowStore(),
+                        propose=propose, header_size=1, max_header_delay=0.01,
+                        genesis_parents=tuple(genesis_digests(sim)))
+    task = asyncio.ensure_future(proposer.run())
+    try:
+        await sim.run_until(lambda: len(proposed) >= 2, timeout=5)
+    finally:
+        task.cancel()
+    assert proposed[:2] == [1, 2]
