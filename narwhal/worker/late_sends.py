@@ -5,15 +5,14 @@ protocol to progress, but it is cheaper for them to receive it now than to fetch
 (``Synchronize``), so their reliable sends keep retrying in the background. Each running
 send pins the batch in memory, so they cannot run for ever.
 
-**The rule.** The worker counts cleanup *epochs*: epoch ``e`` is the time after the
-``e``-th ``Cleanup(round)`` from our primary (a Cleanup whose round is not above the last
-one is a resend and does not start an epoch). A batch sealed in epoch ``e`` keeps its late
-sends through epochs ``e`` and ``e + 1``: on entering epoch ``e + 2`` they are cancelled.
-Put differently, a ``Cleanup`` cancels the late sends of batches sealed before the
-previous ``Cleanup``. A batch thus gets at least one whole GC interval of background
-retries; a peer that missed it after that fetches it on demand when its primary sees a
-header that needs it. The worker cannot do better by rounds: it never learns which round
-a batch's header got into.
+**The rule.** Our primary sends ``Cleanup(gc_round)`` whenever its GC round advances. A
+batch is stamped with the last cleanup round known when it was sealed (``g``); its late
+sends are cancelled once a ``Cleanup`` round exceeds ``g + window``, with ``window`` the
+GC depth. By then the GC horizon has moved a whole GC depth past everything that existed
+when the batch was sealed, so any header carrying it is garbage-collected: this is
+"until acked or the round is garbage-collected" without the worker ever learning which
+round its batch's header got. A peer that still lacks it fetches it on demand
+(``Synchronize``) when its primary needs it.
 
 **The bound.** At most ``max_batches`` batches keep late sends; beyond it the oldest
 batch's sends are cancelled. The worker sizes it so that late batches hold at most about
@@ -37,22 +36,27 @@ __all__ = ["CleanupEpoch", "LateSends"]
 
 @attrs.define
 class CleanupEpoch:
-    """How many Cleanups we have seen, and the last cleanup round."""
+    """The last cleanup round, and how long state stamped with a round stays alive."""
 
-    value: int = 0
+    #: Rounds of GC progress after which stamped state expires (the GC depth).
+    window: int = 50
     round: int = 0
 
+    @property
+    def value(self) -> int:
+        """The stamp for state created now: the last cleanup round."""
+        return self.round
+
     def advance(self, round_: int) -> bool:
-        """Record ``Cleanup(round_)``; True if it starts a new epoch."""
+        """Record ``Cleanup(round_)``; True if it moved the cleanup round forward."""
         if round_ <= self.round:
             return False
         self.round = round_
-        self.value += 1
         return True
 
-    def expired(self, epoch: int) -> bool:
-        """Has state created in ``epoch`` outlived the previous Cleanup?"""
-        return epoch < self.value - 1
+    def expired(self, stamp: int) -> bool:
+        """Has the GC horizon moved a whole window past state stamped ``stamp``?"""
+        return self.round > stamp + self.window
 
 
 class LateSends:

@@ -68,7 +68,7 @@ class Worker:
         self._info = authority.workers[worker_id]
         network_key = keys.workers[worker_id]
         self.metrics = metrics = WorkerMetrics()
-        self.epoch = epoch = CleanupEpoch()
+        self.epoch = epoch = CleanupEpoch(window=parameters.gc_depth)
         payload = HandshakePayload("worker", authority=me, worker_id=worker_id,
                                    max_frame_size=p.max_frame_size)
 

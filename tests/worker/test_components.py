@@ -110,24 +110,28 @@ async def test_pending_bytes_cancelled_waiter_gives_its_place_back():
     assert await behind and pending.value == 50 and waiter.cancelled()
 
 
-async def test_late_sends_expire_after_the_previous_cleanup_and_are_bounded():
-    epoch, metrics = CleanupEpoch(), WorkerMetrics()
+async def test_late_sends_expire_a_gc_window_after_sealing_and_are_bounded():
+    epoch, metrics = CleanupEpoch(window=5), WorkerMetrics()
     late = LateSends(epoch, max_batches=2, metrics=metrics)
     a, b = FakeHandle(b"p1"), FakeHandle(b"p2")
-    late.keep(b"A", epoch.value, [a, b])  # sealed in epoch 0
+    late.keep(b"A", epoch.value, [a, b])  # sealed with cleanup round 0
     assert late.batches == 1 and late.sends == 2
     b.ack()
     await asyncio.sleep(0)
     assert late.sends == 1
-    assert epoch.advance(10) and not epoch.advance(10)  # epoch 1; a resend is ignored
+    assert epoch.advance(5) and not epoch.advance(5)  # a resend is ignored
     late.expire()
-    assert late.batches == 1  # sealed before this cleanup, not before the previous one
+    assert late.batches == 1  # the horizon has not moved a whole window past it yet
     c = FakeHandle(b"p1")
-    late.keep(b"C", epoch.value, [c])  # sealed in epoch 1
-    assert epoch.advance(12)
+    late.keep(b"C", epoch.value, [c])  # sealed with cleanup round 5
+    assert epoch.advance(6)
     late.expire()
     assert a.future.cancelled() and not c.done() and late.batches == 1
     assert metrics.late_sends_cancelled == 1
+    d, e = FakeHandle(b"p1"), FakeHandle(b"p2")
+    late.keep(b"D", epoch.value, [d])
+    late.keep(b"E", epoch.value, [e])  # a third batch: over the bound, the oldest goes
+    assert c.future.cancelled() and late.batches == 2
     # the bound: the oldest batch is cancelled first
     late.keep(b"D", epoch.value, [FakeHandle(b"p1")])
     late.keep(b"E", epoch.value, [FakeHandle(b"p1")])

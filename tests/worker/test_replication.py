@@ -86,14 +86,14 @@ async def test_cleanup_cancels_late_sends_and_synchronize_fetches_the_batch(make
     await eventually(lambda: primary0.ours)
     digest = primary0.ours[0].digest
 
-    # Sealed in epoch 0: Cleanup(5) starts epoch 1 and keeps it, Cleanup(9) expires it.
-    await primary0.request(0, messages.Cleanup(5))
+    # Sealed with cleanup round 0 and gc_depth 50: Cleanup(50) keeps it, Cleanup(51) expires it.
+    await primary0.request(0, messages.Cleanup(50))
     assert worker0.status()["late_batches"] == 1
-    await primary0.request(0, messages.Cleanup(5))  # a resend starts no epoch
+    await primary0.request(0, messages.Cleanup(50))  # a resend changes nothing
     assert worker0.status()["late_batches"] == 1
-    await primary0.request(0, messages.Cleanup(9))
+    await primary0.request(0, messages.Cleanup(51))
     assert worker0.status()["late_batches"] == 0
-    assert worker0.status()["late_sends_cancelled"] == 1 and worker0.status()["cleanup_round"] == 9
+    assert worker0.status()["late_sends_cancelled"] == 1 and worker0.status()["cleanup_round"] == 51
 
     primary3 = await cluster.start_primary(3)
     worker3 = await cluster.start_worker(3)
