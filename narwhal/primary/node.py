@@ -170,6 +170,8 @@ class PrimaryNode:
         """Our worker stored a batch: ours (quorum reached) or another authority's."""
         if worker_id not in self.committee.worker_ids:
             raise RequestRejected(ErrorCode.INVALID, f"no worker {worker_id}")
+        if ours and (digest, worker_id) in self.core.available:
+            return  # a repeated report (our ack to the worker was lost): never propose it twice
         if ours:
             # durable before the worker's report is acknowledged: after a crash the
             # proposer still includes it (it is removed when a header carries it)

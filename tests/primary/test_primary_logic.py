@@ -249,3 +249,11 @@ async def test_parents_arriving_while_a_header_is_being_stored_are_not_lost():
     finally:
         task.cancel()
     assert proposed[:2] == [1, 2]
+
+
+async def test_a_repeated_own_batch_report_is_proposed_once(sim):
+    node = sim.nodes[sim.names[0]].node
+    digest = os.urandom(32)
+    await node.on_batch(digest, 0, ours=True)
+    await node.on_batch(digest, 0, ours=True)  # the worker retried: our ack was lost
+    assert node.proposer.pending_digests == 1
