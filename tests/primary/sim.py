@@ -169,7 +169,7 @@ class Simulation:
     def rounds(self) -> list[int]:
         return [n.node.core.dag.highest_round for n in self.nodes.values()]
 
-    async def run_until(self, predicate, timeout: float = 10.0) -> None:
+    async def run_until(self, predicate, timeout: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():

@@ -67,9 +67,9 @@ async def test_one_node_down_the_others_keep_advancing_then_it_catches_up(sim):
     await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= 15)
     assert sim.nodes[down].node.core.dag.highest_round < 5
     sim.down.discard(down)
-    await sim.run_until(lambda: sim.nodes[down].node.core.dag.highest_round >= 15, timeout=15)
+    await sim.run_until(lambda: sim.nodes[down].node.core.dag.highest_round >= 15, timeout=30)
     # it fetched the missing history and proposes again
-    await sim.run_until(lambda: sim.nodes[down].node.proposer.last_proposed >= 15, timeout=15)
+    await sim.run_until(lambda: sim.nodes[down].node.proposer.last_proposed >= 15, timeout=30)
 
 
 async def test_equivocating_header_gets_no_second_vote(sim):
@@ -220,7 +220,7 @@ async def test_restarted_node_reproposes_an_uncertified_header_and_gets_it_certi
     sim.drop = lambda sender, receiver, message: False
     await sim.restart(name)
     await sim.run_until(lambda: sim.nodes[name].node.core.counters["header_reproposed"] == 1)
-    await sim.run_until(lambda: name in sim.nodes[name].node.core.dag.round(last), timeout=10)
+    await sim.run_until(lambda: name in sim.nodes[name].node.core.dag.round(last), timeout=30)
     assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
 
 
