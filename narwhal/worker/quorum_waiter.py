@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from narwhal.messages import Batch, OurBatch, encode
+from narwhal.messages import Batch, OurBatch, decode, encode, tag_of
 from narwhal.worker.late_sends import CleanupEpoch, LateSends
 from narwhal.worker.metrics import WorkerMetrics
 
@@ -63,7 +63,9 @@ class QuorumWaiter:
         started, epoch, digest = time.monotonic(), self._epoch.value, batch.digest()
         try:
             _, handles = await asyncio.gather(
-                self._store.write([("batches", digest, encode(batch))]),
+                # "our_batches" marks it ours until our primary acknowledges its report,
+                # so a restarted worker replicates and reports it again (see resume())
+                self._store.write([("batches", digest, encode(batch)), ("our_batches", digest, b"")]),
                 self._network.broadcast(list(self.peers), batch))
             self.metrics.txs_stored += len(batch.transactions)
             if not await self._quorum(handles):
@@ -80,6 +82,17 @@ class QuorumWaiter:
         log.info("Batch %s reached quorum in %.0f ms", digest.hex(), (time.monotonic() - started) * 1e3)
         self._report(OurBatch(digest, self.worker_id))
         self._late.keep(digest, epoch, handles)
+
+    def resume(self) -> int:
+        """After a restart: replicate and report again every batch of ours whose report our
+        primary never acknowledged (we may have crashed before its quorum, or before the
+        report left). Peers ack a batch they hold at once; the primary ignores a repeat."""
+        digests = self._store.keys("our_batches")
+        for digest in digests:
+            body = self._store.get("batches", digest)
+            if body is not None:
+                self.submit(decode(tag_of(Batch), body), 0)
+        return len(digests)
 
     async def _quorum(self, handles: list[Any]) -> bool:
         """Wait until our stake plus the acked peers' reaches the threshold (True), or

@@ -35,8 +35,9 @@ MAX_QUEUED_REPORTS = 100_000
 
 class PrimaryReporter:
     def __init__(self, network: Any, primary: bytes, metrics: WorkerMetrics,
-                 max_queued: int = MAX_QUEUED_REPORTS) -> None:
+                 max_queued: int = MAX_QUEUED_REPORTS, on_acked: Any = None) -> None:
         self._network = network  # ReliableNetwork
+        self._on_acked = on_acked  # called with each report our primary acknowledged
         self._primary = primary
         self.metrics = metrics
         self.max_queued = max_queued
@@ -65,21 +66,24 @@ class PrimaryReporter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                message = self._queue.popleft()
                 try:
-                    handle = await self._network.send(self._primary, self._queue.popleft())
+                    handle = await self._network.send(self._primary, message)
                 except Exception:
                     log.exception("cannot send a report to our primary")
                     self.metrics.error("report_failed")
                     continue
                 self._in_flight.add(handle)
-                handle.add_done_callback(lambda task, h=handle: self._acked(h, task))
+                handle.add_done_callback(lambda task, h=handle, m=message: self._acked(h, task, m))
 
-    def _acked(self, handle: Any, task: asyncio.Task[Any]) -> None:
+    def _acked(self, handle: Any, task: asyncio.Task[Any], message: Message) -> None:
         self._in_flight.discard(handle)
         if task.cancelled():
             return
         if task.exception() is None:
             self.metrics.reports_acked += 1
+            if self._on_acked is not None:
+                self._on_acked(message)
         else:
             self.metrics.error("report_failed")
 

@@ -18,6 +18,8 @@ and counted. The worker owns no store: the caller opens and closes it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 from collections import Counter
 from typing import Any
@@ -26,7 +28,14 @@ import attrs
 
 from narwhal.config import Committee, Parameters, parse_address, short_hex
 from narwhal.crypto import AuthorityKeys
-from narwhal.messages import Batch, Cleanup, RequestBatches, SubmitTransactions, Synchronize
+from narwhal.messages import (
+    Batch,
+    Cleanup,
+    OurBatch,
+    RequestBatches,
+    SubmitTransactions,
+    Synchronize,
+)
 from narwhal.net.clients import ClientServer
 from narwhal.net.network import PeerManager, ReliableNetwork
 from narwhal.net.rpc import Router
@@ -42,6 +51,8 @@ from narwhal.worker.reporter import PrimaryReporter
 from narwhal.worker.synchronizer import Synchronizer
 
 __all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
 
 #: Who may send what to a worker: "peer" = the same-id worker of another authority,
 #: "primary" = our own primary. Anything not listed is refused.
@@ -64,6 +75,8 @@ class Worker:
         committee.check_keys(keys.public())
         me, p = keys.name, parameters
         self.name, self.worker_id, self.committee, self.parameters = me, worker_id, committee, p
+        self._store = store
+        self._cleanup_tasks: set[asyncio.Task[None]] = set()
         authority = committee.authorities[me]
         self._info = authority.workers[worker_id]
         network_key = keys.workers[worker_id]
@@ -82,7 +95,8 @@ class Worker:
         peers = {a: committee.authorities[a].workers[worker_id].network_key
                  for a in committee.others(me)}
 
-        self.reporter = PrimaryReporter(reliable, authority.primary.network_key, metrics)
+        self.reporter = PrimaryReporter(reliable, authority.primary.network_key, metrics,
+                                        on_acked=self._report_acked)
         self.pending = PendingBytes(p.max_pending_transactions_bytes)
         self.late = LateSends(epoch, max(MIN_LATE_BATCHES, p.max_pending_transactions_bytes
                                          // p.batch_size), metrics)
@@ -127,6 +141,16 @@ class Worker:
         await self.clients.start(*parse_address(self._info.transactions_address),
                                  sock=transactions_sock)
         self.reporter.start()
+        resumed = self.quorum_waiter.resume()
+        if resumed:
+            log.info("worker %d: replicating %d unreported batches again", self.worker_id, resumed)
+
+    def _report_acked(self, message: Any) -> None:
+        """Our primary holds an OurBatch durably: the batch no longer needs resuming."""
+        if isinstance(message, OurBatch):
+            task = asyncio.ensure_future(self._store.delete("our_batches", message.digest))
+            self._cleanup_tasks.add(task)
+            task.add_done_callback(self._cleanup_tasks.discard)
 
     async def stop(self) -> None:
         """Refuse clients, drop what is buffered, cancel every send and task, disconnect."""

@@ -153,9 +153,18 @@ class FakeNetwork:
 class FakeStore:
     def __init__(self):
         self.written = []
+        self.data = {}
 
     async def write(self, ops):
         self.written.extend(ops)
+        for family, key, value in ops:
+            self.data[(family, key)] = value
+
+    def keys(self, family):
+        return sorted(k for f, k in self.data if f == family)
+
+    def get(self, family, key):
+        return self.data.get((family, key))
 
 
 def waiter(stakes, own=1, threshold=3):
@@ -172,7 +181,8 @@ async def test_quorum_is_own_stake_plus_acked_stake():
     batch = messages.Batch([b"tx"])
     qw.submit(batch, 2)
     await asyncio.sleep(0.01)
-    assert store.written == [("batches", batch.digest(), messages.encode(batch))]
+    assert store.written == [("batches", batch.digest(), messages.encode(batch)),
+                             ("our_batches", batch.digest(), b"")]  # ours until reported
     network.handles[b"p1"].ack()
     network.handles[b"p2"].fail()  # a refusal does not count
     await asyncio.sleep(0.01)
@@ -207,3 +217,20 @@ async def test_quorum_is_by_stake_not_by_count(stakes, acks, reached):
     await asyncio.sleep(0.01)
     assert bool(reports) is reached
     await qw.close()
+
+
+async def test_a_restarted_worker_replicates_and_reports_unreported_batches_again():
+    qw, network, store, reports, released = waiter({b"p1": 1, b"p2": 1, b"p3": 1})
+    batch = messages.Batch([b"tx"])
+    qw.submit(batch, 2)
+    await asyncio.sleep(0.01)
+    assert store.keys("our_batches") == [batch.digest()]  # marked ours until reported
+    await qw.close()  # crash before the quorum: nothing reported
+    again, network, _, reports, _ = waiter({b"p1": 1, b"p2": 1, b"p3": 1})
+    again._store = store  # the restarted worker finds the same store
+    assert again.resume() == 1
+    await asyncio.sleep(0.01)
+    network.handles[b"p1"].ack()
+    network.handles[b"p2"].ack()
+    await asyncio.sleep(0.01)
+    assert reports == [messages.OurBatch(batch.digest(), 0)]

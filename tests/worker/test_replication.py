@@ -85,6 +85,8 @@ async def test_cleanup_cancels_late_sends_and_synchronize_fetches_the_batch(make
     await submit(client, [b"y" * 1_000] * 10)
     await eventually(lambda: primary0.ours)
     digest = primary0.ours[0].digest
+    # our primary acknowledged the report: the batch is no longer marked for resuming
+    await eventually(lambda: cluster.store(0).keys("our_batches") == [])
 
     # Sealed with cleanup round 0 and gc_depth 50: Cleanup(50) keeps it, Cleanup(51) expires it.
     await primary0.request(0, messages.Cleanup(50))
