@@ -115,6 +115,10 @@ class Core:
         self.counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
         self._proposed_at = 0.0
+        #: Highest round of any valid certificate received, even one still waiting for its
+        #: ancestors: how far the committee is while we catch up. Certificates only: a
+        #: header is one signature, and a lone faulty author must not move our frontier.
+        self.highest_seen = 0
         #: Seconds from proposing each of our recent headers to its certificate (metrics).
         self.certificate_latencies: collections.deque[float] = collections.deque(maxlen=200)
         self._unrounded: set[Any] = set()  # handles of sends not tied to a round (Cleanup)
@@ -307,6 +311,7 @@ class Core:
         except Invalid as exc:
             self.counters[f"certificate_{exc.reason}"] += 1
             raise
+        self.highest_seen = max(self.highest_seen, certificate.header.round)
         await self.accept_certificate(certificate, sender)
 
     async def accept_certificate(self, certificate: Certificate, hint: bytes | None = None) -> None:
@@ -371,6 +376,11 @@ class Core:
                     self._parked_certificates.pop(digest, None)
                     await self._insert(certificate)
                     progress = True
+
+    @property
+    def frontier(self) -> int:
+        """The highest round we know the committee has reached."""
+        return max(self.dag.highest_round, self.highest_seen)
 
     def parents_of(self, round_: int) -> tuple[bytes, ...]:
         aggregator = self._aggregators.get(round_)

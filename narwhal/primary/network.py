@@ -2,8 +2,9 @@
 
 Maps an authority's name to its primary's network key (and our worker ids to our workers'
 keys), and offers what the core, proposer and fetcher need: reliable ``broadcast`` and
-``send`` (retried until acknowledged, cancellable), reliable ``to_workers``, and a
-single-try ``request`` for fetching.
+``send`` (retried until acknowledged, cancellable), reliable ``to_workers``, and
+single-try ``request`` (to another primary, for fetching) and ``request_worker`` (to one of
+our workers, e.g. ``RequestBatches`` for the ordered output).
 """
 
 from __future__ import annotations
@@ -41,5 +42,12 @@ class PrimaryNetwork:
 
     async def request(self, authority: bytes, message: Any, timeout: float) -> Any:
         """One try: the peer's response, or an error (not connected, timeout, refused)."""
-        conn = await self.manager.connection(self._primaries[authority], timeout=timeout)
+        return await self._request_once(self._primaries[authority], message, timeout)
+
+    async def request_worker(self, worker_id: int, message: Any, timeout: float) -> Any:
+        """One try to our worker ``worker_id``: its response, or an error."""
+        return await self._request_once(self._workers[worker_id], message, timeout)
+
+    async def _request_once(self, key: bytes, message: Any, timeout: float) -> Any:
+        conn = await self.manager.connection(key, timeout=timeout)
         return await conn.sink.request(message, timeout=timeout)

@@ -85,7 +85,8 @@ class PrimaryNode:
         last = store.get("last_proposed", b"")
         self._last_header_digest = last[8:] if last else None
         self.proposer = Proposer(
-            name=name, signer=signer, store=store, propose=self.core.propose,
+            name=name, signer=signer, store=store, propose=self._propose,
+            all_parents=self.core.parents_of, frontier=lambda: self.core.frontier,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
             genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0)
         protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
@@ -93,6 +94,12 @@ class PrimaryNode:
         self.consensus_index = 0
         self.committed: list[Certificate] = []  # recent ordered output of this run
         self._commit_writes: asyncio.Future[None] | None = None
+        #: Payload of each of our headers not (yet) seen committed, by round. A header whose
+        #: round falls below the consensus GC horizon uncommitted can never be committed
+        #: any more: its batches are proposed again (exactly once: see _repropose_orphans).
+        self._uncommitted: dict[int, tuple[tuple[bytes, int], ...]] = {}
+        #: Pulsed (set, then cleared) after each commit write: wakes output subscribers.
+        self.commit_written = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -108,6 +115,12 @@ class PrimaryNode:
         if blob is not None:
             self.consensus_index = decode_consensus_state(blob, self.consensus.state)
         self.core.restore(certificates=certificates, votes=votes, available=available, gc_round=gc_round)
+        committed_rounds = {rnd for _, rnd, author, _, _ in map(
+            decode_output_record, (v for _, v in self.store.items("output"))) if author == self.name}
+        for _, blob in self.store.items("headers"):
+            header = messages.decode(messages.tag_of(Header), blob)
+            if header.author == self.name and header.payload and header.round not in committed_rounds:
+                self._uncommitted[header.round] = header.payload
         for certificate in sorted(certificates, key=lambda c: c.header.round):
             committed = self.consensus.process_certificate(certificate)
             if committed:  # commits the crash interrupted before they were persisted
@@ -131,6 +144,26 @@ class PrimaryNode:
             except Exception:  # never let one failure stop our proposals for good
                 log.exception("proposer failed; restarting it")
                 await asyncio.sleep(0.1)
+
+    async def _propose(self, header: Header) -> None:
+        if header.payload:
+            self._uncommitted[header.round] = header.payload
+        await self.core.propose(header)
+
+    async def _repropose_orphans(self, horizon: int) -> None:
+        """Our headers at or below ``horizon`` that were never committed are orphans (the
+        DAG grew without referencing their certificates). Consensus ignores everything
+        below the horizon, so including their batches again cannot output them twice."""
+        orphans = sorted(r for r in self._uncommitted if r <= horizon)
+        payload = [entry for r in orphans for entry in self._uncommitted.pop(r)]
+        if not payload:
+            return
+        await self.store.write([("our_batches", d + w.to_bytes(4, "big"), b"") for d, w in payload])
+        for digest, worker_id in payload:
+            self.proposer.add_digest(digest, worker_id)
+        self.core.counters["batches_reproposed"] += len(payload)
+        log.info("proposing %d batches again: their headers (rounds %s) were never committed",
+                 len(payload), orphans)
 
     async def _repropose_last_header(self) -> None:
         """After a restart, send our last header again if it never became a certificate:
@@ -200,6 +233,8 @@ class PrimaryNode:
         gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
         if gc_round > self.core.gc_round:
             self.core._spawn_send(self.core.garbage_collect(gc_round), None)
+            if any(r <= gc_round for r in self._uncommitted):
+                self.core._spawn_send(self._repropose_orphans(gc_round), None)
 
     def _record_commits(self, committed: list[Certificate]) -> None:
         """Number the newly committed certificates and persist them with the consensus
@@ -216,6 +251,8 @@ class PrimaryNode:
                 log.info("Committed batch %s", digest.hex())
             ops.append(("output", self.consensus_index.to_bytes(8, "big"),
                         encode_output_record(self.consensus_index, certificate)))
+            if header.author == self.name:
+                self._uncommitted.pop(header.round, None)
             self.committed.append(certificate)
         del self.committed[:-10_000]
         ops.append(("consensus", CONSENSUS_STATE_KEY,
@@ -226,6 +263,8 @@ class PrimaryNode:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
             await self.store.write(ops)
+            self.commit_written.set()
+            self.commit_written.clear()
 
         self._commit_writes = asyncio.ensure_future(write())
 

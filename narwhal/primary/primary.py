@@ -8,6 +8,10 @@ Inbound, with the link policy enforced by the router (any other sender is refuse
 - from our own workers: ``OurBatch`` (our batch reached its quorum: payload for our next
   header) and ``OthersBatch`` (another authority's batch is stored here).
 
+On the committee's ``client_address`` (Noise NK, anonymous clients) it serves the ordered
+output (:class:`~narwhal.primary.output.OutputService`), resolving transactions by asking
+our own workers (``RequestBatches``).
+
 Everything else is :class:`~narwhal.primary.node.PrimaryNode`'s job.
 """
 
@@ -34,6 +38,7 @@ from narwhal.net.network import PeerManager
 from narwhal.net.rpc import Router
 from narwhal.primary.network import PrimaryNetwork
 from narwhal.primary.node import PrimaryNode
+from narwhal.primary.output import DEFAULT_SLOW_TIMEOUT, OutputService
 from narwhal.wire.noise import HandshakePayload
 
 __all__ = ["Primary"]
@@ -45,16 +50,17 @@ _FROM_OUR_WORKERS = (OurBatch, OthersBatch)
 
 
 class Primary:
-    def __init__(self, keys: Any, committee: Any, parameters: Any, store: Any) -> None:
+    def __init__(self, keys: Any, committee: Any, parameters: Any, store: Any, *,
+                 slow_subscriber_timeout: float = DEFAULT_SLOW_TIMEOUT) -> None:
         self.name: bytes = keys.name
         self.committee = committee
         self.store = store
         router = Router(allow=self._allowed)
+        payload = HandshakePayload("primary", authority=self.name,
+                                   max_frame_size=parameters.max_frame_size)
         self.manager = PeerManager(
             local_static=keys.primary.private, local_public=keys.primary.public,
-            local_payload=HandshakePayload("primary", authority=self.name,
-                                           max_frame_size=parameters.max_frame_size),
-            network_id=committee.network_id(), peers=committee.primary_peers(self.name),
+            local_payload=payload, network_id=committee.network_id(), peers=committee.primary_peers(self.name),
             router=router, config=parameters.network_config(), name=f"{self.name.hex()[:8]}/primary")
         self.network = PrimaryNetwork(
             self.manager,
@@ -62,6 +68,11 @@ class Primary:
             workers={i: w.network_key for i, w in enumerate(committee.authorities[self.name].workers)})
         self.node = PrimaryNode(name=self.name, signer=keys.signing, committee=committee,
                                 parameters=parameters, store=store, network=self.network)
+        self.output = OutputService(
+            node=self.node, request_worker=self.network.request_worker,
+            local_static=keys.primary.private, network_id=committee.network_id(),
+            local_payload=payload, config=parameters.network_config().connection, name=f"{self.name.hex()[:8]}/output",
+            slow_timeout=slow_subscriber_timeout)
         self._task: asyncio.Task[None] | None = None
         node = self.node
         for cls, handler in (
@@ -81,9 +92,12 @@ class Primary:
         host, port = parse_address(self.committee.authorities[self.name].primary.address)
         await self.manager.start(host, port, sock=primary_sock)
         self._task = asyncio.ensure_future(self.node.run())
+        await self.output.start(*parse_address(self.committee.authorities[self.name].primary.client_address),
+                                sock=client_sock)
         log.info("primary %s started at round %d", self.name.hex()[:8], self.node.proposer.round)
 
     async def stop(self) -> None:
+        await self.output.stop()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -110,4 +124,4 @@ class Primary:
         return self.node.certificates_after(request.after_round, request.max_items)
 
     def status(self) -> dict[str, Any]:
-        return {**self.node.status(), "peers": self.manager.snapshot()}
+        return {**self.node.status(), "output": self.output.status(), "peers": self.manager.snapshot()}

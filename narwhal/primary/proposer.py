@@ -44,11 +44,15 @@ class Proposer:
         max_header_delay: float,
         genesis_parents: tuple[bytes, ...],
         last_proposed: int = 0,
+        all_parents: Callable[[int], tuple[bytes, ...]] = lambda round_: (),
+        frontier: Callable[[], int] = lambda: 0,
     ) -> None:
         self.name = name
         self._signer = signer
         self._store = store
         self._propose = propose
+        self._all_parents = all_parents
+        self._frontier = frontier
         self._header_size = header_size
         self._max_delay = max_header_delay
         self.last_proposed = last_proposed
@@ -86,7 +90,11 @@ class Proposer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_delay
         while True:
-            enough_parents = self._parents is not None and self._parents_round + 1 > self.last_proposed
+            # A header is useful only at the DAG's frontier: while we catch up (others have
+            # certified rounds past the one we would propose) it would arrive too late to
+            # be anyone's parent, and its batches would only be orphaned.
+            enough_parents = (self._parents is not None and self._parents_round + 1 > self.last_proposed
+                              and self._frontier() <= self._parents_round + 1)
             enough_digests = len(self._digests) * DIGEST_SIZE >= self._header_size
             expired = loop.time() >= deadline
             if enough_parents and (enough_digests or expired):
@@ -108,7 +116,11 @@ class Proposer:
         payload_list = self._digests[:MAX_HEADER_PAYLOAD]
         self._digests = self._digests[MAX_HEADER_PAYLOAD:]
         payload = tuple(sorted(dict(payload_list).items()))  # unique digests, sorted
-        unsigned = Header(self.name, round_, payload, tuple(sorted(self._parents)), bytes(64))
+        # Every certificate of the parents' round we hold now, not only the first quorum:
+        # a slow authority's certificate that arrived meanwhile is referenced (and so
+        # committed) instead of orphaned.
+        parents = tuple(sorted(set(self._parents) | set(self._all_parents(parents_round))))
+        unsigned = Header(self.name, round_, payload, parents, bytes(64))
         header = Header(self.name, round_, payload, unsigned.parents, self._signer.sign(unsigned.digest()))
         # Durable *before* anyone can see the header: a restart never reuses this round.
         await self._store.write([
