@@ -335,6 +335,7 @@ DIGESTS = ListOf(DIGEST, MAX_DIGESTS_PER_REQUEST, "MAX_DIGESTS_PER_REQUEST")
 PARENTS = ListOf(DIGEST, MAX_COMMITTEE_SIZE, "MAX_COMMITTEE_SIZE", sorted=True)
 PAYLOAD = ListOf(Pair(DIGEST, U32), MAX_HEADER_PAYLOAD, "MAX_HEADER_PAYLOAD", sorted=True)
 VOTES = ListOf(Pair(PUBLIC_KEY, SIGNATURE), MAX_COMMITTEE_SIZE, "MAX_COMMITTEE_SIZE", sorted=True)
+PARTS = Scalar("u32 in 1..MAX_HEADER_PAYLOAD", int, lo=1, hi=MAX_HEADER_PAYLOAD)
 MAX_ITEMS = Scalar("u32 in 1..MAX_CERTIFICATES_PER_RESPONSE", int, lo=1,
                    hi=MAX_CERTIFICATES_PER_RESPONSE)
 
@@ -516,12 +517,17 @@ class Subscribe(Message):
 @_message(0x0603, Link.CLIENT_PRIMARY)
 @attrs.frozen
 class OrderedOutput(Message):
-    """One-way, server to client: the next item of the ordered output."""
+    """One-way, server to client: part ``batch`` of ``batches`` of consensus index ``index``
+    (one part per batch of the committed certificate, so a part never exceeds a frame; an
+    empty certificate is one part with no transactions). An index is complete when its part
+    ``batches - 1`` arrived; a client resumes at the first index it did not fully receive."""
 
     index: int = _field(U64)
     round: int = _field(U64)
     author: bytes = _field(PUBLIC_KEY)
     certificate: bytes = _field(DIGEST)
+    batch: int = _field(U32)  # 0 .. batches - 1, in the certificate's payload order
+    batches: int = _field(PARTS)
     transactions: tuple[bytes, ...] = _field(
         ListOf(BYTES, MAX_OUTPUT_TRANSACTIONS, "MAX_OUTPUT_TRANSACTIONS"))
 

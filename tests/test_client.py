@@ -15,6 +15,7 @@ from narwhal.client import (
     TransactionClient,
     make_transaction,
     parse_transaction,
+    resolve_authority,
     resolve_workers,
 )
 from narwhal.config import Committee, ConfigError, Parameters, parse_address
@@ -236,3 +237,33 @@ async def test_cli_bad_input_exits_2(committee, tmp_path, argv, message):
     committee.save(tmp_path / "committee.json")
     code, _, err = await run_cli("submit", "--committee", str(tmp_path / "committee.json"), *argv)
     assert code == 2 and message in err
+
+
+# --- the ordered-output subscriber (against 4 real primaries and workers) -----------------
+
+
+async def test_cli_subscribe_prints_one_line_per_index(tmp_path):
+    from tests.primary.test_output import network
+
+    async with network(tmp_path) as net:
+        net.committee.save(tmp_path / "committee.json")
+        node = net.name(2).hex()[:10]
+        code, out, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
+                                       "--node", node, "--from", "3", "--count", "4", "--json")
+        assert code == 0, err
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [line["index"] for line in lines] == [3, 4, 5, 6]
+        assert all(line["author"] in {net.name(i).hex() for i in range(4)} for line in lines)
+        code, out, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
+                                       "--node", "1", "--count", "2")
+        assert code == 0, err
+        assert [line.split()[0] for line in out.splitlines()] == ["1", "2"]
+        code, _, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
+                                     "--node", "9")
+        assert code == 2 and "out of range" in err
+
+
+def test_resolve_authority_names_the_option(committee, keys):
+    with pytest.raises(ConfigError, match="--node: authority index 7"):
+        resolve_authority(committee, "7")
+    assert resolve_authority(committee, keys.name.hex()[:8]) == keys.name

@@ -315,8 +315,7 @@ class PeerManager:
                 continue
             except (OSError, TimeoutError, ConnectionClosed, HandshakeError) as exc:
                 peer.metrics.dial_failures += 1
-                if isinstance(exc, HandshakeError):
-                    peer.metrics.record_error("handshake", exc)
+                peer.metrics.record_error("handshake" if isinstance(exc, HandshakeError) else "dial", exc)
                 log.debug("%s: dial %s failed: %r", self.name, peer.info.name, exc)
             await asyncio.sleep(backoff.next_delay() or self.config.dial_retry.max_interval)
 

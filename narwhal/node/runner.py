@@ -37,6 +37,7 @@ from typing import Any
 
 import attrs
 
+from narwhal.admin import start_admin
 from narwhal.config import Committee, ConfigError, Parameters, parse_address
 from narwhal.crypto import AuthorityKeys
 from narwhal.node.status import LastError, write_status
@@ -158,9 +159,13 @@ class AuthorityRunner:
         started) for a port in use, StoreError for a store that cannot be opened."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._roles = self._plan()
+        admin = None
         try:
             for role in self._roles:
                 await self._start(role)
+            if self.role != "worker":  # the admin endpoint: /metrics and /status (peer_top)
+                admin = await start_admin(
+                    self.committee.authorities[self.keys.name].primary.admin_address, self.status)
             log.info("authority %s running: %s", self.keys.name.hex()[:8],
                      ", ".join(r.name for r in self._roles))
             while not stop.is_set():
@@ -169,6 +174,8 @@ class AuthorityRunner:
                     await asyncio.wait_for(stop.wait(), self.status_interval)
             log.info("stopping")
         finally:
+            if admin is not None:
+                await admin.stop()
             clean = await self._stop_all()
             self.write_status(stopped=True)
         return clean

@@ -37,6 +37,7 @@ from narwhal.node.processes import (
     terminate_on_signal,
 )
 from narwhal.node.status import read_status
+from narwhal.peer_top.source import testnet_targets
 
 __all__ = ["Testnet"]
 
@@ -89,6 +90,9 @@ class Testnet:
         size = len(self.network.key_files)
         self.console.print(f"testnet: {size} validators in [bold]{self.directory}[/] "
                            f"(logs: node-*/node.log); load {rate:g} tx/s of {tx_size} B")
+        for target in testnet_targets(self.directory):
+            self.console.print(f"  {target.label} admin endpoint: http://{target.admin}/status")
+        self.console.print(f"  peers: python tools/peer_top --testnet {self.directory}")
         views = [NodeView(f"node-{i}", self.network.node_dir(i) / "status.json")
                  for i in range(size)]
         with terminate_on_signal(), ProcessGroup() as group:

@@ -57,7 +57,7 @@ def instances() -> list[m.Message]:
         m.TransactionsAccepted(2),
         m.Subscribe(0),
         m.SubscribeAccepted(1000),
-        m.OrderedOutput(41, 3, KEY_A, certificate.digest(), (b"hello",)),
+        m.OrderedOutput(41, 3, KEY_A, certificate.digest(), 1, 2, (b"hello",)),
     ]
     return sorted(out, key=m.tag_of)
 

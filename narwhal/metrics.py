@@ -1,0 +1,151 @@
+"""Prometheus exporter of one node, built from the roles' ``status()`` documents.
+
+No double bookkeeping: :class:`StatusCollector` calls a status function at scrape time
+(the runner's :meth:`~narwhal.node.runner.AuthorityRunner.status`: ``{"primary": {...,
+"peers": [...]}, "workers": {"0": {..., "peers": [...]}}}``) and turns the counters the
+roles already keep into metric families. Each node gets its own
+:class:`~prometheus_client.CollectorRegistry` (:func:`node_registry`), never the global
+one, so many nodes can live in one process (the tests do that).
+
+Per-peer families carry the labels ``local`` (our role that holds the connection:
+``primary`` or ``worker-<i>``), ``peer`` (the peer's name, e.g. ``v2/primary``) and
+``role`` (the peer's role).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+__all__ = ["StatusCollector", "local_roles", "node_registry"]
+
+StatusFn = Callable[[], dict[str, Any]]
+PEER_LABELS = ["local", "peer", "role"]
+
+#: Per-peer counters: (metric name, help, snapshot key).
+PEER_COUNTERS = [
+    ("narwhal_peer_reconnects", "Successful connections after the first one", "reconnects"),
+    ("narwhal_peer_dial_failures", "Failed attempts to dial the peer", "dial_failures"),
+    ("narwhal_peer_retries", "Reliable sends retried after a transient failure", "retries"),
+    ("narwhal_peer_received_bytes", "Bytes received from the peer", "bytes_in"),
+    ("narwhal_peer_sent_bytes", "Bytes sent to the peer", "bytes_out"),
+    ("narwhal_peer_received_messages", "Frames received from the peer", "frames_in"),
+    ("narwhal_peer_sent_messages", "Frames sent to the peer", "frames_out"),
+    ("narwhal_peer_sends_failed", "Reliable sends that failed for good", "sends_failed"),
+]
+#: Per-peer gauges: (metric name, help, snapshot key).
+PEER_GAUGES = [
+    ("narwhal_peer_requests_in_flight", "Requests to the peer in flight", "in_flight"),
+    ("narwhal_peer_queue_depth", "Requests waiting for a pool slot", "queued"),
+    ("narwhal_peer_backing_off", "Requests waiting to be retried", "backing_off"),
+    ("narwhal_peer_pending", "Jobs held by the peer's executor", "pending"),
+    ("narwhal_peer_pool_capacity", "Requests the peer's pool runs at once", "pool_capacity"),
+]
+#: Primary gauges/counters: (metric name, help, status key, is_counter).
+PRIMARY_METRICS = [
+    ("narwhal_primary_round", "Current round of the proposer", "round", False),
+    ("narwhal_primary_dag_round", "Highest round in the local DAG", "dag_round", False),
+    ("narwhal_primary_committed_round", "Last committed round", "committed_round", False),
+    ("narwhal_primary_consensus_index", "Certificates ordered by consensus", "consensus_index",
+     False),
+    ("narwhal_primary_headers_proposed", "Headers proposed", "headers_proposed", True),
+    ("narwhal_primary_certificates", "Certificates accepted", "certificates", True),
+]
+#: Worker counters: (metric name, help, status key).
+WORKER_COUNTERS = [
+    ("narwhal_worker_batches_sealed", "Own batches sealed", "batches_sealed"),
+    ("narwhal_worker_transactions_received", "Transactions accepted from clients",
+     "txs_received"),
+    ("narwhal_worker_transactions_sealed", "Transactions in own sealed batches", "txs_sealed"),
+    ("narwhal_worker_transactions_stored", "Transactions in stored batches", "txs_stored"),
+    ("narwhal_worker_quorums_reached", "Own batches that reached a quorum", "quorums_reached"),
+]
+
+
+def local_roles(status: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(local role name, role status)`` for each role in a runner status document."""
+    if status.get("primary"):
+        yield "primary", status["primary"]
+    for worker_id, worker in sorted((status.get("workers") or {}).items()):
+        yield f"worker-{worker_id}", worker
+
+
+class StatusCollector(Collector):
+    """Metric families computed from ``status_fn()`` at each scrape."""
+
+    def __init__(self, status_fn: StatusFn) -> None:
+        self.status_fn = status_fn
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status_fn()
+        roles = list(local_roles(status))
+        yield from _peer_families(roles)
+        primary = status.get("primary") or {}
+        for name, doc, key, counter in PRIMARY_METRICS:
+            if isinstance(primary.get(key), int | float):
+                family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
+                family.add_metric([], primary[key])
+                yield family
+        workers = [(local, s) for local, s in roles if local.startswith("worker")]
+        for name, doc, key in WORKER_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["local"])
+            for local, worker in workers:
+                family.add_metric([local], worker.get(key, 0))
+            yield family
+        errors = CounterMetricFamily("narwhal_worker_errors", "Worker rejections by kind",
+                                     labels=["local", "kind"])
+        for local, worker in workers:
+            for kind, count in sorted((worker.get("errors") or {}).items()):
+                errors.add_metric([local, kind], count)
+        yield errors
+
+
+def _peer_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    """The per-peer families of every role's peer snapshot."""
+    rows = [([local, p["name"], p["role"]], p) for local, s in roles for p in s.get("peers", ())]
+    now = time.time()
+    connected = GaugeMetricFamily("narwhal_peer_connected", "1 while connected to the peer",
+                                  labels=PEER_LABELS)
+    uptime = GaugeMetricFamily("narwhal_peer_connection_uptime_seconds",
+                               "Age of the live connection", labels=PEER_LABELS)
+    rtt = GaugeMetricFamily("narwhal_peer_rtt_seconds", "Keepalive round-trip time (EWMA)",
+                            labels=PEER_LABELS)
+    errors = CounterMetricFamily("narwhal_peer_errors", "Errors by kind",
+                                 labels=[*PEER_LABELS, "kind"])
+    last = InfoMetricFamily("narwhal_peer_last_error", "Last error seen with the peer",
+                            labels=PEER_LABELS)
+    for labels, p in rows:
+        up = p.get("state") == "connected"
+        connected.add_metric(labels, 1 if up else 0)
+        since = p.get("connected_since")
+        uptime.add_metric(labels, max(0.0, now - since) if up and since else 0)
+        if p.get("rtt_ms") is not None:
+            rtt.add_metric(labels, p["rtt_ms"] / 1000)
+        for kind, count in sorted((p.get("errors") or {}).items()):
+            errors.add_metric([*labels, kind], count)
+        if p.get("last_error"):
+            last.add_metric(labels, {"error": str(p["last_error"])[:200]})
+    yield from (connected, uptime, rtt, errors, last)
+    for families, cls in ((PEER_COUNTERS, CounterMetricFamily), (PEER_GAUGES, GaugeMetricFamily)):
+        for name, doc, key in families:
+            family = cls(name, doc, labels=PEER_LABELS)
+            for labels, p in rows:
+                family.add_metric(labels, p.get(key) or 0)
+            yield family
+
+
+def node_registry(status_fn: StatusFn) -> CollectorRegistry:
+    """A fresh registry holding only a :class:`StatusCollector` of ``status_fn``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status_fn))
+    return registry
