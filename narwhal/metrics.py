@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -108,6 +109,29 @@ class StatusCollector(Collector):
             for kind, count in sorted((worker.get("errors") or {}).items()):
                 errors.add_metric([local, kind], count)
         yield errors
+        yield from _route_families(roles)
+        size = GaugeMetricFamily("narwhal_store_size_bytes", "Bytes on disk of each role's store",
+                                 labels=["local"])
+        for local, role in roles:
+            size.add_metric([local], role.get("store_bytes", 0))
+        yield size
+
+
+def _route_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    """Requests served per message type ("route"), errors, handler latency histograms."""
+    labels = ["local", "route"]
+    requests = CounterMetricFamily("narwhal_route_requests", "Requests served", labels=labels)
+    errors = CounterMetricFamily("narwhal_route_errors", "Requests answered with an error",
+                                 labels=labels)
+    latency = HistogramMetricFamily("narwhal_route_latency_seconds", "Handler latency",
+                                    labels=labels)
+    for local, role in roles:
+        for route, stats in sorted((role.get("routes") or {}).items()):
+            requests.add_metric([local, route], stats["requests"])
+            errors.add_metric([local, route], stats["errors"])
+            latency.add_metric([local, route], [(le, n) for le, n in stats["latency_buckets"]],
+                               stats["latency_sum"])
+    yield from (requests, errors, latency)
 
 
 def _peer_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:

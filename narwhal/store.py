@@ -72,7 +72,7 @@ from typing import Any, Literal, NamedTuple, Self
 
 from narwhal.errors import NarwhalError
 
-__all__ = ["DEFAULT_FAMILIES", "Op", "Store", "StoreError", "u64"]
+__all__ = ["DEFAULT_FAMILIES", "Op", "Store", "StoreError", "store_size", "u64"]
 
 logger = logging.getLogger(__name__)
 
@@ -474,3 +474,12 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def store_size(store: object) -> int:
+    """Bytes on disk of a store (database + write-ahead log); 0 for stores without a file
+    (the tests' in-memory stand-ins)."""
+    path = getattr(store, "path", None)
+    if path is None:
+        return 0
+    return sum(os.path.getsize(p) for p in (str(path), f"{path}-wal") if os.path.exists(p))

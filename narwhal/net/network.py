@@ -49,7 +49,13 @@ from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.metrics import PeerMetrics
 from narwhal.net.retry import Backoff, RetryConfig
-from narwhal.net.rpc import DEFAULT_REQUEST_TIMEOUT, MAX_CONCURRENT_HANDLERS, Router, RpcChannel
+from narwhal.net.rpc import (
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_CONCURRENT_HANDLERS,
+    RouteStats,
+    Router,
+    RpcChannel,
+)
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 __all__ = [
@@ -151,6 +157,8 @@ class PeerManager:
         self._server: asyncio.Server | None = None
         self._handshaking: set[Connection] = set()
         self._running = False
+        #: Requests served per message type, with handler latency (for metrics).
+        self.routes = RouteStats()
         #: Handshakes refused or failed on our listener, by reason.
         self.rejected_handshakes = 0
         self.failed_handshakes = 0
@@ -249,7 +257,8 @@ class PeerManager:
             local_payload=self._payload,
             identify=lambda key, payload: self._identify(key, payload, expected),
             sink_factory=lambda c: RpcChannel(
-                c, self.router, max_concurrent_handlers=self.config.max_concurrent_handlers),
+                c, self.router, max_concurrent_handlers=self.config.max_concurrent_handlers,
+                routes=self.routes),
             config=self.config.connection,
             name=name,
             on_open=self._connection_opened,

@@ -17,7 +17,9 @@ would deadlock it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,6 +47,41 @@ MAX_CONCURRENT_HANDLERS = 512
 
 #: ``handler(peer, message) -> response | None`` (None answers a request with ``Ack``).
 Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+#: Upper bounds (seconds) of the handler latency histogram buckets.
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RouteStats:
+    """Per message type ("route"): requests served, errors, handler latency histogram.
+
+    One instance is shared by every channel of a peer manager or client server, so the
+    figures survive connections coming and going."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, list[Any]] = {}  # name -> [served, errors, sum, bucket counts]
+
+    def record(self, route: str, seconds: float, ok: bool) -> None:
+        entry = self._routes.get(route)
+        if entry is None:
+            entry = self._routes[route] = [0, 0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+        entry[0 if ok else 1] += 1
+        entry[2] += seconds
+        entry[3][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """JSON-ready: ``{route: {"requests", "errors", "latency_sum", "latency_buckets"}}``
+        where ``latency_buckets`` pairs each bound (``"+Inf"`` last) with a *cumulative* count."""
+        out = {}
+        for route, (served, errors, total, counts) in sorted(self._routes.items()):
+            cumulative, running = [], 0
+            for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+                running += count
+                cumulative.append([bound, running])
+            out[route] = {"requests": served, "errors": errors, "latency_sum": total,
+                          "latency_buckets": cumulative}
+        return out
 
 
 class Router:
@@ -77,8 +114,10 @@ class RpcChannel:
         router: Router,
         *,
         max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS,
+        routes: RouteStats | None = None,
     ) -> None:
         self._conn = connection
+        self._routes = routes
         self._router = router
         self._max_handlers = max_concurrent_handlers
         self._next_id = 0
@@ -206,26 +245,36 @@ class RpcChannel:
         task.add_done_callback(self._handlers.discard)
 
     async def _run_handler(self, handler: Handler, message: Any, request_id: int) -> None:
+        started = time.monotonic()
+        ok = False
+        try:
+            ok = await self._handle(handler, message, request_id)
+        finally:
+            if self._routes is not None:
+                self._routes.record(type(message).__name__, time.monotonic() - started, ok)
+
+    async def _handle(self, handler: Handler, message: Any, request_id: int) -> bool:
+        """Run the handler and answer; False when the answer is an ERROR."""
         try:
             response = await handler(self._conn.peer, message)
         except RequestRejected as exc:
             self.errors["rejected"] += 1
             self._answer_error(request_id, exc.code, exc.text)
-            return
+            return False
         except NarwhalError as exc:
             self.errors[type(exc).__name__] += 1
             self._answer_error(request_id, exc.code, str(exc))
-            return
+            return False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a handler bug must not take the connection down
             log.exception("%s: handler for %s failed", self._conn.name, type(message).__name__)
             self.errors["handler_crash"] += 1
             self._answer_error(request_id, ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
-            return
+            return False
         self.requests_served += 1
         if not request_id or not self._conn.can_send:
-            return
+            return True
         if response is None:
             response = messages.Ack()
         try:
@@ -235,8 +284,9 @@ class RpcChannel:
                           self._conn.name, type(message).__name__)
             self.errors["bad_response"] += 1
             self._answer_error(request_id, ErrorCode.INTERNAL, "invalid response")
-            return
+            return False
         self._conn.send_frame(FrameKind.RESPONSE, request_id, messages.tag_of(response), body)
+        return True
 
     def _reject(self, frame: Frame, reply: bool, code: ErrorCode, text: str, counter: str) -> None:
         self.errors[counter] += 1

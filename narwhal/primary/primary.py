@@ -35,6 +35,7 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.net.network import PeerManager
+from narwhal.store import store_size
 from narwhal.net.rpc import Router
 from narwhal.primary.network import PrimaryNetwork
 from narwhal.primary.node import PrimaryNode
@@ -124,4 +125,5 @@ class Primary:
         return self.node.certificates_after(request.after_round, request.max_items)
 
     def status(self) -> dict[str, Any]:
-        return {**self.node.status(), "output": self.output.status(), "peers": self.manager.snapshot()}
+        return {**self.node.status(), "output": self.output.status(), "peers": self.manager.snapshot(),
+                "routes": self.manager.routes.snapshot(), "store_bytes": store_size(self.store)}

@@ -39,6 +39,7 @@ from narwhal.messages import (
 from narwhal.net.clients import ClientServer
 from narwhal.net.network import PeerManager, ReliableNetwork
 from narwhal.net.rpc import Router
+from narwhal.store import store_size
 from narwhal.wire.noise import HandshakePayload
 from narwhal.worker.batch_maker import BatchMaker
 from narwhal.worker.batch_receiver import BatchReceiver
@@ -211,4 +212,6 @@ class Worker:
             "clients": {"connected": len(self.clients.connections),
                         "accepted": self.clients.accepted, "refused": self.clients.refused},
             "peers": self.manager.snapshot(),
+            "routes": self.manager.routes.snapshot(),
+            "store_bytes": store_size(self._store),
         }

@@ -256,3 +256,23 @@ async def test_idle_connection_is_closed():
         await asyncio.wait_for(asyncio.shield(conn.closed), 5)
     finally:
         await stop_all(nodes)
+
+
+async def test_route_stats_count_requests_errors_and_latency():
+    from narwhal.net.rpc import RouteStats
+
+    routes = RouteStats()
+    router = Router()
+
+    async def handler(peer, message):
+        if message.round == 2:
+            raise RequestRejected(ErrorCode.INVALID, "no")
+
+    router.route(messages.Cleanup, handler)
+    channel, conn = channel_with(router, routes=routes)
+    for i in (1, 2, 3):
+        channel.frame_received(request(i, messages.Cleanup(i)))
+    await settle()
+    stats = routes.snapshot()["Cleanup"]
+    assert stats["requests"] == 2 and stats["errors"] == 1
+    assert stats["latency_buckets"][-1] == ["+Inf", 3]
