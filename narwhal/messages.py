@@ -460,6 +460,8 @@ class _BatchReport(Message):
 
     digest: bytes = _field(DIGEST)
     worker_id: int = _field(U32)
+    #: How many transactions the batch holds: lets the primary count committed transactions.
+    transactions: int = _field(U32)
 
 
 @_message(0x0301, Link.WORKER_TO_PRIMARY, Ack)

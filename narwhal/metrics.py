@@ -61,6 +61,8 @@ PRIMARY_METRICS = [
      False),
     ("narwhal_primary_headers_proposed", "Headers proposed", "headers_proposed", True),
     ("narwhal_primary_certificates", "Certificates accepted", "certificates", True),
+    ("narwhal_primary_transactions_committed",
+     "Transactions in committed batches (as reported by the workers)", "transactions_committed", True),
 ]
 #: Worker counters: (metric name, help, status key).
 WORKER_COUNTERS = [

@@ -318,7 +318,7 @@ def test_encode_refuses_invalid_messages() -> None:
         m.Header(bytes(32), 1, (), (d2, d1), bytes(64)),
         m.Vote(bytes(31), 1, bytes(32), bytes(32), bytes(64)),
         m.Cleanup(-1),
-        m.OurBatch(d1, True),
+        m.OurBatch(d1, True, 1),
         m.Batch(["text"]),
         m.FetchCertificates(0, 0),
     ]

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 #: Bytes of certificates in one catch-up response (well below the 8 MiB frame limit).
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 CONSENSUS_STATE_KEY = b"state"
+#: Batch sizes remembered for the committed-transactions count; beyond it (batches that
+#: never commit, e.g. below the GC horizon) new ones are not tracked: metrics only.
+MAX_TRACKED_BATCH_SIZES = 1_000_000
 
 
 def encode_output_record(index: int, certificate: Certificate) -> bytes:
@@ -98,6 +101,9 @@ class PrimaryNode:
         #: round falls below the consensus GC horizon uncommitted can never be committed
         #: any more: its batches are proposed again (exactly once: see _repropose_orphans).
         self._uncommitted: dict[int, tuple[tuple[bytes, int], ...]] = {}
+        #: Transactions per batch, as our workers reported them, until the batch commits.
+        self._batch_sizes: dict[bytes, int] = {}
+        self.transactions_committed = 0
         #: Pulsed (set, then cleared) after each commit write: wakes output subscribers.
         self.commit_written = asyncio.Event()
 
@@ -199,10 +205,12 @@ class PrimaryNode:
     async def on_certificate(self, sender: bytes, certificate: Certificate) -> None:
         await self.core.handle_certificate(certificate, sender)
 
-    async def on_batch(self, digest: bytes, worker_id: int, *, ours: bool) -> None:
+    async def on_batch(self, digest: bytes, worker_id: int, *, ours: bool, transactions: int = 0) -> None:
         """Our worker stored a batch: ours (quorum reached) or another authority's."""
         if worker_id not in self.committee.worker_ids:
             raise RequestRejected(ErrorCode.INVALID, f"no worker {worker_id}")
+        if transactions and len(self._batch_sizes) < MAX_TRACKED_BATCH_SIZES:
+            self._batch_sizes.setdefault(digest, transactions)
         if ours and (digest, worker_id) in self.core.available:
             return  # a repeated report (our ack to the worker was lost): never propose it twice
         if ours:
@@ -249,6 +257,7 @@ class PrimaryNode:
                      self.consensus_index, len(header.payload))
             for digest, _ in header.payload:
                 log.info("Committed batch %s", digest.hex())
+                self.transactions_committed += self._batch_sizes.pop(digest, 0)
             ops.append(("output", self.consensus_index.to_bytes(8, "big"),
                         encode_output_record(self.consensus_index, certificate)))
             if header.author == self.name:
@@ -283,6 +292,7 @@ class PrimaryNode:
             "consensus": self.consensus.name,
             "committed_round": self.consensus.state.last_committed_round,
             "consensus_index": self.consensus_index,
+            "transactions_committed": self.transactions_committed,
             "certificates": core.counters["certificates_accepted"],
             "votes_cast": core.counters["votes_cast"],
             "certificates_formed": core.counters["certificates_formed"],

@@ -116,7 +116,8 @@ class Primary:
     async def _on_batch(self, peer: Any, report: OurBatch | OthersBatch, *, ours: bool) -> None:
         if peer.info.worker_id != report.worker_id:
             raise RequestRejected(ErrorCode.INVALID, "a worker reports only its own batches")
-        await self.node.on_batch(report.digest, report.worker_id, ours=ours)
+        await self.node.on_batch(report.digest, report.worker_id, ours=ours,
+                                 transactions=report.transactions)
 
     async def _on_certificates_request(self, peer: Any, request: CertificatesRequest) -> CertificatesResponse:
         return self.node.certificates_by_digest(list(request.digests))

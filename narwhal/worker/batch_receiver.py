@@ -70,5 +70,5 @@ class BatchReceiver:
             del self._writing[digest]
         future.set_result(True)
         self.metrics.txs_stored += len(batch.transactions)
-        self._report(OthersBatch(digest, self.worker_id))
+        self._report(OthersBatch(digest, self.worker_id, len(batch.transactions)))
         return True

@@ -80,7 +80,7 @@ class QuorumWaiter:
             self._release(nbytes)
         self.metrics.quorums_reached += 1
         log.info("Batch %s reached quorum in %.0f ms", digest.hex(), (time.monotonic() - started) * 1e3)
-        self._report(OurBatch(digest, self.worker_id))
+        self._report(OurBatch(digest, self.worker_id, len(batch.transactions)))
         self._late.keep(digest, epoch, handles)
 
     def resume(self) -> int:

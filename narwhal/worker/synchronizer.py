@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import OthersBatch, RequestBatches, Synchronize
+from narwhal.messages import Batch, OthersBatch, RequestBatches, Synchronize, decode, tag_of
 from narwhal.net.retry import Backoff, RetryConfig
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.late_sends import CleanupEpoch
@@ -89,8 +89,9 @@ class Synchronizer:
         for digest in dict.fromkeys(message.digests):
             if digest in self._wanted:
                 continue
-            if self._store.contains("batches", digest):
-                self._report(OthersBatch(digest, self.worker_id))
+            if (held := self._store.get("batches", digest)) is not None:
+                count = len(decode(tag_of(Batch), held).transactions)
+                self._report(OthersBatch(digest, self.worker_id, count))
             else:
                 new.append(digest)
         if not new:

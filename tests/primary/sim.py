@@ -164,7 +164,8 @@ class Simulation:
     async def make_batch(self, author_index: int, digest: bytes, worker_id: int = 0) -> None:
         """Simulate a worker: the batch is stored everywhere, the author's quorum reached."""
         for name, sim_node in self.nodes.items():
-            await sim_node.node.on_batch(digest, worker_id, ours=name == self.names[author_index])
+            await sim_node.node.on_batch(digest, worker_id, ours=name == self.names[author_index],
+                                         transactions=10)
 
     def rounds(self) -> list[int]:
         return [n.node.core.dag.highest_round for n in self.nodes.values()]

@@ -257,3 +257,10 @@ async def test_a_repeated_own_batch_report_is_proposed_once(sim):
     await node.on_batch(digest, 0, ours=True)
     await node.on_batch(digest, 0, ours=True)  # the worker retried: our ack was lost
     assert node.proposer.pending_digests == 1
+
+
+async def test_committed_transactions_are_counted_from_the_workers_reports(sim):
+    sim.start()
+    for i in range(4):
+        await sim.make_batch(i, os.urandom(32))  # 10 transactions each
+    await sim.run_until(lambda: all(n.node.transactions_committed == 40 for n in sim.nodes.values()))

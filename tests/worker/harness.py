@@ -180,3 +180,8 @@ class Cluster:
 
 async def submit(conn: Connection, txs: list[bytes]) -> Any:
     return await conn.sink.request(messages.SubmitTransactions(txs), timeout=10.0)
+
+
+def reports(received: list[Any]) -> list[tuple[bytes, int]]:
+    """(digest, worker id) of OurBatch/OthersBatch reports, ignoring the transaction count."""
+    return [(m.digest, m.worker_id) for m in received]

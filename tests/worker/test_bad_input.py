@@ -12,7 +12,7 @@ from narwhal.net.network import PeerManager
 from narwhal.net.rpc import Router
 from narwhal.wire.noise import HandshakePayload
 
-from .harness import eventually, submit
+from .harness import eventually, reports, submit
 
 
 async def refused(code: ErrorCode, call) -> None:
@@ -97,5 +97,5 @@ async def test_oversize_batches_are_refused_and_duplicates_acked_once(make_clust
         assert await peer1.request(0, batch) == messages.Ack()
     assert cluster.holders(batch.digest()) == {0}
     await eventually(lambda: primary0.others)
-    assert primary0.others == [messages.OthersBatch(batch.digest(), 0)]
+    assert reports(primary0.others) == [(batch.digest(), 0)]
     assert worker0.status()["batches_received_from_peers"] == 1

@@ -189,7 +189,7 @@ async def test_quorum_is_own_stake_plus_acked_stake():
     assert not reports and qw.outstanding == 1
     network.handles[b"p3"].ack()  # 1 + 1 + 1 = 3 >= threshold
     await asyncio.sleep(0.01)
-    assert reports == [messages.OurBatch(batch.digest(), 0)] and released == [2]
+    assert reports == [messages.OurBatch(batch.digest(), 0, 1)] and released == [2]
     assert qw.outstanding == 0 and qw.metrics.acks_received == 2
 
 
@@ -233,4 +233,4 @@ async def test_a_restarted_worker_replicates_and_reports_unreported_batches_agai
     network.handles[b"p1"].ack()
     network.handles[b"p2"].ack()
     await asyncio.sleep(0.01)
-    assert reports == [messages.OurBatch(batch.digest(), 0)]
+    assert reports == [messages.OurBatch(batch.digest(), 0, 1)]

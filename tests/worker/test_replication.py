@@ -7,7 +7,7 @@ import logging
 
 from narwhal import messages
 
-from .harness import eventually, submit
+from .harness import eventually, reports, submit
 
 
 async def test_batch_sealed_by_size_is_stored_everywhere_and_reported(make_cluster, caplog):
@@ -22,11 +22,11 @@ async def test_batch_sealed_by_size_is_stored_everywhere_and_reported(make_clust
 
     await eventually(lambda: primaries[0].ours)
     digest = primaries[0].ours[0].digest
-    assert primaries[0].ours == [messages.OurBatch(digest, 0)]
+    assert reports(primaries[0].ours) == [(digest, 0)]
     assert 0 in cluster.holders(digest)  # ours is stored before it is sent
     await eventually(lambda: cluster.holders(digest) == {0, 1, 2, 3})
     for i in (1, 2, 3):
-        await eventually(lambda i=i: primaries[i].others == [messages.OthersBatch(digest, 0)])
+        await eventually(lambda i=i: reports(primaries[i].others) == [(digest, 0)])
     stored = messages.decode(messages.Batch.TAG, cluster.stores[2].get("batches", digest))
     assert stored.transactions == tuple(txs) and stored.digest() == digest
 
@@ -72,7 +72,7 @@ async def test_quorum_without_one_worker_then_background_delivery(make_cluster):
     primary3 = await cluster.start_primary(3)
     await cluster.start_worker(3)  # the retries of the late send reach it
     await eventually(lambda: cluster.holders(digest) == {0, 1, 2, 3})
-    await eventually(lambda: primary3.others == [messages.OthersBatch(digest, 0)])
+    await eventually(lambda: reports(primary3.others) == [(digest, 0)])
     await eventually(lambda: workers[0].status()["late_batches"] == 0)
     assert workers[0].status()["acks_received"] == 3
 
@@ -104,7 +104,7 @@ async def test_cleanup_cancels_late_sends_and_synchronize_fetches_the_batch(make
     # Its primary saw a header naming the batch: the worker fetches it from the author.
     await primary3.request(3, messages.Synchronize([digest], cluster.name(0)))
     await eventually(lambda: 3 in cluster.holders(digest))
-    await eventually(lambda: primary3.others == [messages.OthersBatch(digest, 0)])
+    await eventually(lambda: reports(primary3.others) == [(digest, 0)])
     assert worker3.status()["batches_synced"] == 1
     assert worker3.status()["sync_wanted_digests"] == 0
     # Asking again for a batch it holds only repeats the report.

@@ -12,7 +12,7 @@ from narwhal import messages
 from narwhal.errors import ErrorCode, RemoteError
 from narwhal.net.rpc import Router
 
-from .harness import eventually, submit
+from .harness import eventually, reports, submit
 
 
 def unknown(i: int) -> bytes:
@@ -69,7 +69,7 @@ async def test_synchronize_falls_back_to_other_workers(make_cluster, target_up):
     await eventually(lambda: 0 in cluster.holders(digest))
     if not target_up:
         assert loop.time() - started >= 0.2
-    await eventually(lambda: primary0.others == [messages.OthersBatch(digest, 0)])
+    await eventually(lambda: reports(primary0.others) == [(digest, 0)])
     assert worker0.status()["batches_synced"] == 1
 
 
@@ -107,7 +107,7 @@ async def test_concurrent_synchronize_of_one_digest_is_fetched_once(make_cluster
     await eventually(lambda: 0 in cluster.holders(digest))
     await eventually(lambda: worker0.status()["sync_wanted_digests"] == 0)
     assert worker0.status()["batches_synced"] == 1
-    await eventually(lambda: messages.OthersBatch(digest, 0) in primary0.others)
+    await eventually(lambda: (digest, 0) in reports(primary0.others))
 
 
 async def test_sync_state_is_bounded_and_expires_on_cleanup(make_cluster):
