@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from narwhal.errors import ErrorCode, HandshakeError, PeerRejected
-from narwhal.net.connection import Connection, ConnectionConfig
+from narwhal.net.connection import Connection, ConnectionConfig, close_connections
 from narwhal.net.rpc import MAX_CONCURRENT_HANDLERS, Router, RpcChannel
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
@@ -86,13 +86,7 @@ class ClientServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        conns = list(self.connections)
-        for conn in conns:
-            conn.close(ErrorCode.SHUTTING_DOWN, "node stopping")
-        await asyncio.gather(*(asyncio.wait_for(asyncio.shield(c.closed), self.config.close_grace + 1)
-                               for c in conns), return_exceptions=True)
-        for conn in conns:
-            conn.abort()
+        await close_connections(list(self.connections), self.config.close_grace + 1)
         if self._server is not None:
             await self._server.wait_closed()
 

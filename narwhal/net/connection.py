@@ -49,7 +49,14 @@ from narwhal.wire.frames import (
 )
 from narwhal.wire.noise import HandshakePayload, HandshakeStep, NoiseHandshake, NoiseTransport
 
-__all__ = ["Connection", "ConnectionConfig", "ConnectionState", "ConnectionStats", "FrameSink"]
+__all__ = [
+    "Connection",
+    "ConnectionConfig",
+    "ConnectionState",
+    "ConnectionStats",
+    "FrameSink",
+    "close_connections",
+]
 
 log = logging.getLogger(__name__)
 
@@ -488,3 +495,13 @@ class Connection(asyncio.BufferedProtocol):
         """Graceful close and wait until the socket is closed."""
         self.close(code, reason)
         await asyncio.shield(self.closed)
+
+
+async def close_connections(conns: list[Connection], grace: float) -> None:
+    """GOAWAY to every connection, wait up to ``grace`` for them to finish, abort the rest."""
+    for conn in conns:
+        conn.close(ErrorCode.SHUTTING_DOWN, "node stopping")
+    await asyncio.gather(*(asyncio.wait_for(asyncio.shield(c.closed), grace) for c in conns),
+                         return_exceptions=True)
+    for conn in conns:
+        conn.abort()

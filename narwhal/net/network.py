@@ -45,15 +45,15 @@ from narwhal.errors import (
     PeerUnknown,
     SendCancelled,
 )
-from narwhal.net.connection import Connection, ConnectionConfig
+from narwhal.net.connection import Connection, ConnectionConfig, close_connections
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.metrics import PeerMetrics
 from narwhal.net.retry import Backoff, RetryConfig
 from narwhal.net.rpc import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_CONCURRENT_HANDLERS,
-    RouteStats,
     Router,
+    RouteStats,
     RpcChannel,
 )
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
@@ -239,13 +239,7 @@ class PeerManager:
             conn.abort()
         self._handshaking.clear()
         conns = [p.connection for p in self._peers.values() if p.connection is not None]
-        for conn in conns:
-            conn.close(ErrorCode.SHUTTING_DOWN, "node stopping")
-        grace = self.config.connection.close_grace + 1.0
-        await asyncio.gather(*(asyncio.wait_for(asyncio.shield(c.closed), grace) for c in conns),
-                             return_exceptions=True)
-        for conn in conns:
-            conn.abort()
+        await close_connections(conns, self.config.connection.close_grace + 1.0)
         if self._server is not None:
             await self._server.wait_closed()
 

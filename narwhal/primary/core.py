@@ -107,6 +107,8 @@ class Core:
         self._aggregators: dict[int, CertificatesAggregator] = {}
         self._parked_headers: dict[bytes, Header] = {}
         self._parked_certificates: dict[bytes, Certificate] = {}
+        #: Missing parent digest -> digests of the parked certificates waiting for it.
+        self._waiting_on: dict[bytes, set[bytes]] = {}
         self._accepting: set[bytes] = set()
         self._sends: dict[int, list[Any]] = {}
         self._sync_requested: dict[bytes, tuple[int, float]] = {}  # digest -> (round, asked at)
@@ -226,7 +228,7 @@ class Core:
         for worker_id, digests in by_worker.items():
             for start in range(0, len(digests), messages.MAX_DIGESTS_PER_REQUEST):
                 chunk = tuple(digests[start:start + messages.MAX_DIGESTS_PER_REQUEST])
-                self._spawn_send(self._network.to_workers(Synchronize(chunk, author), [worker_id]), round_)
+                self.spawn_send(self._network.to_workers(Synchronize(chunk, author), [worker_id]), round_)
 
     async def _vote(self, header: Header) -> None:
         key = (header.author, header.round)
@@ -320,14 +322,17 @@ class Core:
         missing = [] if header.round - 1 <= self.gc_round else [
             p for p in header.parents if p not in self.dag]
         if missing:
-            self._parked_certificates[certificate.digest()] = certificate
+            digest = certificate.digest()
+            self._parked_certificates[digest] = certificate
+            for parent in missing:
+                self._waiting_on.setdefault(parent, set()).add(digest)
             while len(self._parked_certificates) > MAX_PARKED_CERTIFICATES:
                 self._parked_certificates.pop(next(iter(self._parked_certificates)))
                 self.counters["certificate_parked_dropped"] += 1
             self._fetch(missing, hint or header.author)
             return
         await self._insert(certificate)
-        await self._release_parked_certificates()
+        await self._release_children(certificate.digest())
         await self.retry_parked_headers()
 
     async def _insert(self, certificate: Certificate) -> None:
@@ -363,19 +368,23 @@ class Core:
         if parents is not None:
             self._on_parents(round_, parents)
 
-    async def _release_parked_certificates(self) -> None:
-        """Insert every parked certificate whose parents are now all present."""
-        progress = True
-        while progress:
-            progress = False
-            for digest, certificate in list(self._parked_certificates.items()):
-                header = certificate.header
-                if header.round <= self.gc_round:
-                    self._parked_certificates.pop(digest, None)
-                elif all(p in self.dag for p in header.parents):
-                    self._parked_certificates.pop(digest, None)
-                    await self._insert(certificate)
-                    progress = True
+    async def _release_children(self, digest: bytes) -> None:
+        """``digest`` was inserted: insert the parked certificates it completes, and
+        theirs in turn. Indexed by missing parent, so each insertion looks only at the
+        certificates waiting for it (a catch-up parks thousands)."""
+        inserted = [digest]
+        while inserted:
+            for child_digest in self._waiting_on.pop(inserted.pop(), ()):
+                child = self._parked_certificates.get(child_digest)
+                if child is None:
+                    continue  # already inserted, or dropped
+                if child.header.round <= self.gc_round:
+                    del self._parked_certificates[child_digest]
+                elif all(p in self.dag for p in child.header.parents):
+                    del self._parked_certificates[child_digest]
+                    await self._insert(child)
+                    if child_digest in self.dag:
+                        inserted.append(child_digest)
 
     @property
     def frontier(self) -> int:
@@ -417,8 +426,13 @@ class Core:
             del self._parked_headers[digest]
         for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:
             del self._parked_certificates[digest]
+        self._waiting_on = {}
+        for digest, certificate in self._parked_certificates.items():
+            for parent in certificate.header.parents:
+                if parent not in self.dag:
+                    self._waiting_on.setdefault(parent, set()).add(digest)
         self._sync_requested = {d: v for d, v in self._sync_requested.items() if v[0] > gc_round}
-        self._spawn_send(self._network.to_workers(Cleanup(gc_round)), None)
+        self.spawn_send(self._network.to_workers(Cleanup(gc_round)), None)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -430,7 +444,7 @@ class Core:
         bucket[:] = [h for h in bucket if not h.done()]
         bucket.extend(handles)
 
-    def _spawn_send(self, coroutine: Any, round_: int | None) -> None:
+    def spawn_send(self, coroutine: Any, round_: int | None) -> None:
         """Start a network call from sync code and keep what it returns alive.
 
         Reliable sends return cancel-on-drop handles: dropping them would cancel the send

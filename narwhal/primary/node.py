@@ -240,9 +240,9 @@ class PrimaryNode:
             self._record_commits(committed)
         gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
         if gc_round > self.core.gc_round:
-            self.core._spawn_send(self.core.garbage_collect(gc_round), None)
+            self.core.spawn_send(self.core.garbage_collect(gc_round), None)
             if any(r <= gc_round for r in self._uncommitted):
-                self.core._spawn_send(self._repropose_orphans(gc_round), None)
+                self.core.spawn_send(self._repropose_orphans(gc_round), None)
 
     def _record_commits(self, committed: list[Certificate]) -> None:
         """Number the newly committed certificates and persist them with the consensus

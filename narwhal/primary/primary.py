@@ -35,11 +35,11 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.net.network import PeerManager
-from narwhal.store import store_size
 from narwhal.net.rpc import Router
 from narwhal.primary.network import PrimaryNetwork
 from narwhal.primary.node import PrimaryNode
 from narwhal.primary.output import DEFAULT_SLOW_TIMEOUT, OutputService
+from narwhal.store import store_size
 from narwhal.wire.noise import HandshakePayload
 
 __all__ = ["Primary"]

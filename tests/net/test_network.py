@@ -7,6 +7,7 @@ import gc
 import os
 import socket
 
+import attrs
 import pytest
 
 from narwhal import messages
@@ -20,7 +21,7 @@ from narwhal.errors import (
     RequestRejected,
     SendCancelled,
 )
-from narwhal.net.network import NetworkConfig, ReliableNetwork, UnreliableNetwork
+from narwhal.net.network import ReliableNetwork, UnreliableNetwork
 from narwhal.net.rpc import Router
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
@@ -141,8 +142,7 @@ async def test_slow_peer_does_not_delay_the_others():
         await slow_release.wait()
 
     routers[2].route(messages.Cleanup, stuck)
-    config = NetworkConfig(connection=FAST.connection, retry=FAST.retry, dial_retry=FAST.dial_retry,
-                           pool_capacity=4, max_pending=10_000, connect_timeout=0.5,
+    config = attrs.evolve(FAST, pool_capacity=4, max_pending=10_000, connect_timeout=0.5,
                            request_timeout=60.0)
     nodes = make_nodes(3, lambda i: routers.get(i, Router()))
     await start_all(nodes, config)
@@ -207,8 +207,7 @@ async def test_unreliable_send_refuses_when_pool_full():
         await release.wait()
 
     router.route(messages.Cleanup, stuck)
-    config = NetworkConfig(connection=FAST.connection, retry=FAST.retry, dial_retry=FAST.dial_retry,
-                           pool_capacity=2, max_pending=2, connect_timeout=0.5, request_timeout=10)
+    config = attrs.evolve(FAST, pool_capacity=2, max_pending=2, connect_timeout=0.5, request_timeout=10)
     nodes = make_nodes(2, lambda i: router)
     await start_all(nodes, config)
     try:
@@ -316,8 +315,7 @@ async def test_keepalive_measures_rtt():
 
 async def test_memory_flat_after_100k_cancelled_sends_to_a_dead_peer():
     nodes = make_nodes(2)
-    config = NetworkConfig(connection=FAST.connection, retry=FAST.retry, dial_retry=FAST.dial_retry,
-                           pool_capacity=64, max_pending=200_000, connect_timeout=0.05)
+    config = attrs.evolve(FAST, pool_capacity=64, max_pending=200_000, connect_timeout=0.05)
     await nodes[0].start([n.info for n in nodes], config)
     try:
         manager = nodes[0].manager
