@@ -260,6 +260,12 @@ class Parameters:
         lambda v: type(v) is int and 1024 <= v < 2**32, "an integer in [1024, 2**32)"))
     consensus: str = attrs.field(default="bullshark", validator=_check(
         lambda v: v in CONSENSUS_PROTOCOLS, f"one of {CONSENSUS_PROTOCOLS}"))
+    #: When a store write counts as durable: "normal" = survives the process being killed
+    #: (kill -9, a crash), fsync only at checkpoints; "full" = fsync at every commit, also
+    #: survives power loss, at the cost of two fsyncs per group commit on the ack path
+    #: (the references acknowledge batches after a RocksDB write without sync: "normal").
+    store_sync: str = attrs.field(default="normal", validator=_check(
+        lambda v: v in ("normal", "full"), "'normal' or 'full'"))
     #: Backoff of reliable sends, and of redialing an unreachable peer.
     retry: RetryConfig = attrs.field(default=DEFAULT_RETRY, validator=_is_retry)
     dial_retry: RetryConfig = attrs.field(default=DEFAULT_DIAL_RETRY, validator=_is_retry)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from narwhal.errors import NarwhalError
-from narwhal.store import DEFAULT_FAMILIES, Store, StoreError, u64
+from narwhal.store import DEFAULT_FAMILIES, Store, StoreError, store_size, u64
 
 
 @pytest.fixture
@@ -330,3 +330,62 @@ async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path, attempt: int) 
         assert len(s.keys("batches")) == len(s.keys("payload")) >= len(acked)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# --- the value log: batches are written once, outside sqlite ---------------------------------
+
+
+async def test_batches_go_to_the_value_log_not_into_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with Store.open(path) as s:
+        await s.write([("batches", u64(i), value_for(u64(i), 500_000)) for i in range(20)])
+        await s.put("headers", b"h", b"header")
+        assert store_size(s) >= 10_000_000
+    vlog = Path(f"{path}.vlog")
+    assert vlog.stat().st_size == 20 * 500_000  # each value once, nothing else
+    sqlite_bytes = sum(p.stat().st_size for p in tmp_path.glob("s.db*") if p != vlog)
+    assert sqlite_bytes < 2_000_000  # 64 KiB pages of locators: not one 500 KB value (10 MB in all)
+    async with Store.open(path) as s:  # the locators survive a reopen; appends go after
+        assert s.get_many("batches", [u64(3), u64(19)]) == [value_for(u64(3), 500_000),
+                                                           value_for(u64(19), 500_000)]
+        await s.put("batches", b"late", b"tail")
+        assert s.get("batches", b"late") == b"tail"
+        assert [k for k, _ in s.items("batches", limit=2)] == [u64(0), u64(1)]
+        assert s.last("batches") == (b"late", b"tail")
+    assert vlog.stat().st_size == 20 * 500_000 + 4
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+async def test_a_damaged_value_log_is_an_error_not_wrong_data(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "s.db"
+    async with Store.open(path) as s:
+        await s.write([("batches", b"a", b"A" * 1000), ("batches", b"b", b"B" * 1000)])
+    vlog = Path(f"{path}.vlog")
+    data = bytearray(vlog.read_bytes())
+    if damage == "flip":
+        data[1500] ^= 0x01  # inside b's value
+    else:
+        del data[1500:]
+    vlog.write_bytes(bytes(data))
+    async with Store.open(path) as s:
+        assert s.get("batches", b"a") == b"A" * 1000
+        with pytest.raises(StoreError, match=r"batches/62: .*(CRC|ends before)"):
+            s.get("batches", b"b")
+        with pytest.raises(StoreError):
+            s.items("batches")
+        assert s.contains("batches", b"b")  # the index is intact; only the value is lost
+
+
+async def test_a_store_of_the_older_inline_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # format 0: batch values inline in the table
+        conn.execute('CREATE TABLE "batches" (k BLOB PRIMARY KEY, v BLOB NOT NULL)')
+        conn.execute('INSERT INTO "batches" VALUES (?, ?)', (b"k", b"inline batch"))
+    with pytest.raises(StoreError, match="format 0"):
+        Store.open(path)
+    empty = tmp_path / "empty.db"
+    with sqlite3.connect(empty) as conn:  # an empty old store has nothing to misread
+        conn.execute('CREATE TABLE "batches" (k BLOB PRIMARY KEY, v BLOB NOT NULL)')
+    async with Store.open(empty) as s:
+        await s.put("batches", b"k", b"v")
+        assert s.get("batches", b"k") == b"v"

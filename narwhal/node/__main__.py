@@ -16,6 +16,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, ports i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -173,6 +174,14 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main(stop) -> int:  # type: ignore[no-untyped-def]
         return 0 if await runner.run(stop) else 1
+    if profile := os.environ.get("NARWHAL_PROFILE"):  # developers: where the loop's time goes
+        import cProfile
+
+        with cProfile.Profile() as profiler:
+            try:
+                return run_until_signal(main)
+            finally:
+                profiler.dump_stats(f"{profile}.{os.getpid()}")
     return run_until_signal(main)
 
 

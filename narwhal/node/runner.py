@@ -182,7 +182,8 @@ class AuthorityRunner:
 
     async def _start(self, role: _Role) -> None:
         filename = "primary.db" if role.kind == "primary" else f"worker-{role.worker_id}.db"
-        role.store = Store.open(self.store_dir / filename)
+        role.store = Store.open(self.store_dir / filename,
+                                synchronous=self.parameters.store_sync.upper())  # type: ignore[arg-type]
         args = (self.keys, self.committee, self.parameters)
         cls = role_class(role.kind)
         role.instance = (cls(*args, role.store) if role.kind == "primary"
