@@ -29,7 +29,7 @@ import collections
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -397,15 +397,26 @@ class Core:
 
     # -- payload ---------------------------------------------------------------------------
 
-    async def batch_available(self, digest: bytes, worker_id: int) -> None:
-        """A worker stored a batch (ours or another authority's)."""
+    async def batch_available(self, digest: bytes, worker_id: int,
+                              also: Sequence[tuple[str, bytes, bytes | None]] = ()) -> None:
+        """A worker stored a batch (ours or another authority's); ``also`` are ops to commit
+        atomically with its payload record. Returns once that record is durable.
+
+        Parked headers are retried while the record is being written, not after: a vote
+        needs the batch stored at our worker, which it is, not our record of it (after a
+        crash we would only ask the worker again, and it answers from its store). So a
+        store commit is off the path from a peer's batch to our vote."""
         if (digest, worker_id) in self.available:
             return
         self.available.add((digest, worker_id))
         self._sync_requested.pop(digest, None)
-        await self._store.write([("payload", digest + worker_id.to_bytes(4, "big"), b"")])
-        if self._parked_headers:
-            await self.retry_parked_headers()
+        record = asyncio.ensure_future(self._store.write(
+            [("payload", digest + worker_id.to_bytes(4, "big"), b""), *also]))
+        try:
+            if self._parked_headers:
+                await self.retry_parked_headers()
+        finally:
+            await record
 
     # -- garbage collection ------------------------------------------------------------------
 

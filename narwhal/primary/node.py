@@ -213,11 +213,10 @@ class PrimaryNode:
             self._batch_sizes.setdefault(digest, transactions)
         if ours and (digest, worker_id) in self.core.available:
             return  # a repeated report (our ack to the worker was lost): never propose it twice
-        if ours:
-            # durable before the worker's report is acknowledged: after a crash the
-            # proposer still includes it (it is removed when a header carries it)
-            await self.store.write([("our_batches", digest + worker_id.to_bytes(4, "big"), b"")])
-        await self.core.batch_available(digest, worker_id)
+        # ours: durable before the worker's report is acknowledged, so that after a crash
+        # the proposer still includes it (it is removed when a header carries it)
+        mine = [("our_batches", digest + worker_id.to_bytes(4, "big"), b"")] if ours else []
+        await self.core.batch_available(digest, worker_id, also=mine)
         if ours:
             self.proposer.add_digest(digest, worker_id)
 
