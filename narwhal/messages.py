@@ -22,9 +22,15 @@ routed to ``_NO_TAGS``) and indefinite lengths, and the schema admits only unsig
 byte strings and definite arrays. For those, the canonical encoding is the unique shortest
 one (every head in its shortest form, RFC 8949 §4.2.1): any other encoding has a longer head
 somewhere, and trailing bytes add length too. So a decoded body is canonical iff its length
-equals the canonical length of the decoded value, which ``size_all`` computes in a few
-C-speed passes (~0.13 ms for a 500 KB batch of 1,000 transactions on these loaded 2-core
-machines, against ~0.5 ms to re-encode it; tests check the verdict against re-encoding).
+equals the canonical length of the decoded value, which ``size_all`` computes from the
+validated value: a product for every kind of constant size (digests, keys, signatures, vote
+pairs), a few C-speed passes per list otherwise (~0.13 ms for a 500 KB batch of 1,000
+transactions on these loaded 2-core machines, against ~0.5 ms to re-encode it; tests check
+the verdict against re-encoding).
+
+The walker's cost is per message and per list, not per item: each class's codec
+(``Nested``) is built once, a scalar field is checked inline, and a location string for
+errors is only built on the way to an error or into a nested array (``bench/codec.py``).
 
 Digests are SHA-256 over a domain string and canonical bytes, cached on the instance. A
 ``Batch`` keeps its canonical body (the decoded bytes, or its first encoding), so a 500 KB
@@ -37,6 +43,7 @@ import enum
 import hashlib
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
@@ -101,10 +108,27 @@ def _head_len(n: int) -> int:
 
 def _heads_len(args: Sequence[int]) -> int:
     """Sum of ``_head_len`` over ``args``: one multiplication when all heads share a width."""
-    if not args:
-        return 0
+    if len(args) < 2:  # one list's length, one uint field: no min/max passes
+        return _head_len(args[0]) if args else 0
     width = _head_len(min(args))
     return width * len(args) if width == _head_len(max(args)) else sum(map(_head_len, args))
+
+
+# Every kind offers the same members to the walker:
+#
+# * ``parse_all(values, where)`` validates a sequence of values (say the items of one list)
+#   and returns them parsed, raising MessageError at ``where``. Vectorized: a few C-speed passes per
+#   sequence, not one Python call per item.
+# * ``parse_one(value, where, name)`` validates one field of one message: the same verdict,
+#   result and error as ``parse_all((value,), f"{where}.{name}")[0]`` (tests check it), for
+#   less. A scalar tests the common valid case inline and leaves every other value to
+#   ``parse_all``, which decides; the location string is built only then, or to descend into
+#   an array (a list, a nested message), never per scalar field.
+# * ``size_all(values)`` is the canonical encoded size of a sequence of *valid* values (decode
+#   measures only what ``_parse`` accepted): a product when ``fixed``, else a few C-speed
+#   passes, and for nested messages one call per field over all the values, not per value.
+# * ``fixed`` is the canonical size shared by every valid value when there is one (a digest:
+#   34 bytes; a (key, signature) pair: 101), else None: such values are sized by a product.
 
 
 @attrs.frozen
@@ -117,7 +141,12 @@ class Scalar:
     size: int | None = None  # exact length of a bstr
     lo: int = 0  # inclusive range of a uint
     hi: int = 2**64 - 1
+    fixed: int | None = attrs.field(init=False, eq=False, repr=False)
     depth: ClassVar[int] = 0
+
+    @fixed.default
+    def _fixed(self) -> int | None:
+        return None if self.size is None else _head_len(self.size) + self.size
 
     def parse_all(self, values: Sequence[Any], where: str) -> Sequence[Any]:
         if not set(map(type, values)) <= {self.py_type}:
@@ -128,7 +157,16 @@ class Scalar:
             _reject(values, where, lambda v: not self.lo <= v <= self.hi, self.name)
         return values
 
+    def parse_one(self, value: Any, where: str, name: str) -> Any:
+        exact_type = type(value) is self.py_type
+        if exact_type and (self.lo <= value <= self.hi if self.py_type is int
+                           else self.size is None or len(value) == self.size):
+            return value
+        return self.parse_all((value,), f"{where}.{name}")[0]
+
     def size_all(self, values: Sequence[Any]) -> int:
+        if self.fixed is not None:
+            return self.fixed * len(values)
         if self.py_type is int:
             return _heads_len(values)
         lengths = list(map(len, values))
@@ -152,7 +190,14 @@ class Pair:
 
     first: Scalar
     second: Scalar
+    fixed: int | None = attrs.field(init=False, eq=False, repr=False)
     depth: ClassVar[int] = 1
+
+    @fixed.default
+    def _fixed(self) -> int | None:
+        if self.first.fixed is None or self.second.fixed is None:
+            return None
+        return 1 + self.first.fixed + self.second.fixed
 
     @property
     def name(self) -> str:
@@ -168,7 +213,12 @@ class Pair:
         self.second.parse_all(seconds, where + "[1]")
         return values
 
+    def parse_one(self, value: Any, where: str, name: str) -> Any:
+        return self.parse_all((value,), f"{where}.{name}")[0]
+
     def size_all(self, values: Sequence[Any]) -> int:
+        if self.fixed is not None:
+            return self.fixed * len(values)
         firsts, seconds = zip(*values) if values else ((), ())
         return len(values) + self.first.size_all(firsts) + self.second.size_all(seconds)
 
@@ -178,9 +228,30 @@ class Pair:
 
 @attrs.frozen
 class Nested:
-    """Another message's fields as a nested array (a Header in a Certificate)."""
+    """Another message's fields as a nested array (a Header in a Certificate). It is also a
+    message class's codec: ``decode`` and ``encode`` use one instance per class
+    (``_NESTED``), and what sizing and flattening need from the schema is derived once, here."""
 
     cls: type[Message]
+    #: Array head plus the fields whose canonical size is ``fixed``: the same for every value.
+    _constant: int = attrs.field(init=False, eq=False, repr=False)
+    #: (index, kind) of the other fields, sized column by column.
+    _variable: tuple[tuple[int, Kind], ...] = attrs.field(init=False, eq=False, repr=False)
+    _names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: Some field holds messages, which ``to_wire`` must turn into arrays.
+    _holds_messages: bool = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        fields = schema_of(self.cls)
+        kinds = [kind for _, kind in fields]
+        init = object.__setattr__  # frozen: set the derived attributes once
+        init(self, "_constant", _head_len(len(fields)) + sum(
+            kind.fixed for kind in kinds if kind.fixed is not None))
+        init(self, "_variable", tuple((i, k) for i, k in enumerate(kinds) if k.fixed is None))
+        init(self, "_names", tuple(name for name, _ in fields))
+        init(self, "_holds_messages", any(
+            isinstance(k, Nested) or isinstance(k, ListOf) and isinstance(k.item, Nested)
+            for k in kinds))
 
     @property
     def name(self) -> str:
@@ -190,18 +261,30 @@ class Nested:
     def depth(self) -> int:
         return 1 + max((kind.depth for _, kind in schema_of(self.cls)), default=0)
 
+    @property
+    def fixed(self) -> int | None:
+        return None if self._variable else self._constant
+
     def parse_all(self, values: Sequence[Any], where: str) -> Sequence[Any]:
         return tuple(_parse(self.cls, v, where.format(i)) for i, v in enumerate(values))
 
+    def parse_one(self, value: Any, where: str, name: str) -> Any:
+        return _parse(self.cls, value, f"{where}.{name}")
+
     def size_all(self, values: Sequence[Any]) -> int:
-        fields = schema_of(self.cls)
-        return sum(
-            _head_len(len(fields)) + sum(kind.size_all((x,)) for (_, kind), x in zip(fields, v))
-            for v in values
-        )
+        """Column by column: one ``size_all`` per variable field over all the values (the
+        rows are valid, so each is a tuple of one value per field)."""
+        size = self._constant * len(values)
+        if self._variable and values:
+            columns = tuple(zip(*values))
+            size += sum(kind.size_all(columns[i]) for i, kind in self._variable)
+        return size
 
     def to_wire(self, value: Message) -> tuple[Any, ...]:
-        return tuple(kind.to_wire(getattr(value, name)) for name, kind in schema_of(self.cls))
+        wire = tuple(map(getattr, repeat(value), self._names))
+        if self._holds_messages:
+            wire = tuple(kind.to_wire(v) for (_, kind), v in zip(schema_of(self.cls), wire))
+        return wire
 
 
 @attrs.frozen
@@ -213,6 +296,7 @@ class ListOf:
     limit: int
     limit_name: str
     sorted: bool = False
+    fixed: ClassVar[None] = None  # the item count varies
 
     @property
     def name(self) -> str:
@@ -226,23 +310,30 @@ class ListOf:
     def parse_all(self, values: Sequence[Any], where: str) -> Sequence[Any]:
         if not set(map(type, values)) <= {tuple}:
             _reject(values, where, lambda v: type(v) is not tuple, "array")
-        parsed = []
-        for i, items in enumerate(values):
-            at = where.format(i)
-            if len(items) > self.limit:
-                raise MessageTooLarge(
-                    f"{at}: {len(items)} items exceed {self.limit_name} = {self.limit}"
-                )
-            items = self.item.parse_all(items, at + "[{}]")
-            keys = tuple(map(operator.itemgetter(0), items)) if isinstance(self.item, Pair) else items
-            if self.sorted and not all(map(operator.lt, keys, keys[1:])):
+        return [self._parse_list(items, where.format(i)) for i, items in enumerate(values)]
+
+    def parse_one(self, value: Any, where: str, name: str) -> Any:
+        at = f"{where}.{name}"
+        if type(value) is not tuple:
+            _reject((value,), at, lambda v: True, "array")
+        return self._parse_list(value, at)
+
+    def _parse_list(self, items: tuple[Any, ...], at: str) -> Sequence[Any]:
+        if len(items) > self.limit:
+            raise MessageTooLarge(f"{at}: {len(items)} items exceed {self.limit_name} = {self.limit}")
+        parsed = self.item.parse_all(items, at + "[{}]")
+        if self.sorted:
+            keys = tuple(map(operator.itemgetter(0), parsed)) if isinstance(self.item, Pair) else parsed
+            if not all(map(operator.lt, keys, keys[1:])):
                 j = next(j for j in range(1, len(keys)) if not keys[j - 1] < keys[j])
                 raise MessageError(f"{at}[{j}]: not sorted strictly after item {j - 1}")
-            parsed.append(items)
         return parsed
 
     def size_all(self, values: Sequence[Any]) -> int:
-        return _heads_len(list(map(len, values))) + sum(map(self.item.size_all, values))
+        lengths = list(map(len, values))
+        if self.item.fixed is not None:
+            return _heads_len(lengths) + self.item.fixed * sum(lengths)
+        return _heads_len(lengths) + sum(map(self.item.size_all, values))
 
     def to_wire(self, value: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(map(self.item.to_wire, value)) if isinstance(self.item, Nested) else value
@@ -299,6 +390,7 @@ _registry: dict[int, type[Message]] = {}
 REGISTRY: Mapping[int, type[Message]] = MappingProxyType(_registry)
 _SCHEMA: dict[type[Message], tuple[tuple[str, Kind], ...]] = {}
 _DEPTH: dict[type[Message], int] = {}  # deepest CBOR nesting each class's schema allows
+_NESTED: dict[type[Message], Nested] = {}  # each class's codec, built once
 
 M = TypeVar("M", bound=type[Message])
 
@@ -310,7 +402,8 @@ def _message(tag: int, direction: Link, response: type[Message] | None = None) -
         _registry[tag] = cls
         _SCHEMA[cls] = tuple(
             (a.name, a.metadata["kind"]) for a in attrs.fields(cls) if "kind" in a.metadata)
-        _DEPTH[cls] = Nested(cls).depth
+        _NESTED[cls] = Nested(cls)
+        _DEPTH[cls] = _NESTED[cls].depth
         return cls
 
     return register
@@ -556,15 +649,19 @@ def tag_of(msg: Message | type[Message]) -> int:
 M2 = TypeVar("M2", bound=Message)
 
 
-def _parse(cls: type[M2], value: Any, where: str) -> M2:
-    """Validate a decoded CBOR value against ``cls``'s schema and build the message."""
-    fields = schema_of(cls)
+def _fields(cls: type[Message], value: Any, where: str) -> list[Any]:
+    """Validate a decoded CBOR value against ``cls``'s schema; its parsed field values."""
+    fields = _SCHEMA[cls]
     if type(value) is not tuple or len(value) != len(fields):
         names = ", ".join(name for name, _ in fields)
         raise MessageError(f"{where}: expected an array of {len(fields)} fields [{names}], "
                            f"got {_describe(value)}")
-    return cls(*(kind.parse_all((v,), f"{where}.{name}")[0]
-                 for (name, kind), v in zip(fields, value)))
+    return [kind.parse_one(v, where, name) for (name, kind), v in zip(fields, value)]
+
+
+def _parse(cls: type[M2], value: Any, where: str) -> M2:
+    """Validate a decoded CBOR value against ``cls``'s schema and build the message."""
+    return cls(*_fields(cls, value, where))
 
 
 class _NoTags(dict[int, Any]):
@@ -584,8 +681,9 @@ def encode(msg: Message) -> bytes:
     """The canonical CBOR body of ``msg``; MessageError if ``msg`` breaks its schema."""
     body: bytes | None = getattr(msg, "_body", None)
     if body is None:
-        wire = Nested(type(msg)).to_wire(msg)
-        _parse(type(msg), wire, type(msg).__name__)
+        cls = type(msg)
+        wire = _NESTED[cls].to_wire(msg)
+        _fields(cls, wire, cls.__name__)  # the checks decode makes (without building a copy)
         body = _dumps(wire)
         if msg.KEEP_BODY:
             object.__setattr__(msg, "_body", body)
@@ -603,7 +701,7 @@ def decode(tag: int, body: bytes | bytearray | memoryview) -> Message:
         cause = exc.__cause__ if isinstance(exc.__cause__, MessageError) else exc
         raise MessageError(f"{cls.__name__}: invalid CBOR: {cause}") from exc
     msg = _parse(cls, value, cls.__name__)
-    if len(data) != Nested(cls).size_all((value,)):
+    if len(data) != _NESTED[cls].size_all((value,)):
         canonical = _dumps(value)  # only on failure: say why
         why = "trailing bytes after" if data.startswith(canonical) else "non-canonical CBOR in"
         raise MessageError(f"{cls.__name__}: {why} the body (RFC 8949 §4.2.1 required)")

@@ -489,3 +489,73 @@ def test_replaced_subtree(msg: m.Message, data: st.DataObject, value: Any) -> No
         path.append(data.draw(st.integers(0, len(node) - 1)))
         node = node[path[-1]]
     check_hostile(m.tag_of(msg), cbor2.dumps(replace(tree, tuple(path), value)))
+
+
+# --- the codec's shortcuts agree with the plain checks -------------------------------------------
+
+FIELD_KINDS = sorted({kind for cls in CLASSES for _, kind in m.schema_of(cls)} |
+                     {kind.item for cls in CLASSES for _, kind in m.schema_of(cls)
+                      if isinstance(kind, m.ListOf)}, key=repr)
+SCALARS = list(dict.fromkeys(
+    [k for k in FIELD_KINDS if isinstance(k, m.Scalar)] +
+    [part for k in FIELD_KINDS if isinstance(k, m.Pair) for part in (k.first, k.second)]))
+#: Every scalar's bad values and range ends, and a valid value of each: what a scalar's inline
+#: check must sort exactly as its vectorized check does.
+EDGES = list({repr(v): v for k in SCALARS
+              for v in bad_values(k) + [k.lo, k.hi, item(k, 1)]}.values())
+
+
+def frozen(value: Any) -> Any:
+    """Lists as tuples, as the decoder (``immutable=True``) returns them."""
+    return tuple(map(frozen, value)) if isinstance(value, (list, tuple)) else value
+
+
+def outcome(check: Any) -> tuple[str, Any]:
+    try:
+        return "ok", check()
+    except MessageError as exc:
+        return type(exc).__name__, str(exc)
+
+
+def assert_parse_one_agrees(kind: Any, value: Any) -> None:
+    one = outcome(lambda: kind.parse_one(value, "Msg", "field"))
+    every = outcome(lambda: kind.parse_all((value,), "Msg.field")[0])
+    assert one == every
+
+
+@pytest.mark.parametrize("kind", SCALARS, ids=lambda k: k.name)
+def test_scalar_parse_one_agrees_with_parse_all(kind: m.Scalar) -> None:
+    """A scalar field's inline check accepts and refuses exactly what ``parse_all`` does."""
+    for value in EDGES:
+        assert_parse_one_agrees(kind, value)
+
+
+@SLOW
+@given(kind=st.sampled_from(FIELD_KINDS), data=st.data())
+def test_parse_one_agrees_with_parse_all(kind: Any, data: st.DataObject) -> None:
+    """``parse_one`` (the per-field path) accepts, returns and refuses exactly what
+    ``parse_all`` does for that single value, with the same error type and message: for
+    valid values, and for valid values with one node replaced by an edge value or random CBOR."""
+    value = kind.to_wire(data.draw(strategy(kind)))
+    if data.draw(st.booleans()):
+        path, node = [], value
+        while isinstance(node, tuple) and node and data.draw(st.booleans()):
+            path.append(data.draw(st.integers(0, len(node) - 1)))
+            node = node[path[-1]]
+        new = data.draw(st.sampled_from(EDGES) | cbor_values().map(frozen))
+        value = replace(value, tuple(path), new)
+    assert_parse_one_agrees(kind, value)
+
+
+@SLOW
+@given(data=st.data(), cls=st.sampled_from(CLASSES))
+def test_size_all_is_the_canonical_length(data: st.DataObject, cls: type[m.Message]) -> None:
+    """Sizing valid values column by column, with constant-size kinds sized by a product,
+    gives the length of their canonical encoding, for any number of values at once."""
+    nested = m.Nested(cls)
+    rows = [nested.to_wire(msg) for msg in data.draw(st.lists(strategy(nested), max_size=4))]
+    assert nested.size_all(rows) == sum(len(cbor2.dumps(r, canonical=True)) for r in rows)
+    for (_, kind), column in zip(m.schema_of(cls), zip(*rows)):
+        assert kind.size_all(column) == sum(len(cbor2.dumps(x, canonical=True)) for x in column)
+        if kind.fixed is not None:
+            assert {len(cbor2.dumps(x, canonical=True)) for x in column} <= {kind.fixed}
