@@ -24,20 +24,42 @@ client: the same wall clock, on one machine.
 the others must make progress with 2f+1 of 3f+1. ``--sweep`` runs one measurement per input
 rate and prints a table (and draws latency against throughput with matplotlib, the
 optional ``bench`` extra, when ``--plot`` is given).
+
+**Memory**: once the load starts, the resident memory (RSS, ``VmRSS`` of ``/proc/<pid>/status``)
+of every validator process is sampled about once a second. The summary gives, for the
+largest node, the RSS at the start and end of the run, the peak, and the growth: the
+least-squares slope in MB/min (MiB) of the samples after the warm-up, the largest over the
+nodes. A flat memory profile is a growth near 0 over a long run (``--duration 300``); the
+JSON has every sample (``rss_samples``: per node, a list of ``[seconds, MB]``).
+
+**Failures**: bad arguments are refused before anything starts (exit 2). A validator that
+exits during start-up or the run (it could not bind its ports: see ``--base-port``; it
+crashed; it was killed), or a load client that fails, stops the benchmark: every other
+process is stopped, the node and the tail of its logs are printed, and the exit code is 1.
+Ctrl-C (SIGINT), SIGTERM or SIGHUP stop every validator and client too (exit 128 + the
+signal number); a second signal during that stop kills them at once. Each run's files stay
+in a ``narwhal-bench-*`` folder of the temporary directory (``TMPDIR``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import attrs
 
@@ -49,14 +71,30 @@ from rich.progress import Progress  # noqa: E402
 
 from narwhal import messages  # noqa: E402
 from narwhal.client import parse_transaction  # noqa: E402
-from narwhal.config import Parameters  # noqa: E402
+from narwhal.config import ConfigError, Parameters  # noqa: E402
 from narwhal.crypto import AuthorityKeys  # noqa: E402
-from narwhal.node.files import create_local  # noqa: E402
-from narwhal.node.processes import ProcessGroup, python_module  # noqa: E402
+from narwhal.node.files import create_local, ports_per_authority  # noqa: E402
+from narwhal.node.processes import (  # noqa: E402
+    Child,
+    ProcessGroup,
+    Terminated,
+    python_module,
+    terminate_on_signal,
+)
 from narwhal.node.status import read_status  # noqa: E402
 from narwhal.store import Store  # noqa: E402
 
 console = Console(stderr=True)
+#: Seconds the validators get to reach round 2 before the load starts.
+START_TIMEOUT = 60.0
+#: Seconds children get between SIGTERM and SIGKILL when the benchmark stops them.
+GRACE = 15.0
+#: Seconds between two RSS samples of every validator.
+RSS_INTERVAL = 1.0
+#: Lines of a dead process's logs printed in the error message.
+LOG_TAIL = 15
+#: The client stamps its send time into the first bytes of each transaction.
+MIN_TX_SIZE = 24
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(Created batch|Committed batch) ([0-9a-f]{64})")
 
 
@@ -96,44 +134,188 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else 0.0
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    directory = Path(tempfile.mkdtemp(prefix="narwhal-bench-"))
+class BenchError(Exception):
+    """The run cannot go on (a validator died, it did not start...): the message says why."""
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MB (MiB), None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # kB
+        return None  # a zombie has no VmRSS
+    except FileNotFoundError:
+        if Path("/proc/self/status").exists():
+            return None  # the process is gone
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # no /proc (not Linux): ask ps
+        out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True,
+                             timeout=5, check=False).stdout.strip()
+        return int(out) / 1024 if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+class MemorySampler:
+    """RSS samples ``[seconds since the start, MB]`` of each validator process."""
+
+    def __init__(self, nodes: list[Child], started: float) -> None:
+        self.nodes, self.started = nodes, started
+        self.samples: dict[str, list[list[float]]] = {c.name: [] for c in nodes}
+        self.last = float("-inf")
+
+    def maybe_sample(self) -> None:
+        now = time.time()
+        if now - self.last < RSS_INTERVAL:
+            return
+        self.last = now
+        for child in self.nodes:
+            mb = rss_mb(child.process.pid) if child.returncode is None else None
+            if mb is not None:
+                self.samples[child.name].append([round(now - self.started, 2), round(mb, 2)])
+
+    def figures(self, warmup: float) -> dict[str, object]:
+        """Start, end and peak RSS of the largest node, and the largest growth (MB/min:
+        least-squares slope of a node's samples after ``warmup``)."""
+        series = [s for s in self.samples.values() if s]
+        slopes, window = [], 0.0
+        for s in series:
+            after = [(t, mb) for t, mb in s if t >= warmup]
+            if len(after) >= 2:
+                ts, mbs = zip(*after, strict=True)
+                slopes.append(60 * statistics.linear_regression(ts, mbs).slope)
+                window = max(window, ts[-1] - ts[0])
+        return {
+            "rss_mb_start": max((s[0][1] for s in series), default=None),
+            "rss_mb_end": max((s[-1][1] for s in series), default=None),
+            "rss_mb_max": max((mb for s in series for _, mb in s), default=None),
+            "rss_growth_mb_per_min": max(slopes, default=None),
+            "rss_growth_window_s": round(window, 2),  # the span of the samples fitted
+            "rss_samples": self.samples,
+        }
+
+
+def _tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def death_report(child: Child, logs: list[Path], when: str) -> str:
+    """``node-0 (pid 12) exited with code 2 during start-up: <its last error line>`` and the
+    tail of each of its logs."""
+    code = child.returncode
+    assert code is not None
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    reason = next((line.strip().removeprefix("error:").strip() for line in reversed(_tail(logs[0]))
+                   if line.strip().startswith("error:")), None)
+    lines = [f"{child.name} (pid {child.process.pid}) {how} {when}" + (f": {reason}" if reason else "")]
+    for log_path in logs:
+        tail = _tail(log_path)
+        lines.append(f"  {log_path}" + (":" if tail else " (empty)"))
+        lines.extend(f"  | {line}" for line in tail)
+    return "\n".join(lines)
+
+
+def stop_all(group: ProcessGroup) -> dict[str, int]:
+    """``group.stop()`` (SIGTERM, grace, SIGKILL). A SIGINT/SIGTERM/SIGHUP meanwhile does not
+    interrupt it (that could leave children behind): it SIGKILLs every child still alive."""
+    def hurry(signum: int, frame: FrameType | None) -> None:
+        for child in group.children:
+            if child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.process.pid, signal.SIGKILL)
+
+    previous = {sig: signal.signal(sig, hurry) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return group.stop()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def children() -> Iterator[ProcessGroup]:
+    """A ProcessGroup whose children are all stopped on the way out, however it is left."""
+    group = ProcessGroup(grace=GRACE)
+    try:
+        yield group
+    finally:
+        stop_all(group)
+
+
+def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
     parameters = attrs.evolve(Parameters(), consensus=args.consensus)
-    net = create_local(directory, args.nodes, args.workers, parameters=parameters)
-    logs = [net.node_dir(i) / "node.log" for i in range(args.nodes)]
+    try:
+        net = create_local(directory, args.nodes, args.workers, parameters=parameters,
+                           base_port=args.base_port)
+    except (ConfigError, OSError) as exc:  # e.g. no free ports left
+        raise BenchError(f"cannot create the local network in {directory}: {exc}") from exc
     running = range(args.nodes - args.faults)  # the last F validators are crashed from the start
-    logs = [logs[i] for i in running]
-    with ProcessGroup(grace=15) as group:
-        for i in running:
-            group.start(f"node-{i}", python_module(
-                "narwhal.node", "run", "--keys", str(net.key_files[i]), "--committee", str(net.committee_file),
-                "--parameters", str(net.parameters_file), "--store", str(net.node_dir(i)),
-                "--log-file", str(logs[i])), net.node_dir(i) / "stdout.log")
-        deadline = time.monotonic() + 60
-        while not all((read_status(net.node_dir(i) / "status.json") or {}).get("primary", {}).get("round", 0) >= 2
-                      for i in running):
-            if time.monotonic() > deadline or group.exited():
-                raise SystemExit("validators did not start; see the logs in " + str(directory))
+    logs = {f"node-{i}": [net.node_dir(i) / "stdout.log", net.node_dir(i) / "node.log"] for i in running}
+
+    def check(nodes: list[Child], clients: list[Child], when: str) -> None:
+        """BenchError for a validator that exited, or a client that failed."""
+        for child in nodes:
+            if child.returncode is not None:
+                raise BenchError(death_report(child, logs[child.name], when))
+        for child in clients:
+            if child.returncode not in (None, 0):
+                raise BenchError(death_report(child, [child.log_path], when))
+
+    with children() as group:
+        nodes = [group.start(f"node-{i}", python_module(
+            "narwhal.node", "run", "--keys", str(net.key_files[i]), "--committee", str(net.committee_file),
+            "--parameters", str(net.parameters_file), "--store", str(net.node_dir(i)),
+            "--log-file", str(net.node_dir(i) / "node.log")), net.node_dir(i) / "stdout.log")
+            for i in running]
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            check(nodes, [], "during start-up")
+            rounds = {f"node-{i}": (read_status(net.node_dir(i) / "status.json") or {})
+                      .get("primary", {}).get("round", 0) for i in running}
+            if all(r >= 2 for r in rounds.values()):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the validators did not reach round 2 within {START_TIMEOUT:.0f} s ("
+                    + ", ".join(f"{name} at round {r}" for name, r in rounds.items())
+                    + f"); see {directory}/node-*/node.log")
             time.sleep(0.2)
         started = time.time()
+        memory = MemorySampler(nodes, started)
+        memory.maybe_sample()
         # one client per live worker, the input rate split between them
         targets = [(i, w) for i in running for w in range(args.workers)]
+        clients = []
         for i, w in targets:
             name = AuthorityKeys.load(net.key_files[i]).name.hex()
-            group.start(f"client-{i}-{w}", python_module(
+            clients.append(group.start(f"client-{i}-{w}", python_module(
                 "narwhal.client", "submit", "--committee", str(net.committee_file),
-                "--worker", f"{name}:{w}", "--rate", str(max(1, args.rate // len(targets))),
+                "--worker", f"{name}:{w}", "--rate", str(args.rate // len(targets)),
                 "--tx-size", str(args.tx_size), "--duration", str(args.duration)),
-                directory / f"client-{i}-{w}.log")
+                directory / f"client-{i}-{w}.log"))
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"{args.rate:,} tx/s for {args.duration:.0f} s", total=args.duration)
             while (elapsed := time.time() - started) < args.duration:
+                check(nodes, clients, f"during the run ({elapsed:.0f} s in)")
+                memory.maybe_sample()
                 progress.update(task, completed=elapsed)
                 time.sleep(0.25)
         ended = time.time()
-        time.sleep(2.0)  # let the last batches commit
-        group.stop()
-    created, committed = parse_logs(logs)
+        settle = time.monotonic() + 2.0  # let the last batches commit
+        while time.monotonic() < settle:
+            check(nodes, clients, "at the end of the run")
+            time.sleep(0.25)
+        codes = stop_all(group)
+    for child in nodes:  # SIGTERM makes a validator stop cleanly and exit 0
+        if codes[child.name] != 0:
+            console.print(f"warning: {child.name} exited with code {codes[child.name]} when stopped; "
+                          f"see {logs[child.name][1]}", markup=False, highlight=False)
+    created, committed = parse_logs([logs[f"node-{i}"][1] for i in running])
     window = [d for d, t in created.items() if started + args.warmup <= t <= ended and d in committed]
     consensus_latency = [committed[d] - created[d] for d in window]
     stores = [net.node_dir(i) / f"worker-{w}.db" for i in running for w in range(args.workers)]
@@ -160,10 +342,23 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "e2e_latency_p50_ms": 1000 * percentile(e2e_latency, 0.5),
         "e2e_latency_p95_ms": 1000 * percentile(e2e_latency, 0.95),
         "batches_measured": len(window), "directory": str(directory),
+        **memory.figures(args.warmup),
     }
 
 
-def summary(result: dict) -> str:
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} MB"
+
+
+def memory_line(result: dict[str, Any]) -> str:
+    growth = result.get("rss_growth_mb_per_min")
+    slope = ("n/a" if growth is None
+             else f"{growth:+,.1f} MB/min over {result.get('rss_growth_window_s', 0):,.0f} s")
+    return (f"start {_mb(result.get('rss_mb_start'))}, end {_mb(result.get('rss_mb_end'))}, "
+            f"max {_mb(result.get('rss_mb_max'))} (growth {slope})")
+
+
+def summary(result: dict[str, Any]) -> str:
     return f"""
 -----------------------------------------
  SUMMARY:
@@ -185,10 +380,12 @@ def summary(result: dict) -> str:
  End-to-end TPS: {result['e2e_tps']:,.0f} tx/s
  End-to-end BPS: {result['e2e_bps']:,.0f} B/s
  End-to-end latency: {result['e2e_latency_ms'] or 0:,.0f} ms (p50 {result['e2e_latency_p50_ms']:,.0f}, p95 {result['e2e_latency_p95_ms']:,.0f})
+
+ Node memory (RSS): {memory_line(result)}
 -----------------------------------------"""
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
@@ -201,47 +398,113 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", help="comma-separated input rates: one run each, then a table")
     parser.add_argument("--plot", type=Path, help="with --sweep: draw latency vs throughput (PNG)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--base-port", type=int, default=None,
+                        help="the committee's ports from here on (default: free ports the kernel picks)")
+    return parser
+
+
+def problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the arguments (empty: nothing)."""
+    found = []
+    max_tx = Parameters().max_transaction_size
+    live_workers = max(1, args.nodes - args.faults) * max(1, args.workers)
+    max_faults = max(0, (args.nodes - 1) // 3)
+    ports = max(1, args.nodes) * ports_per_authority(max(1, args.workers))
+    rates = []
+    if args.sweep is not None:
+        try:
+            rates = [int(r) for r in args.sweep.split(",")]
+        except ValueError:
+            rates = []
+        if not rates or min(rates) <= 0:
+            found.append(f"--sweep must be comma-separated rates > 0, got {args.sweep!r}")
+    for bad, message in (
+            (args.nodes < 1, f"--nodes must be >= 1, got {args.nodes}"),
+            (args.workers < 1, f"--workers must be >= 1, got {args.workers}"),
+            (args.rate <= 0, f"--rate must be > 0, got {args.rate}"),
+            (0 < min([args.rate, *rates]) < live_workers,
+             f"the input rate must be at least 1 tx/s per live worker ({live_workers})"),
+            (args.tx_size < MIN_TX_SIZE,
+             f"--tx-size must be >= {MIN_TX_SIZE} (the send-time stamp), got {args.tx_size}"),
+            (args.tx_size > max_tx,
+             f"--tx-size must be <= {max_tx} (the nodes' max_transaction_size), got {args.tx_size}"),
+            (args.warmup < 0, f"--warmup must be >= 0, got {args.warmup:g}"),
+            (args.duration <= args.warmup,
+             f"--duration must exceed --warmup ({args.duration:g} <= {args.warmup:g})"),
+            (args.nodes >= 1 and not 0 <= args.faults <= max_faults,
+             f"--faults must be between 0 and (nodes - 1) // 3 = {max_faults}, got {args.faults}"),
+            (args.plot is not None and args.sweep is None, "--plot needs --sweep"),
+            (args.base_port is not None and not 1 <= args.base_port <= 65536 - ports,
+             f"--base-port must leave room for {ports} ports below 65536, got {args.base_port}")):
+        if bad:
+            found.append(message)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and not path.resolve().parent.is_dir():
+            found.append(f"{option} {path}: folder {path.resolve().parent} does not exist")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    problems = [msg for bad, msg in ((args.nodes < 1, "--nodes must be >= 1"),
-                                     (args.workers < 1, "--workers must be >= 1"),
-                                     (args.rate <= 0, "--rate must be > 0"),
-                                     (args.tx_size < 24, "--tx-size must be >= 24 (the send-time stamp)"),
-                                     (args.duration <= args.warmup, "--duration must exceed --warmup"),
-                                     (not 0 <= args.faults <= (args.nodes - 1) // 3,
-                                      "--faults must be between 0 and (nodes - 1) // 3"))
-                if bad]
-    if problems:
-        parser.error("; ".join(problems))
+    if found := problems(args):
+        parser.error("; ".join(found))  # exit 2
+    directory: Path | None = None
+    results: list[dict[str, Any]] = []
+    try:
+        with terminate_on_signal():  # SIGTERM/SIGHUP raise Terminated, as Ctrl-C raises KeyboardInterrupt
+            rates = [int(r) for r in args.sweep.split(",")] if args.sweep else [args.rate]
+            for rate in rates:
+                directory = Path(tempfile.mkdtemp(prefix="narwhal-bench-"))
+                results.append(run(_with_rate(args, rate), directory))
+    except BenchError as exc:
+        _partial(results)
+        print(f"error: {exc}\nevery validator and client was stopped; the files are in {directory}",
+              file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        name = exc.args[0] if isinstance(exc, Terminated) else "SIGINT"
+        _partial(results)
+        print(f"interrupted by {name}: every validator and client was stopped"
+              + (f"; the files are in {directory}" if directory else ""), file=sys.stderr)
+        return 128 + signal.Signals[name].value
     if args.sweep:
-        results = [run(_with_rate(args, int(r))) for r in args.sweep.split(",")]
         print(sweep_table(results))
         if args.plot:
             plot(results, args.plot)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
-        return 0
-    result = run(args)
-    print(summary(result))
+    else:
+        print(summary(results[0]))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results if args.sweep else results[0], indent=2))
     return 0
+
+
+def _partial(results: list[dict[str, Any]]) -> None:
+    """The runs of a sweep that completed before it was cut short."""
+    if results:
+        print(sweep_table(results))
+        print(f"(the sweep stopped after {len(results)} run(s))", file=sys.stderr)
 
 
 def _with_rate(args: argparse.Namespace, rate: int) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "rate": rate})
 
 
-def sweep_table(results: list[dict]) -> str:
-    rows = ["| input tx/s | consensus TPS | consensus latency ms (p50/p95) | end-to-end latency ms (p50/p95) |",
-            "|---|---|---|---|"]
+def sweep_table(results: list[dict[str, Any]]) -> str:
+    rows = [("| input tx/s | consensus TPS | consensus latency ms (p50/p95) "
+             "| end-to-end latency ms (p50/p95) | node RSS MB (end/max) | RSS growth MB/min |"),
+            "|---|---|---|---|---|---|"]
     for r in results:
+        growth = r.get("rss_growth_mb_per_min")
         rows.append(f"| {r['input_rate']:,} | {r['consensus_tps']:,.0f} | {r['consensus_latency_ms'] or 0:,.0f} "
                     f"({r['consensus_latency_p50_ms']:,.0f}/{r['consensus_latency_p95_ms']:,.0f}) | "
-                    f"{r['e2e_latency_ms'] or 0:,.0f} ({r['e2e_latency_p50_ms']:,.0f}/{r['e2e_latency_p95_ms']:,.0f}) |")
+                    f"{r['e2e_latency_ms'] or 0:,.0f} ({r['e2e_latency_p50_ms']:,.0f}/{r['e2e_latency_p95_ms']:,.0f}) | "
+                    f"{r.get('rss_mb_end') or 0:,.0f}/{r.get('rss_mb_max') or 0:,.0f} | "
+                    f"{'n/a' if growth is None else f'{growth:+,.1f}'} |")
     return "\n".join(rows)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")

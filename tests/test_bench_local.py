@@ -1,0 +1,271 @@
+"""bench/local.py, the cluster benchmark: bad input refused, failures and signals stop every
+child process, and the figures (memory included) it reports.
+
+Real processes on 127.0.0.1. Each run gets its own TMPDIR (the test's ``tmp_path``), so the
+run's folder, and thus every process it started, is found by its command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "local.py"
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+
+
+def load_bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_local", BENCH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen([sys.executable, str(BENCH), *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, **kwargs)
+
+
+def processes(marker: Path, word: str = "") -> list[tuple[int, str]]:
+    """Live processes whose command line holds ``marker`` (and ``word``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(line for line in (entry / "status").read_text().splitlines()
+                         if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if str(marker) in cmdline and word in cmdline and "zombie" not in state:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def wait_for_load(tmp_path: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the benchmark started its load clients (every validator reached round 2)."""
+    def started() -> bool:
+        assert proc.poll() is None, proc.communicate()[1]
+        return bool(processes(tmp_path, "narwhal.client"))
+    try:
+        wait_for(started, 50, "the load clients")
+    except AssertionError:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        states = {path.parent.name: json.loads(path.read_text()).get("primary", {}).get("round")
+                  for path in tmp_path.glob("narwhal-bench-*/node-*/status.json")}
+        raise AssertionError(f"no load clients after 50 s; rounds {states}; stderr:\n{err}") from None
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nodes", "0"], "--nodes must be >= 1, got 0"),
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--rate", "0"], "--rate must be > 0, got 0"),
+    (["--rate", "-100"], "--rate must be > 0, got -100"),
+    (["--rate", "3"], "the input rate must be at least 1 tx/s per live worker (4)"),
+    (["--duration", "2", "--warmup", "2"], "--duration must exceed --warmup (2 <= 2)"),
+    (["--duration", "1", "--warmup", "5"], "--duration must exceed --warmup (1 <= 5)"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--faults", "2"], "--faults must be between 0 and (nodes - 1) // 3 = 1, got 2"),
+    (["--nodes", "3", "--faults", "1"], "--faults must be between 0 and (nodes - 1) // 3 = 0, got 1"),
+    (["--tx-size", "200000"],
+     "--tx-size must be <= 131072 (the nodes' max_transaction_size), got 200000"),
+    (["--tx-size", "10"], "--tx-size must be >= 24 (the send-time stamp), got 10"),
+    (["--plot", "curve.png"], "--plot needs --sweep"),
+    (["--sweep", "1000,lots"], "--sweep must be comma-separated rates > 0, got '1000,lots'"),
+    (["--sweep", "1000,0"], "--sweep must be comma-separated rates > 0, got '1000,0'"),
+    (["--json", "/nonexistent-dir/out.json"],
+     "--json /nonexistent-dir/out.json: folder /nonexistent-dir does not exist"),
+    (["--base-port", "65530"], "--base-port must leave room for 20 ports below 65536, got 65530"),
+])
+def test_bad_arguments_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = bench(tmp_path, *args)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # refused before creating anything
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--nodes", "0", "--rate", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "--nodes must be >= 1, got 0; --rate must be > 0, got 0" in err
+
+
+# -- failures and signals ---------------------------------------------------------------------
+
+def busy_base_port(count: int) -> tuple[socket.socket, int]:
+    """A listening socket on port P, with P+1 .. P+count-1 free right now."""
+    for _ in range(50):
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        if port + count > 65536:
+            held.close()
+            continue
+        try:
+            for other in range(port + 1, port + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", other))
+        except OSError:
+            held.close()
+            continue
+        held.listen()
+        return held, port
+    raise AssertionError("no run of free ports found")
+
+
+def test_a_port_in_use_stops_the_run(tmp_path: Path) -> None:
+    # --base-port P gives node-0's primary port P, which this test holds: node-0 cannot bind
+    held, port = busy_base_port(4 * 5)
+    with held:
+        proc = bench(tmp_path, "--rate", "2000", "--duration", "6", "--base-port", str(port))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert re.search(r"node-0 \(pid \d+\) exited with code 2 during start-up: primary address "
+                     rf"127\.0\.0\.1:{port}: cannot listen: port already in use", err), err
+    assert "node-0/stdout.log:" in err  # its log, and the tail of it
+    assert "every validator and client was stopped" in err
+    assert "Traceback" not in err
+    assert processes(tmp_path) == []
+
+
+def test_a_validator_dying_during_the_run_stops_it(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--rate", "2000", "--duration", "30", "--warmup", "1")
+    try:
+        wait_for_load(tmp_path, proc)
+        (victim, _), = [p for p in processes(tmp_path, "narwhal.node") if "/node-1/" in p[1]]
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert f"node-1 (pid {victim}) was killed by SIGKILL during the run" in err
+    assert "node-1/node.log:" in err and "  | " in err  # the tail of its log
+    assert "Traceback" not in err
+    assert processes(tmp_path) == []
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_every_child(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    proc = bench(tmp_path, "--rate", "2000", "--duration", "30", "--warmup", "1")
+    try:
+        wait_for_load(tmp_path, proc)
+        assert len(processes(tmp_path, "narwhal.node run")) == 4
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=15 + 10)  # the grace period, and some
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert f"interrupted by {sig.name}: every validator and client was stopped" in err
+    assert "Traceback" not in err
+    assert processes(tmp_path) == []
+
+
+def test_sigint_during_start_up_leaves_nothing(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--rate", "2000", "--duration", "30")
+    try:
+        wait_for(lambda: len(processes(tmp_path, "narwhal.node run")) == 4, 30, "the validators")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert processes(tmp_path) == []
+
+
+def test_a_signal_while_stopping_kills_the_stragglers(tmp_path: Path) -> None:
+    local = load_bench()
+    group = local.ProcessGroup(grace=30)
+    stubborn = group.start("stubborn", [sys.executable, "-c", (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)")], tmp_path / "stubborn.log")
+    wait_for(lambda: "ready" in (tmp_path / "stubborn.log").read_text(), 20, "the child")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    began = time.monotonic()
+    codes = local.stop_all(group)  # ignores SIGTERM: without the SIGINT it would wait 30 s
+    assert time.monotonic() - began < 10
+    assert codes == {"stubborn": -signal.SIGKILL}
+    assert stubborn.process.poll() is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+def test_memory_figures() -> None:
+    local = load_bench()
+    assert 1 < local.rss_mb(os.getpid()) < 100_000
+    assert local.rss_mb(2**22 + 12345) is None  # above pid_max: no such process
+    sampler = local.MemorySampler([], started=0.0)
+    sampler.samples = {"node-0": [[0.0, 50.0], [1.0, 90.0], [2.0, 60.0], [3.0, 60.0], [4.0, 60.0]],
+                       "node-1": [[0.0, 40.0], [2.0, 41.0], [4.0, 42.0]]}
+    figures = sampler.figures(warmup=2.0)
+    assert figures["rss_mb_start"] == 50.0 and figures["rss_mb_end"] == 60.0
+    assert figures["rss_mb_max"] == 90.0
+    # after the warm-up node-0 is flat and node-1 grows 1 MB per 2 s: the largest slope
+    assert figures["rss_growth_mb_per_min"] == pytest.approx(30.0)
+    assert figures["rss_growth_window_s"] == 2.0
+    line = local.memory_line(figures)
+    assert line == "start 50 MB, end 60 MB, max 90 MB (growth +30.0 MB/min over 2 s)"
+    assert local.MemorySampler([], 0.0).figures(1.0)["rss_growth_mb_per_min"] is None
+
+
+REQUIRED = ["consensus_tps", "consensus_latency_ms", "e2e_tps", "e2e_latency_ms", "input_rate",
+            "nodes", "workers", "tx_size", "duration_s", "rss_mb_start", "rss_mb_end",
+            "rss_mb_max", "rss_growth_mb_per_min", "rss_samples"]
+
+
+@pytest.mark.long
+def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = bench(tmp_path, "--nodes", "4", "--rate", "1000", "--duration", "5", "--warmup", "1",
+                 "--json", str(out))
+    stdout, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    result = json.loads(out.read_text())
+    assert not [key for key in REQUIRED if key not in result]
+    assert result["consensus_tps"] > 0 and result["e2e_tps"] > 0
+    assert result["consensus_latency_ms"] > 0 and result["e2e_latency_ms"] > 0
+    assert (result["nodes"], result["workers"], result["tx_size"]) == (4, 1, 512)
+    assert (result["input_rate"], result["duration_s"]) == (1000, 5.0)
+    assert sorted(result["rss_samples"]) == ["node-0", "node-1", "node-2", "node-3"]
+    for samples in result["rss_samples"].values():
+        assert len(samples) >= 3 and all(mb > 1 for _, mb in samples)
+    assert 1 < result["rss_mb_start"] <= result["rss_mb_max"]
+    assert result["rss_mb_end"] <= result["rss_mb_max"]
+    assert isinstance(result["rss_growth_mb_per_min"], float)
+    assert "Node memory (RSS): start" in stdout
+    assert processes(tmp_path) == []
