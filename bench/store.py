@@ -9,10 +9,10 @@ same disk the node would use) and writes for S seconds on uvloop:
 - ``direct``: plain sqlite3 on the event loop thread, one commit per write, same pragmas:
   what the store's writer thread saves the loop from (see ``loop_lag_max_ms``).
 
-Keys are random 32-byte digests. Per cell: writes/s, MB/s (10**6 bytes of value), write
+The store keeps ``batches`` values in its value log (written once): the ``large`` cells
+measure that path; ``direct`` writes them into sqlite itself. Keys are random 32-byte digests. Per cell: writes/s, MB/s (10**6 bytes of value), write
 latency p50/p99/max, commits, and the event loop's worst lag (a 1 ms ticker's overshoot).
-Also: ``wal_autocheckpoint`` 64 / 256 (default) / 1000 pages for 500 KB group writes (the
-WAL checkpoint stalls show up in p99/max latency); read latency on the loop thread vs a
+Also: read latency on the loop thread vs a
 thread hop (``asyncio.to_thread``); and, when the ``lmdb`` package is importable (not a
 project dependency: ``.venv/bin/pip install lmdb``), sqlite vs LMDB as raw engines with the
 same number of writes per synced transaction. The machine is shared and has 2 cores:
@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from narwhal.store import DEFAULT_WAL_AUTOCHECKPOINT, Store
+from narwhal.store import Store
 
 LARGE, SMALL = 500_000, 100
 WRITERS = {LARGE: 16, SMALL: 64}
@@ -95,10 +95,9 @@ async def timed_writers(put: Callable[[bytes, bytes], Awaitable[None]], size: in
 
 
 async def store_cell(root: Path, size: int, mode: str, seconds: float, *,
-                     sync: str = "FULL", page: int = 65536, ckpt: int | None = None) -> dict:
+                     sync: str = "FULL", page: int = 65536) -> dict:
     path = root / f"cell{time.monotonic_ns()}" / "store.db"
-    kwargs = {} if ckpt is None else {"wal_autocheckpoint": ckpt}
-    store = Store.open(path, synchronous=sync, page_size=page, **kwargs)  # type: ignore[arg-type]
+    store = Store.open(path, synchronous=sync, page_size=page)  # type: ignore[arg-type]
     try:
         if mode == "direct":
             conn = sqlite3.connect(path, isolation_level=None)
@@ -198,7 +197,7 @@ def _sqlite_engine(d: Path) -> Engine:
     asyncio.run(Store.open(d / "store.db").close())  # create it with the store's pragmas
     conn = sqlite3.connect(d / "store.db", isolation_level=None)
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(f"PRAGMA wal_autocheckpoint={DEFAULT_WAL_AUTOCHECKPOINT}")
+    conn.execute("PRAGMA wal_autocheckpoint=256")
 
     def commit(items: list[tuple[bytes, bytes]]) -> None:
         conn.execute("BEGIN")
@@ -228,10 +227,6 @@ def cell_specs() -> dict[str, dict[str, Any]]:
         for mode in ("group", "single"):
             specs[f"{name}_{mode}_FULL_p4096"] = {"size": size, "mode": mode, "page": 4096}
         specs[f"{name}_direct_FULL_p65536"] = {"size": size, "mode": "direct"}
-    for size, name in ((LARGE, "large"), (SMALL, "small")):
-        for ckpt in (64, 256, 1000):
-            specs[f"{name}_group_FULL_p65536_ckpt{ckpt}"] = {"size": size, "mode": "group",
-                                                             "ckpt": ckpt}
     return specs
 
 

@@ -57,12 +57,18 @@ Choices, measured with ``bench/store.py`` (``group`` = 16/64 concurrent writers)
   500 KB batches ~1.4-1.9x, the disk's bandwidth (~130-180 MB/s here) being the limit.
   A lone sequential writer pays a thread hop (~0.5-1 ms) over writing on the loop, which
   in exchange never stalls (a loop doing the commits itself stalled up to ~200 ms).
-- ``page_size=65536``, fixed when the file is created: 500 KB values ~1.2-1.8x faster
-  than 4 KiB pages; but a commit rewrites every page it touches into the WAL, so lone
-  100 B random-key writes run ~0.45-0.65x as fast. Batches dominate the bytes.
-- ``wal_autocheckpoint=256`` pages (16 MiB): the worst 500 KB write latency tracks the
-  checkpoint size, ~80-100 ms at 64 pages, ~90-150 ms at 256, ~200-270 ms at 1000 (the
-  default: a 64 MiB checkpoint stalls the writer); writes/s differed within noise.
+- ``page_size=4096``, fixed when the file is created. With batches inside sqlite, 64 KiB
+  pages had made 500 KB values ~1.2-1.8x faster; with batches in the value log every row
+  is small, and a commit rewrites each page it touches into the WAL: at 50,000 tx/s the
+  64 KiB pages made a ~16x larger WAL, and the cluster's consensus latency went from
+  ~0.7-1.3 s to ~0.37 s when they went (``bench/local.py``).
+- **Checkpoints run on their own thread** (``wal_autocheckpoint=0`` and a checkpointer
+  thread doing ``PRAGMA wal_checkpoint(PASSIVE)`` every :data:`CHECKPOINT_INTERVAL` when
+  something was committed). A checkpoint calls ``fsync``: on a disk busy writing back the
+  value log that can take hundreds of ms; run by the writer (sqlite's autocheckpoint), it
+  held every write waiting behind it, so batch acks, votes and quorums stalled. A passive
+  checkpoint never blocks the writer. (Before the value log: autocheckpoint at 64 / 256 /
+  1000 pages gave worst 500 KB write latencies of ~80-100 / ~90-150 / ~200-270 ms.)
 - Rowid tables with a ``BLOB PRIMARY KEY``: faster than ``WITHOUT ROWID`` at 64 KiB pages
   for 100 B and 500 KB values alike. LMDB (no WAL double write), as a raw engine with the
   same writes per synced transaction: ~1.3-2x sqlite for 500 KB values, ~0.7-1.0x for
@@ -117,8 +123,9 @@ Op = tuple[str, Bytes, Bytes | None]
 _Params = tuple[object, ...]
 
 DEFAULT_MAX_PENDING_BYTES = 256 << 20
-DEFAULT_PAGE_SIZE = 65536
-DEFAULT_WAL_AUTOCHECKPOINT = 256
+DEFAULT_PAGE_SIZE = 4096
+#: Seconds between two background checkpoints (when something was committed in between).
+CHECKPOINT_INTERVAL = 0.5
 _OP_OVERHEAD = 64  # bytes charged per op on top of key and value
 _MAX_GROUP_BYTES = 32 << 20  # one transaction stops taking writes past this (bounds the WAL)
 _GET_MANY_CHUNK = 256
@@ -187,8 +194,9 @@ class Store:
         self.page_size: int = reader.execute("PRAGMA page_size").fetchone()[0]
         self.synchronous: str = ("OFF", "NORMAL", "FULL", "EXTRA")[
             writer.execute("PRAGMA synchronous").fetchone()[0]]
-        #: Counters: transactions committed, write() calls committed, backpressure waits.
-        self.commits = self.committed_writes = self.backpressure_waits = 0
+        #: Counters: transactions committed, write() calls committed, backpressure waits,
+        #: background checkpoints.
+        self.commits = self.committed_writes = self.backpressure_waits = self.checkpoints = 0
         self._statements = {f: _Statements.of(f) for f in families}
         self._pending_bytes = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
@@ -199,12 +207,15 @@ class Store:
         self._thread = threading.Thread(target=self._run, name=f"store-writer:{path.name}",
                                         daemon=True)
         self._thread.start()
+        self._checkpoints_stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
+                                              name=f"store-checkpoint:{path.name}")
+        self._checkpointer.start()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, families: Iterable[str] = DEFAULT_FAMILIES,
              synchronous: Literal["FULL", "NORMAL"] = "FULL",
              page_size: int = DEFAULT_PAGE_SIZE,
-             wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT,
              max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
              value_log_families: Iterable[str] = DEFAULT_VALUE_LOG_FAMILIES) -> Store:
         """Open (creating if needed) the store in the sqlite file ``path`` and its value log
@@ -231,7 +242,7 @@ class Store:
             writer.execute(f"PRAGMA page_size={int(page_size)}")  # before the file exists
             if writer.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise StoreError(f"{path}: cannot enable WAL")
-            for pragma in (f"synchronous={synchronous}", f"wal_autocheckpoint={wal_autocheckpoint}",
+            for pragma in (f"synchronous={synchronous}", "wal_autocheckpoint=0",
                            "journal_size_limit=67108864"):
                 writer.execute(f"PRAGMA {pragma}")
             writer.execute("BEGIN IMMEDIATE")
@@ -301,8 +312,10 @@ class Store:
 
     async def _shutdown(self) -> None:
         try:
+            self._checkpoints_stop.set()
+            await asyncio.to_thread(self._checkpointer.join)
             await self._submit(None, 0)  # queues behind every earlier writer, FIFO
-            self._thread.join()
+            self._thread.join()  # its connection, the last one, checkpoints on close
         finally:
             if self._reader is not None:
                 self._reader.close()
@@ -403,6 +416,23 @@ class Store:
                                self.path, len(group))
             if stops:
                 return
+
+    def _checkpoint_loop(self) -> None:
+        """Checkpointer thread: fold the WAL into the database off the writer's path."""
+        conn = _connect(self.path)
+        try:
+            done = self.commits
+            while not self._checkpoints_stop.wait(CHECKPOINT_INTERVAL):
+                if self.commits == done:
+                    continue
+                done = self.commits
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:  # busy or I/O: the next round tries again
+                    logger.warning("store %s: checkpoint failed: %s", self.path, exc)
+        finally:
+            conn.close()
 
     def _commit(self, entries: list[_Entry]) -> list[StoreError | None]:
         """Commit ``entries`` in one transaction; on failure, each in its own."""

@@ -30,7 +30,7 @@ def value_for(key: bytes, size: int = 100) -> bytes:
 
 async def test_round_trip_in_every_family(store: Store) -> None:
     assert store.families == DEFAULT_FAMILIES
-    assert store.page_size == 65536 and store.synchronous == "FULL"
+    assert store.page_size == 4096 and store.synchronous == "FULL"
     for i, family in enumerate(DEFAULT_FAMILIES):
         key, value = family.encode() + u64(i), os.urandom(10 + 1000 * i)
         assert store.get(family, key) is None and not store.contains(family, key)
@@ -344,7 +344,7 @@ async def test_batches_go_to_the_value_log_not_into_sqlite(tmp_path: Path) -> No
     vlog = Path(f"{path}.vlog")
     assert vlog.stat().st_size == 20 * 500_000  # each value once, nothing else
     sqlite_bytes = sum(p.stat().st_size for p in tmp_path.glob("s.db*") if p != vlog)
-    assert sqlite_bytes < 2_000_000  # 64 KiB pages of locators: not one 500 KB value (10 MB in all)
+    assert sqlite_bytes < 2_000_000  # locators: not one 500 KB value (10 MB in all)
     async with Store.open(path) as s:  # the locators survive a reopen; appends go after
         assert s.get_many("batches", [u64(3), u64(19)]) == [value_for(u64(3), 500_000),
                                                            value_for(u64(19), 500_000)]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -50,9 +53,26 @@ def add_logging(parser: argparse.ArgumentParser, default: str = "INFO") -> None:
                         help="append the log to this file (default: stderr)")
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    if _listener is not None:
+        _listener.stop()
+
+
+atexit.register(_stop_listener)
+
+
 def setup_logging(level: str, file: Path | None = None) -> LastError:
     """Log to ``file`` (or stderr) at ``level``; return a handler remembering the last
-    warning or error."""
+    warning or error.
+
+    Records are formatted where they are logged (so their time is the event's) but
+    written by a listener thread: a write to a log file can block on the filesystem's
+    journal for hundreds of ms while the disk is busy (seen here: every node's event loop
+    stalled at the same instant, in a log write), and the event loop must not wait on it.
+    The listener is stopped, and what it holds written, when the interpreter exits."""
     handler: logging.Handler
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +80,15 @@ def setup_logging(level: str, file: Path | None = None) -> LastError:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    global _listener
+    if _listener is not None:  # set up again (tests): the old listener writes what it has
+        _listener.stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
     last_error = LastError()
     root = logging.getLogger()
-    root.handlers[:] = [handler, last_error]
+    root.handlers[:] = [logging.handlers.QueueHandler(records), last_error]
     root.setLevel(level)
     return last_error
 

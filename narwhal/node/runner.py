@@ -41,6 +41,7 @@ from narwhal.admin import start_admin
 from narwhal.config import Committee, ConfigError, Parameters, parse_address
 from narwhal.crypto import AuthorityKeys
 from narwhal.node.status import LastError, write_status
+from narwhal.node.watchdog import LoopWatchdog
 from narwhal.store import Store
 
 __all__ = ["ROLES", "ROLE_CLASSES", "AuthorityRunner", "bind_listener", "status_file_name"]
@@ -126,6 +127,7 @@ class AuthorityRunner:
         self.status_interval = status_interval
         self.started_at = time.time()
         self._roles: list[_Role] = []
+        self.watchdog = LoopWatchdog()
 
     def _plan(self) -> list[_Role]:
         """Bind the sockets of every role to run: workers first, then the primary."""
@@ -160,6 +162,7 @@ class AuthorityRunner:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._roles = self._plan()
         admin = None
+        self.watchdog.start()
         try:
             for role in self._roles:
                 await self._start(role)
@@ -177,6 +180,7 @@ class AuthorityRunner:
             if admin is not None:
                 await admin.stop()
             clean = await self._stop_all()
+            self.watchdog.stop()
             self.write_status(stopped=True)
         return clean
 
@@ -216,7 +220,7 @@ class AuthorityRunner:
             "pid": os.getpid(), "authority": self.keys.name.hex(), "role": self.role,
             "started": self.started_at, "stopped": False,
             "last_error": self.last_error.as_json() if self.last_error else None,
-            "workers": {}}
+            **self.watchdog.status(), "workers": {}}
         for role in self._roles:
             if not role.started:
                 continue
