@@ -112,6 +112,13 @@ class StatusCollector(Collector):
                 errors.add_metric([local, kind], count)
         yield errors
         yield from _route_families(roles)
+        if "loop_stalls" in status:  # the runner's event-loop watchdog
+            stalls = CounterMetricFamily("narwhal_loop_stalls", "Event-loop stalls over the "
+                                         "watchdog's threshold (each logged with its stack)")
+            stalls.add_metric([], status["loop_stalls"])
+            lag = GaugeMetricFamily("narwhal_loop_max_lag_seconds", "Worst event-loop lag seen")
+            lag.add_metric([], status.get("loop_max_lag_ms", 0) / 1000)
+            yield from (stalls, lag)
         size = GaugeMetricFamily("narwhal_store_size_bytes", "Bytes on disk of each role's store",
                                  labels=["local"])
         for local, role in roles:

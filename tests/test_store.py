@@ -389,3 +389,24 @@ async def test_a_store_of_the_older_inline_layout_is_refused(tmp_path: Path) -> 
     async with Store.open(empty) as s:
         await s.put("batches", b"k", b"v")
         assert s.get("batches", b"k") == b"v"
+
+
+def test_value_log_starts_writeback_as_it_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from narwhal import value_log
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(value_log, "_sync_file_range",
+                        lambda fd, offset, nbytes, flags: calls.append((offset, nbytes, flags)) or 0)
+    log = value_log.ValueLog(tmp_path / "v.vlog")
+    try:
+        chunk = value_log.WRITEBACK_CHUNK
+        first = log.append(b"a" * (chunk - 10))
+        assert calls == []  # under one chunk: left to the kernel
+        log.append(b"b" * 20)
+        assert calls == [(0, chunk + 10, 2)]  # SYNC_FILE_RANGE_WRITE over what was appended
+        log.append(b"c" * chunk)
+        assert calls[-1] == (chunk + 10, chunk, 2)  # only the new part
+        assert log.read(first) == b"a" * (chunk - 10)
+    finally:
+        log.close()
+    assert value_log.ValueLog(tmp_path / "v.vlog").end == 2 * chunk + 10  # appends resume at the end
