@@ -68,27 +68,31 @@ def setup_logging(level: str, file: Path | None = None) -> LastError:
     """Log to ``file`` (or stderr) at ``level``; return a handler remembering the last
     warning or error.
 
-    Records are formatted where they are logged (so their time is the event's) but
-    written by a listener thread: a write to a log file can block on the filesystem's
+    A log *file* is written by a listener thread, its records formatted where they are
+    logged (so their time is the event's): a write to a file can block on the filesystem's
     journal for hundreds of ms while the disk is busy (seen here: every node's event loop
     stalled at the same instant, in a log write), and the event loop must not wait on it.
-    The listener is stopped, and what it holds written, when the interpreter exits."""
-    handler: logging.Handler
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(file, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    The listener is stopped, and what it holds written, when the interpreter exits.
+    Logging to stderr stays synchronous (a terminal or a pipe, and tests capture it)."""
     global _listener
     if _listener is not None:  # set up again (tests): the old listener writes what it has
         _listener.stop()
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, handler)
-    _listener.start()
+        _listener = None
+    handler: logging.Handler
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        target = logging.FileHandler(file, encoding="utf-8")
+        target.setFormatter(logging.Formatter(LOG_FORMAT))
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        _listener = logging.handlers.QueueListener(records, target)
+        _listener.start()
+        handler = logging.handlers.QueueHandler(records)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     last_error = LastError()
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records), last_error]
+    root.handlers[:] = [handler, last_error]
     root.setLevel(level)
     return last_error
 

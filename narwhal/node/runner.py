@@ -172,7 +172,7 @@ class AuthorityRunner:
             log.info("authority %s running: %s", self.keys.name.hex()[:8],
                      ", ".join(r.name for r in self._roles))
             while not stop.is_set():
-                self.write_status()
+                await self.write_status_off_loop()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.status_interval)
             log.info("stopping")
@@ -234,6 +234,15 @@ class AuthorityRunner:
             else:
                 document["workers"][str(role.worker_id)] = state
         return document
+
+    async def write_status_off_loop(self) -> None:
+        """The status is taken on the loop, the file written by a thread: a rename can wait
+        on the filesystem's journal for hundreds of ms while the disk is busy."""
+        document = {**self.status(), "stopped": False}
+        try:
+            await asyncio.to_thread(write_status, self.status_path, document)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.status_path, exc)
 
     def write_status(self, *, stopped: bool = False) -> None:
         try:
