@@ -395,6 +395,13 @@ class Core:
         aggregator = self._aggregators.get(round_)
         return aggregator.digests() if aggregator is not None else ()
 
+    def certificates_coming(self, round_: int) -> int:
+        """Authorities whose certificate of ``round_`` we hold or expect: we hold it, or
+        voted for their header (so it is being certified, or was)."""
+        held = self.dag.round(round_)
+        return sum(1 for author in self.committee.authorities
+                   if author in held or (author, round_) in self.voted)
+
     # -- payload ---------------------------------------------------------------------------
 
     async def batch_available(self, digest: bytes, worker_id: int,

@@ -90,6 +90,7 @@ class PrimaryNode:
         self.proposer = Proposer(
             name=name, signer=signer, store=store, propose=self._propose,
             all_parents=self.core.parents_of, frontier=lambda: self.core.frontier,
+            certificates_coming=self.core.certificates_coming,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
             genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0)
         protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
@@ -234,6 +235,7 @@ class PrimaryNode:
 
     def _certificate_accepted(self, certificate: Certificate) -> None:
         """The core accepted a certificate (causal order): run consensus on it."""
+        self.proposer.certificate_arrived(certificate.header.round)
         committed = self.consensus.process_certificate(certificate)
         if committed:
             self._record_commits(committed)

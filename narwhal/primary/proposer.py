@@ -5,6 +5,15 @@ A header for round r needs a quorum of round r-1 certificates as parents, and th
 whichever comes first (asonnino/narwhal's rule). Parents of a round above ours make us
 jump ahead (we were late, or just restarted).
 
+One addition, against orphans: when the header is due but a certificate of the parents'
+round that we know is coming is still missing (we voted for its header), the proposer
+waits for it up to ``parents_grace`` (half of ``max_header_delay``). Why: every
+authority proposes the moment its quorum is complete, so the last certificate of a round
+often reaches nobody in time, is referenced by no header, and is never committed; its
+batches then wait ~``gc_depth`` rounds to be proposed again (seen in 5-minute runs at
+50,000 tx/s: p95 latency ~9 s in the windows where that happened). A crashed authority's
+certificate is not waited for: we never voted for a header of it.
+
 Never two headers for one round, across restarts too: the round is written to the store
 *before* the header is handed to the core for broadcasting, and a restarted proposer
 starts above the last persisted round.
@@ -46,6 +55,8 @@ class Proposer:
         last_proposed: int = 0,
         all_parents: Callable[[int], tuple[bytes, ...]] = lambda round_: (),
         frontier: Callable[[], int] = lambda: 0,
+        certificates_coming: Callable[[int], int] = lambda round_: 0,
+        parents_grace: float | None = None,
     ) -> None:
         self.name = name
         self._signer = signer
@@ -53,6 +64,8 @@ class Proposer:
         self._propose = propose
         self._all_parents = all_parents
         self._frontier = frontier
+        self._coming = certificates_coming
+        self._grace = max_header_delay / 2 if parents_grace is None else parents_grace
         self._header_size = header_size
         self._max_delay = max_header_delay
         self.last_proposed = last_proposed
@@ -86,9 +99,23 @@ class Proposer:
         self._parents = parents
         self._wake.set()
 
+    def certificate_arrived(self, round_: int) -> None:
+        """Another certificate of ``round_`` was accepted: it may be the one we wait for."""
+        if round_ == self._parents_round:
+            self._wake.set()
+
+    def _waiting_for_parents(self, now: float, due_since: float) -> float | None:
+        """How long to wait for known-coming certificates of the parents' round (None: no)."""
+        until = due_since + self._grace
+        if now >= until:
+            return None
+        held = len(self._all_parents(self._parents_round))
+        return until - now if held < self._coming(self._parents_round) else None
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_delay
+        due_since: float | None = None  # when the next header became due
         while True:
             # A header is useful only at the DAG's frontier: while we catch up (others have
             # certified rounds past the one we would propose) it would arrive too late to
@@ -97,12 +124,18 @@ class Proposer:
                               and self._frontier() <= self._parents_round + 1)
             enough_digests = len(self._digests) * DIGEST_SIZE >= self._header_size
             expired = loop.time() >= deadline
+            wait = None
             if enough_parents and (enough_digests or expired):
-                await self._make_header()
-                deadline = loop.time() + self._max_delay
-                continue
+                now = loop.time()
+                due_since = now if due_since is None else due_since
+                wait = self._waiting_for_parents(now, due_since)
+                if wait is None:
+                    await self._make_header()
+                    deadline, due_since = loop.time() + self._max_delay, None
+                    continue
             self._wake.clear()
-            timeout = max(0.0, deadline - loop.time()) if enough_parents else None
+            timeout = wait if wait is not None else (
+                max(0.0, deadline - loop.time()) if enough_parents else None)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()

@@ -264,3 +264,49 @@ async def test_committed_transactions_are_counted_from_the_workers_reports(sim):
     for i in range(4):
         await sim.make_batch(i, os.urandom(32))  # 10 transactions each
     await sim.run_until(lambda: all(n.node.transactions_committed == 40 for n in sim.nodes.values()))
+
+
+@pytest.mark.parametrize("coming, arrives", [(3, False), (4, True), (4, False)])
+async def test_a_due_header_waits_briefly_for_a_certificate_known_to_be_coming(coming, arrives):
+    """With 3 of 4 certificates of the parents' round held: if we voted for the fourth
+    author's header (``coming`` = 4), the header waits for its certificate, but never longer
+    than the grace; if not (a crashed authority, ``coming`` = 3), it is proposed at once."""
+    from narwhal.primary.proposer import Proposer
+
+    class Store:
+        async def write(self, ops):
+            pass
+
+    held = [b"\x01" * 32, b"\x02" * 32, b"\x03" * 32]
+    proposed: list[tuple[int, float, tuple[bytes, ...]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def propose(header):
+        proposed.append((header.round, loop.time(), header.parents))
+
+    sim = Simulation(4)
+    proposer = Proposer(name=sim.names[0], signer=sim.keys[0].signing, store=Store(),
+                        propose=propose, header_size=1_000_000, max_header_delay=0.05,
+                        parents_grace=0.5, genesis_parents=tuple(genesis_digests(sim)),
+                        all_parents=lambda round_: tuple(held) if round_ == 1 else (),
+                        certificates_coming=lambda round_: coming if round_ == 1 else 0)
+    task = asyncio.ensure_future(proposer.run())
+    try:
+        await sim.run_until(lambda: len(proposed) >= 1, timeout=5)  # round 1, on genesis
+        ready = loop.time()
+        proposer.parents_ready(1, tuple(held))
+        if coming == 4:
+            await asyncio.sleep(0.2)  # past max_header_delay: due, but waiting
+            assert len(proposed) == 1
+        if arrives:
+            held.append(b"\x04" * 32)
+            proposer.certificate_arrived(1)
+        await sim.run_until(lambda: len(proposed) >= 2, timeout=5)
+    finally:
+        task.cancel()
+    round_, at, parents = proposed[1]
+    assert round_ == 2 and len(parents) == (4 if arrives else 3)
+    if coming == 4 and not arrives:
+        assert 0.45 <= at - ready < 1.5  # gave up after the grace
+    else:
+        assert at - ready < 0.45  # proposed when the last one came, or at once
