@@ -102,7 +102,9 @@ class Core:
         self.dag = Dag(Certificate.genesis(committee.authorities_sorted()))
         self.gc_round = 0
         self.voted: dict[tuple[bytes, int], bytes] = {}
-        self.available: set[tuple[bytes, int]] = set()
+        #: Batches stored at our workers -> the round we learnt it (pruned with GC: a header
+        #: above the horizon naming an older one makes us ask the worker, which has it).
+        self.available: dict[tuple[bytes, int], int] = {}
         self._current: VotesAggregator | None = None
         self._aggregators: dict[int, CertificatesAggregator] = {}
         self._parked_headers: dict[bytes, Header] = {}
@@ -133,10 +135,10 @@ class Core:
         self.gc_round = gc_round
         for author, round_, digest in votes:
             self.voted[(author, round_)] = digest
-        self.available.update(available)
         for certificate in sorted(certificates, key=lambda c: c.header.round):
             if certificate.header.round > gc_round and self.dag.insert(certificate):
                 self._count_parent(certificate)
+        self.available.update(dict.fromkeys(available, self.frontier))
 
     def resync_payload(self) -> None:
         """Ask our workers for every batch our certificates reference but we lack (after a
@@ -415,7 +417,7 @@ class Core:
         store commit is off the path from a peer's batch to our vote."""
         if (digest, worker_id) in self.available:
             return
-        self.available.add((digest, worker_id))
+        self.available[(digest, worker_id)] = self.frontier
         self._sync_requested.pop(digest, None)
         record = asyncio.ensure_future(self._store.write(
             [("payload", digest + worker_id.to_bytes(4, "big"), b""), *also]))
@@ -439,6 +441,7 @@ class Core:
             for handle in self._sends.pop(round_):
                 handle.cancel()
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
+        self.available = {k: r for k, r in self.available.items() if r > gc_round}
         self._revoted = {k for k in self._revoted if k[1] > gc_round}
         for digest in [d for d, h in self._parked_headers.items() if h.round <= gc_round]:
             del self._parked_headers[digest]
