@@ -190,11 +190,14 @@ class MemorySampler:
 
     def figures(self, warmup: float) -> dict[str, object]:
         """Start, end and peak RSS of the largest node, and the largest growth (MB/min:
-        least-squares slope of a node's samples after ``warmup``)."""
+        least-squares slope of a node's samples over the second half of the run, and after
+        ``warmup``). Why the second half: a node's working set (the DAG's GC window, batches
+        in flight, caches) builds up during the first minute at any rate; "flat" is about
+        what happens after that."""
         series = [s for s in self.samples.values() if s]
         slopes, window = [], 0.0
         for s in series:
-            after = [(t, mb) for t, mb in s if t >= warmup]
+            after = [(t, mb) for t, mb in s if t >= max(warmup, s[-1][0] / 2)]
             if len(after) >= 2:
                 ts, mbs = zip(*after, strict=True)
                 slopes.append(60 * statistics.linear_regression(ts, mbs).slope)

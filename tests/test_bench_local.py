@@ -241,6 +241,9 @@ def test_memory_figures() -> None:
     line = local.memory_line(figures)
     assert line == "start 50 MB, end 60 MB, max 90 MB (growth +30.0 MB/min over 2 s)"
     assert local.MemorySampler([], 0.0).figures(1.0)["rss_growth_mb_per_min"] is None
+    # a working set built in the first half, flat in the second: flat
+    sampler.samples = {"node-0": [[float(t), 50.0 + min(t, 50)] for t in range(0, 101, 5)]}
+    assert sampler.figures(warmup=2.0)["rss_growth_mb_per_min"] == pytest.approx(0.0)
 
 
 REQUIRED = ["consensus_tps", "consensus_latency_ms", "e2e_tps", "e2e_latency_ms", "input_rate",
