@@ -39,6 +39,10 @@ def primary(net, index: int) -> dict:
     return status_of(net, index).get("primary") or {}
 
 
+def worker(net, index: int) -> dict:
+    return (status_of(net, index).get("workers") or {}).get("0") or {}
+
+
 def submit_everywhere(net) -> set[bytes]:
     """Submit distinct transactions to every worker; return them all."""
     async def submit(index: int) -> list[bytes]:
@@ -94,8 +98,12 @@ def test_four_validator_processes_replicate_certify_survive_a_crash_and_catch_up
         wait_for(lambda: all(primary(net, i).get("round", 0) >= 2 for i in range(4)), 60,
                  "all primaries started")
 
-        # 1. transactions to every worker
+        # 1. transactions to every worker, in batches a quorum acknowledged (accepted ones
+        #    are only in the batch maker: a crash before their batch's quorum loses them)
         submitted = submit_everywhere(net)
+        wait_for(lambda: all(worker(net, i).get("txs_sealed", 0) >= TX_PER_WORKER
+                             and worker(net, i).get("pending_tx_bytes", 1) == 0 for i in range(4)),
+                 60, "every worker's transactions in quorum-acknowledged batches")
 
         # 2. rounds advance everywhere
         wait_for(lambda: all(primary(net, i).get("round", 0) >= TARGET_ROUND for i in range(4)),
