@@ -114,8 +114,10 @@ class OutputService:
         if start > last + 1:
             raise RequestRejected(ErrorCode.INVALID,
                                   f"index in the future: {start} > next index {last + 1}")
+        # the oldest record kept; none yet: the first commits' records are still being
+        # written (consensus_index counts them already), and _record waits for them
         kept = self._node.store.keys("output", limit=1)
-        if start < (int.from_bytes(kept[0], "big") if kept else last + 1):
+        if start < (int.from_bytes(kept[0], "big") if kept else 1):
             raise RequestRejected(ErrorCode.NOT_FOUND, f"index {start} is no longer kept")
         # the task first runs after this handler returned, i.e. after the answer is queued
         task = asyncio.ensure_future(self._stream(conn, start))
