@@ -108,6 +108,7 @@ DEFAULT_FAMILIES: tuple[str, ...] = (
     "last_proposed",  # b"" -> our last proposed header (singleton)
     "payload",  # batch digest || u32(worker_id) -> b"" (batch available at that worker)
     "our_batches",  # batch digest || u32(worker_id) -> b"" (ours, not yet in a header)
+    "reproposed",  # u64(round) -> b"" (our orphaned header of that round: batches proposed again)
     "consensus",  # name -> small state blob
     "output",  # u64(consensus index) -> committed item
 )

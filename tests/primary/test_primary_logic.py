@@ -310,3 +310,53 @@ async def test_a_due_header_waits_briefly_for_a_certificate_known_to_be_coming(c
         assert 0.45 <= at - ready < 1.5  # gave up after the grace
     else:
         assert at - ready < 0.45  # proposed when the last one came, or at once
+
+
+async def test_an_orphaned_header_is_proposed_again_as_soon_as_it_cannot_be_committed(sim):
+    """Node 0's round-1 header never becomes a certificate (its votes are lost), so once all
+    four round-2 certificates exist none can reference it: its batch is proposed again at
+    once, long before the GC horizon, and committed exactly once everywhere."""
+    digest = os.urandom(32)
+    await sim.make_batch(0, digest)
+    me = sim.names[0]
+    sim.drop = lambda sender, receiver, m: isinstance(m, Vote) and receiver == me and m.round == 1
+    sim.start()
+    node = sim.nodes[me].node
+    await sim.run_until(lambda: node.core.counters["batches_reproposed"] == 1, timeout=10)
+    assert node.consensus.state.last_committed_round < sim.parameters.gc_depth  # no horizon yet
+    assert me not in node.core.dag.round(1)  # the orphan was never certified
+    sim.drop = lambda sender, receiver, message: False
+
+    def committed_everywhere() -> bool:
+        return all(any(digest in dict(c.header.payload) for c in n.node.committed)
+                   for n in sim.nodes.values())
+
+    await sim.run_until(committed_everywhere, timeout=20)
+    await sim.run_until(lambda: min(sim.rounds()) >= 12)
+    for sim_node in sim.nodes.values():
+        carrying = [c for c in sim_node.node.committed if digest in dict(c.header.payload)]
+        assert len(carrying) == 1  # exactly once
+    assert node.store.keys("reproposed") == [(1).to_bytes(8, "big")]  # a restart will not redo it
+
+
+async def test_a_batch_proposed_again_is_not_proposed_a_third_time_after_a_restart():
+    sim = Simulation(4, gc_depth=5)
+    try:
+        digest = os.urandom(32)
+        await sim.make_batch(0, digest)
+        me = sim.names[0]
+        sim.drop = lambda sender, receiver, m: isinstance(m, Vote) and receiver == me and m.round == 1
+        sim.start()
+        await sim.run_until(lambda: sim.nodes[me].node.core.counters["batches_reproposed"] == 1, timeout=10)
+        sim.drop = lambda sender, receiver, message: False
+        await sim.run_until(lambda: any(digest in dict(c.header.payload) for c in sim.nodes[me].node.committed))
+        await sim.restart(me)  # its store still holds the orphaned round-1 header
+        restarted = sim.nodes[me].node
+        await sim.run_until(lambda: restarted.consensus.state.last_committed_round > 20, timeout=30)
+        assert restarted.core.counters["batches_reproposed"] == 0  # the horizon passed round 1
+        for sim_node in sim.nodes.values():
+            outputs = [c for _, blob in sim_node.store.items("output")
+                       for c in [blob] if digest in blob]
+            assert len(outputs) == 1  # in the durable output exactly once
+    finally:
+        await sim.stop()
