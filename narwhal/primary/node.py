@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import cbor2
@@ -24,6 +25,7 @@ from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import Certificate, CertificatesResponse, Header, Vote
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key
 from narwhal.primary.fetcher import CertificateFetcher
+from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
 
 __all__ = ["PrimaryNode"]
@@ -165,24 +167,23 @@ class PrimaryNode:
         """Our headers at or below ``horizon`` that were never committed are orphans (the
         DAG grew without referencing their certificates). Consensus ignores everything
         below the horizon, so including their batches again cannot output them twice."""
-        await self._repropose(sorted(r for r in self._uncommitted if r <= horizon))
+        await self._repropose(*self._take_uncommitted(r for r in self._uncommitted if r <= horizon))
 
-    def _orphaned_for_sure(self, round_: int) -> bool:
-        """Is our header of ``round_ - 1`` orphaned, and can never be committed? True once
-        every authority's certificate of ``round_`` is known and none has ours as a parent:
-        parents come only from the previous round, and an authority has at most one
-        certificate per round (honest voters vote once), so nothing can reference ours
-        later. Why: waiting for the GC horizon instead delays those batches ~gc_depth
-        rounds (~10 s at 50,000 tx/s). With an authority silent, the horizon rule remains."""
-        round_certificates = self.core.dag.round(round_)
-        if round_ - 1 not in self._uncommitted or len(round_certificates) < len(self.committee.authorities):
-            return False
-        ours = self.core.dag.round(round_ - 1).get(self.name)
-        return ours is None or not any(ours.digest() in c.header.parents
-                                       for c in round_certificates.values())
+    def _take_provable_orphans(self, round_: int) -> tuple[list[int], list[tuple[bytes, int]]]:
+        """Our uncommitted headers of the two rounds below ``round_`` (a certificate of
+        ``round_`` just arrived) that can provably never be committed
+        (:mod:`narwhal.primary.orphans`): proposed again now, not at the GC horizon."""
+        return self._take_uncommitted(
+            r for r in self._uncommitted
+            if round_ - 2 <= r < round_ and never_committed(self.core.dag, self.committee, self.name, r))
 
-    async def _repropose(self, orphans: list[int]) -> None:
-        payload = [entry for r in orphans for entry in self._uncommitted.pop(r, ())]
+    def _take_uncommitted(self, rounds: Iterable[int]) -> tuple[list[int], list[tuple[bytes, int]]]:
+        """Remove ``rounds`` from the uncommitted headers at once (no later check takes them
+        again): the rounds and their batches."""
+        taken = sorted(rounds)
+        return taken, [entry for r in taken for entry in self._uncommitted.pop(r)]
+
+    async def _repropose(self, orphans: list[int], payload: list[tuple[bytes, int]]) -> None:
         if not payload:
             return
         # pending again, and never again taken for orphans after a restart: exactly once
@@ -266,8 +267,9 @@ class PrimaryNode:
             self.core.spawn_send(self.core.garbage_collect(gc_round), None)
             if any(r <= gc_round for r in self._uncommitted):
                 self.core.spawn_send(self._repropose_orphans(gc_round), None)
-        if self._orphaned_for_sure(certificate.header.round):
-            self.core.spawn_send(self._repropose([certificate.header.round - 1]), None)
+        orphans, payload = self._take_provable_orphans(certificate.header.round)
+        if orphans:
+            self.core.spawn_send(self._repropose(orphans, payload), None)
 
     def _record_commits(self, committed: list[Certificate]) -> None:
         """Number the newly committed certificates and persist them with the consensus
