@@ -133,7 +133,7 @@ def send_times(stores: list[Path], digests: list[str]) -> dict[str, list[int]]:
             key = bytes.fromhex(digest)
             body = next((b for store in opened if (b := store.get("batches", key)) is not None), None)
             if body is not None:
-                batch = messages.decode(messages.tag_of(messages.Batch), body)
+                batch = messages.decode_as(messages.Batch, body)
                 found[digest] = [sent for tx in batch.transactions if (sent := parse_transaction(tx)[2])]
     finally:
         for store in opened:

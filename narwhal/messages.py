@@ -57,7 +57,7 @@ __all__ = [
     "CertificatesResponse", "Cleanup", "FetchCertificates", "Header", "Link", "Message",
     "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
     "SubmitTransactions", "Subscribe", "SubscribeAccepted", "Synchronize",
-    "TransactionsAccepted", "Vote", "class_for", "decode", "encode", "schema_of", "tag_of",
+    "TransactionsAccepted", "Vote", "class_for", "decode", "decode_as", "encode", "schema_of", "tag_of",
 ]
 
 # --- limits: every collection in a message is bounded ----------------------------------------
@@ -707,4 +707,14 @@ def decode(tag: int, body: bytes | bytearray | memoryview) -> Message:
         raise MessageError(f"{cls.__name__}: {why} the body (RFC 8949 §4.2.1 required)")
     if cls.KEEP_BODY:
         object.__setattr__(msg, "_body", data)
+    return msg
+
+
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+def decode_as(cls: type[MessageT], body: bytes | bytearray | memoryview) -> MessageT:
+    """``decode`` of a body known to hold a ``cls`` (e.g. read back from our store), typed."""
+    msg = decode(tag_of(cls), body)
+    assert isinstance(msg, cls)
     return msg

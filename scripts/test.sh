@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Install narwhal-py with its test extra into .venv and run the whole test suite.
+# Install narwhal-py with its test extra into .venv, run ruff and mypy, then the whole test suite.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k noise, scripts/test.sh --long).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
+# static checks first (seconds): lint of the code and the benchmarks, types of the package
+.venv/bin/ruff check narwhal bench tools
+.venv/bin/mypy narwhal
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -53,7 +53,7 @@ class ClientServer:
         network_id: bytes,
         local_payload: HandshakePayload,
         router: Router,
-        config: ConnectionConfig = ConnectionConfig(),
+        config: ConnectionConfig = ConnectionConfig(),  # noqa: B008 -- frozen attrs: immutable
         name: str = "clients",
         max_clients: int = DEFAULT_MAX_CLIENTS,
         max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS,
@@ -133,7 +133,7 @@ async def connect_client(
     server_static: bytes,
     network_id: bytes,
     router: Router | None = None,
-    config: ConnectionConfig = ConnectionConfig(),
+    config: ConnectionConfig = ConnectionConfig(),  # noqa: B008 -- frozen attrs: immutable
     check_server: Callable[[HandshakePayload], bool] | None = None,
     timeout: float = 5.0,
     name: str = "client",

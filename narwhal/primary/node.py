@@ -116,7 +116,7 @@ class PrimaryNode:
     # -- lifecycle -------------------------------------------------------------------------
 
     def restore(self) -> None:
-        certificates = [messages.decode(messages.tag_of(Certificate), value)
+        certificates = [messages.decode_as(Certificate, value)
                         for _, value in self.store.items("certificates")]
         votes = [(key[:32], int.from_bytes(key[32:], "big"), value)
                  for key, value in self.store.items("votes")]
@@ -131,7 +131,7 @@ class PrimaryNode:
             decode_output_record, (v for _, v in self.store.items("output"))) if author == self.name}
         settled_rounds.update(int.from_bytes(k, "big") for k in self.store.keys("reproposed"))
         for _, blob in self.store.items("headers"):
-            header = messages.decode(messages.tag_of(Header), blob)
+            header = messages.decode_as(Header, blob)
             if header.author == self.name and header.payload and header.round not in settled_rounds:
                 self._uncommitted[header.round] = header.payload
         for certificate in sorted(certificates, key=lambda c: c.header.round):
@@ -205,7 +205,7 @@ class PrimaryNode:
         blob = self.store.get("headers", digest)
         if blob is None:
             return
-        header = messages.decode(messages.tag_of(Header), blob)
+        header = messages.decode_as(Header, blob)
         certified = self.core.dag.round(header.round).get(self.name)
         if certified is None and header.round > self.core.gc_round:
             log.info("re-proposing our header of round %d after a restart", header.round)
@@ -344,5 +344,5 @@ def _bounded_response(encoded: list[bytes | None]) -> CertificatesResponse:
         size += len(value)
         if size > MAX_RESPONSE_BYTES:
             break
-        certificates.append(messages.decode(messages.tag_of(Certificate), value))
+        certificates.append(messages.decode_as(Certificate, value))
     return CertificatesResponse(tuple(certificates))

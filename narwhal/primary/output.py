@@ -36,14 +36,14 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from narwhal.errors import ConnectionClosed, ErrorCode, RequestRejected
 from narwhal.messages import Batch, OrderedOutput, RequestBatches, Subscribe, SubscribeAccepted
 from narwhal.net.clients import DEFAULT_MAX_CLIENTS, ClientServer
 from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.retry import RetryConfig, retry
-from narwhal.net.rpc import Router
+from narwhal.net.rpc import Router, RpcChannel
 from narwhal.primary.node import decode_output_record
 from narwhal.store import u64
 from narwhal.wire.noise import HandshakePayload
@@ -159,7 +159,7 @@ class OutputService:
                     await self._node.commit_written.wait()
             except TimeoutError:
                 pass
-        return blob
+        return cast(bytes, blob)
 
     async def _batch(self, digest: bytes, worker_id: int) -> Batch:
         """The batch from our worker ``worker_id``, asking again until it holds it."""
@@ -167,16 +167,16 @@ class OutputService:
             response = await self._request_worker(worker_id, RequestBatches((digest,)), FETCH_TIMEOUT)
             for batch in response.batches:
                 if batch.digest() == digest:
-                    return batch
+                    return cast(Batch, batch)
             self.stats["fetch_retries"] += 1
             raise RequestRejected(ErrorCode.NOT_FOUND, f"batch {digest.hex()[:16]} not at worker yet")
 
-        return await retry(attempt, FETCH_RETRY)
+        return cast(Batch, await retry(attempt, FETCH_RETRY))
 
     async def _push(self, conn: Connection, item: OrderedOutput) -> None:
         try:
             async with asyncio.timeout(self.slow_timeout):
-                await conn.sink.notify(item)
+                await cast(RpcChannel, conn.sink).notify(item)
         except TimeoutError:
             raise _TooSlow from None
         self.stats["items_sent"] += 1

@@ -108,9 +108,9 @@ class Primary:
     def _allowed(self, peer: Any, cls: type) -> bool:
         info = peer.info
         if cls in _FROM_PRIMARIES:
-            return info.role == "primary"
+            return bool(info.role == "primary")
         if cls in _FROM_OUR_WORKERS:
-            return info.role == "worker" and info.authority == self.name
+            return bool(info.role == "worker" and info.authority == self.name)
         return False
 
     async def _on_batch(self, peer: Any, report: OurBatch | OthersBatch, *, ours: bool) -> None:

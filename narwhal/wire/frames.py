@@ -250,7 +250,7 @@ def decode_error_body(body: bytes) -> tuple[int, str]:
     """Parse an ERROR/GOAWAY body; malformed bodies become ``(PROTOCOL_ERROR, description)``."""
     try:
         value = cbor2.loads(body)
-    except Exception:  # cbor2 raises assorted types on garbage; any of them means malformed
+    except Exception:  # noqa: BLE001 -- cbor2 raises assorted types on garbage: all mean malformed
         return int(ErrorCode.PROTOCOL_ERROR), "malformed error body"
     if (
         isinstance(value, list)

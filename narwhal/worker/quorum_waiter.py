@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from narwhal.messages import Batch, OurBatch, decode, encode, tag_of
+from narwhal.messages import Batch, OurBatch, decode_as, encode
 from narwhal.worker.late_sends import CleanupEpoch, LateSends
 from narwhal.worker.metrics import WorkerMetrics
 
@@ -91,7 +91,7 @@ class QuorumWaiter:
         for digest in digests:
             body = self._store.get("batches", digest)
             if body is not None:
-                self.submit(decode(tag_of(Batch), body), 0)
+                self.submit(decode_as(Batch, body), 0)
         return len(digests)
 
     async def _quorum(self, handles: list[Any]) -> bool:
