@@ -7,6 +7,12 @@ timeout, then the next peer is asked), and backs off while nobody has them. What
 arrives goes through the core's normal validation (``handle_certificate``): a fetched
 certificate is trusted no more than a pushed one. Its own missing parents are then
 wanted in turn, so a node that fell behind walks back until it meets its DAG.
+
+Far behind (``behind()`` names the round we hold everything up to, when others are more
+than :data:`BULK_BEHIND` rounds ahead), walking back costs one round trip per round. So
+the fetcher first asks one peer for *every* certificate after that round
+(``FetchCertificates``, up to ``MAX_CERTIFICATES_PER_RESPONSE`` in round order) and
+delivers them oldest first: a node 100 rounds behind catches up in a few requests.
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from narwhal.errors import NarwhalError
-from narwhal.messages import MAX_DIGESTS_PER_REQUEST, Certificate, CertificatesRequest
+from narwhal.messages import (
+    MAX_CERTIFICATES_PER_RESPONSE,
+    MAX_DIGESTS_PER_REQUEST,
+    Certificate,
+    CertificatesRequest,
+    FetchCertificates,
+)
 from narwhal.net.retry import Backoff, RetryConfig
 
 __all__ = ["CertificateFetcher"]
@@ -30,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_WANTED = 20_000
 FETCH_TIMEOUT = 2.0
 FETCH_BACKOFF = RetryConfig(initial_interval=0.1, max_interval=2.0, multiplier=1.5)
+#: Rounds others may be ahead of what we hold before we fetch in bulk, by round.
+BULK_BEHIND = 3
 
 
 class CertificateFetcher:
@@ -40,8 +54,10 @@ class CertificateFetcher:
         request: Callable[[bytes, Any, float], Awaitable[Any]],
         deliver: Callable[[Certificate, bytes], Awaitable[None]],
         have: Callable[[bytes], bool],
+        behind: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._others = others
+        self._behind = behind
         self._request = request
         self._deliver = deliver
         self._have = have
@@ -49,6 +65,8 @@ class CertificateFetcher:
         self._task: asyncio.Task[None] | None = None
         self.fetched = 0
         self.failures = 0
+        self.bulk_requests = 0
+        self._bulk_after = -1  # the last bulk request's round: never asked twice
 
     def fetch(self, digests: Iterable[bytes], source: bytes | None) -> None:
         for digest in digests:
@@ -77,6 +95,10 @@ class CertificateFetcher:
             preferred = self._wanted[chunk[0]]
             sources = [preferred] if preferred in self._others else []
             sources += random.sample(self._others, len(self._others))
+            after = self._behind()
+            if after is not None and after > self._bulk_after and await self._ask_bulk(sources[0], after):
+                backoff.reset()
+                continue  # the loop's first step drops what arrived
             progress = False
             for source in dict.fromkeys(sources):
                 got = await self._ask(source, chunk)
@@ -91,24 +113,40 @@ class CertificateFetcher:
                 await asyncio.sleep(backoff.next_delay() or FETCH_BACKOFF.max_interval)
 
     async def _ask(self, source: bytes, chunk: list[bytes]) -> int:
+        response = await self._try(source, CertificatesRequest(tuple(chunk)))
+        if response is None:
+            return 0
+        wanted = set(chunk)  # never accept what we did not ask for
+        return await self._deliver_all(source, [c for c in response.certificates if c.digest() in wanted])
+
+    async def _ask_bulk(self, source: bytes, after_round: int) -> int:
+        """Every certificate ``source`` holds after ``after_round`` (a bounded page)."""
+        self.bulk_requests += 1
+        self._bulk_after = after_round  # if what came cannot be accepted yet (a gap below it),
+        # walking back by digest fills the gap before the next page is asked for
+        response = await self._try(source, FetchCertificates(after_round, MAX_CERTIFICATES_PER_RESPONSE))
+        if response is None:
+            return 0
+        return await self._deliver_all(source, [c for c in response.certificates
+                                                if c.header.round > after_round and not self._have(c.digest())])
+
+    async def _try(self, source: bytes, request: Any) -> Any:
         try:
-            response = await self._request(source, CertificatesRequest(tuple(chunk)), FETCH_TIMEOUT)
+            return await self._request(source, request, FETCH_TIMEOUT)
         except (NarwhalError, OSError, TimeoutError) as exc:
             self.failures += 1
-            log.debug("fetching %d certificates from %s failed: %r", len(chunk), source.hex()[:8], exc)
-            return 0
-        wanted = set(chunk)
-        got = 0
-        for certificate in sorted(response.certificates, key=lambda c: c.header.round):
+            log.debug("%s to %s failed: %r", type(request).__name__, source.hex()[:8], exc)
+            return None
+
+    async def _deliver_all(self, source: bytes, certificates: list[Certificate]) -> int:
+        """Hand ``certificates`` to the core oldest first (parents before children)."""
+        for certificate in sorted(certificates, key=lambda c: c.header.round):
             digest = certificate.digest()
-            if digest not in wanted:
-                continue  # never accept what we did not ask for
             self._wanted.pop(digest, None)
-            got += 1
             self.fetched += 1
             try:
                 await self._deliver(certificate, source)
             except NarwhalError as exc:
                 log.info("fetched certificate %s from %s rejected: %s", digest.hex()[:16],
                          source.hex()[:8], exc)
-        return got
+        return len(certificates)

@@ -24,7 +24,7 @@ from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import Certificate, CertificatesResponse, Header, Vote
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key
-from narwhal.primary.fetcher import CertificateFetcher
+from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
 from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
 
@@ -84,7 +84,7 @@ class PrimaryNode:
         self.store = store
         self.fetcher = CertificateFetcher(
             others=network.others, request=network.request, have=lambda d: d in self.core.dag,
-            deliver=lambda c, source: self.core.handle_certificate(c, None))
+            deliver=lambda c, source: self.core.handle_certificate(c, None), behind=self._behind)
         self.core = Core(
             name=name, committee=committee, signer=signer, store=store, network=network,
             fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,
@@ -162,6 +162,13 @@ class PrimaryNode:
         if header.payload:
             self._uncommitted[header.round] = header.payload
         await self.core.propose(header)
+
+    def _behind(self) -> int | None:
+        """The round to fetch certificates after, in bulk, when others are far ahead."""
+        held = self.core.dag.highest_round
+        if self.core.frontier - held <= BULK_BEHIND:
+            return None
+        return max(self.core.gc_round, held - 1)
 
     async def _repropose_orphans(self, horizon: int) -> None:
         """Our headers at or below ``horizon`` that were never committed are orphans (the

@@ -16,7 +16,7 @@ import attrs
 
 from narwhal.config import Committee, Parameters
 from narwhal.crypto import AuthorityKeys
-from narwhal.messages import Certificate, CertificatesRequest, Header, Vote
+from narwhal.messages import Certificate, CertificatesRequest, FetchCertificates, Header, Vote
 from narwhal.primary.node import PrimaryNode
 
 
@@ -91,6 +91,8 @@ class SimNetwork:
         target = self.sim.nodes[authority]
         if self.sim.down & {authority, self.me}:
             raise TimeoutError("peer down")
+        if isinstance(message, FetchCertificates):
+            return target.node.certificates_after(message.after_round, message.max_items)
         assert isinstance(message, CertificatesRequest)
         return target.node.certificates_by_digest(list(message.digests))
 

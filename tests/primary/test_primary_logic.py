@@ -72,6 +72,26 @@ async def test_one_node_down_the_others_keep_advancing_then_it_catches_up(sim):
     await sim.run_until(lambda: sim.nodes[down].node.proposer.last_proposed >= 15, timeout=30)
 
 
+async def test_a_node_far_behind_catches_up_in_bulk_not_one_round_trip_per_round():
+    sim = Simulation(4)
+    try:
+        sim.start()
+        down = sim.names[3]
+        sim.down.add(down)
+        await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= 60)
+        lagging = sim.nodes[down].node
+        assert lagging.core.dag.highest_round < 5
+        sim.down.discard(down)
+        await sim.run_until(lambda: lagging.core.dag.highest_round >= 60, timeout=30)
+        fetcher = lagging.fetcher
+        assert fetcher.bulk_requests >= 1
+        # ~55 missing rounds: walking back would take ~55 requests, one page brings them
+        assert fetcher.bulk_requests <= 5 and fetcher.fetched >= 150
+        assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
+    finally:
+        await sim.stop()
+
+
 async def test_equivocating_header_gets_no_second_vote(sim):
     node = sim.nodes[sim.names[0]].node
     author = sim.keys[1]
