@@ -332,7 +332,8 @@ class PrimaryNode:
             "certificates_formed": core.counters["certificates_formed"],
             "certificate_latency_ms": _median_ms(core.certificate_latencies),
             "pending_digests": self.proposer.pending_digests,
-            "fetching": self.fetcher.wanted,
+            "fetching": self.fetcher.wanted, "certificates_fetched": self.fetcher.fetched,
+            "bulk_fetches": self.fetcher.bulk_requests,
             "counters": dict(core.counters),
         }
 
