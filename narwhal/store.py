@@ -94,7 +94,8 @@ from typing import Any, Literal, NamedTuple, Self
 from narwhal.errors import NarwhalError
 from narwhal.value_log import CorruptValue, ValueLog
 
-__all__ = ["DEFAULT_FAMILIES", "DEFAULT_VALUE_LOG_FAMILIES", "FORMAT_VERSION", "Op", "Store", "StoreError", "store_size", "u64"]
+__all__ = ["DEFAULT_FAMILIES", "DEFAULT_VALUE_LOG_FAMILIES", "FORMAT_VERSION", "Op", "Store",
+           "StoreError", "store_size", "u64"]
 
 logger = logging.getLogger(__name__)
 

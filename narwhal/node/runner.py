@@ -238,15 +238,14 @@ class AuthorityRunner:
     async def write_status_off_loop(self) -> None:
         """The status is taken on the loop, the file written by a thread: a rename can wait
         on the filesystem's journal for hundreds of ms while the disk is busy."""
-        document = {**self.status(), "stopped": False}
-        try:
-            await asyncio.to_thread(write_status, self.status_path, document)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.status_path, exc)
+        await asyncio.to_thread(self._write, {**self.status(), "stopped": False})
 
     def write_status(self, *, stopped: bool = False) -> None:
+        self._write({**self.status(), "stopped": stopped})
+
+    def _write(self, document: dict[str, Any]) -> None:
         try:
-            write_status(self.status_path, {**self.status(), "stopped": stopped})
+            write_status(self.status_path, document)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import cbor2
@@ -105,7 +104,7 @@ class PrimaryNode:
         self._commit_writes: asyncio.Future[None] | None = None
         #: Payload of each of our headers not (yet) seen committed, by round. A header whose
         #: round falls below the consensus GC horizon uncommitted can never be committed
-        #: any more: its batches are proposed again (exactly once: see _repropose_orphans).
+        #: any more: its batches are proposed again (exactly once: see _take_orphans).
         self._uncommitted: dict[int, tuple[tuple[bytes, int], ...]] = {}
         #: Transactions per batch, as our workers reported them, until the batch commits.
         self._batch_sizes: dict[bytes, int] = {}
@@ -170,24 +169,15 @@ class PrimaryNode:
             return None
         return max(self.core.gc_round, held - 1)
 
-    async def _repropose_orphans(self, horizon: int) -> None:
-        """Our headers at or below ``horizon`` that were never committed are orphans (the
-        DAG grew without referencing their certificates). Consensus ignores everything
-        below the horizon, so including their batches again cannot output them twice."""
-        await self._repropose(*self._take_uncommitted(r for r in self._uncommitted if r <= horizon))
-
-    def _take_provable_orphans(self, round_: int) -> tuple[list[int], list[tuple[bytes, int]]]:
-        """Our uncommitted headers of the two rounds below ``round_`` (a certificate of
-        ``round_`` just arrived) that can provably never be committed
-        (:mod:`narwhal.primary.orphans`): proposed again now, not at the GC horizon."""
-        return self._take_uncommitted(
-            r for r in self._uncommitted
-            if round_ - 2 <= r < round_ and never_committed(self.core.dag, self.committee, self.name, r))
-
-    def _take_uncommitted(self, rounds: Iterable[int]) -> tuple[list[int], list[tuple[bytes, int]]]:
-        """Remove ``rounds`` from the uncommitted headers at once (no later check takes them
-        again): the rounds and their batches."""
-        taken = sorted(rounds)
+    def _take_orphans(self, round_: int, horizon: int) -> tuple[list[int], list[tuple[bytes, int]]]:
+        """Our uncommitted headers that can never be committed, taken out of
+        ``_uncommitted`` at once (no later check takes them again): their rounds and
+        batches. Those at or below the consensus GC horizon (consensus ignores everything
+        there, so their batches cannot be output twice), and, a certificate of ``round_``
+        having just arrived, those of the two rounds below it that provably no certificate
+        will ever reach (:mod:`narwhal.primary.orphans`), without waiting for the horizon."""
+        taken = sorted(r for r in self._uncommitted if r <= horizon or (
+            round_ - 2 <= r < round_ and never_committed(self.core.dag, self.committee, self.name, r)))
         return taken, [entry for r in taken for entry in self._uncommitted.pop(r)]
 
     async def _repropose(self, orphans: list[int], payload: list[tuple[bytes, int]]) -> None:
@@ -272,9 +262,7 @@ class PrimaryNode:
         gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
         if gc_round > self.core.gc_round:
             self.core.spawn_send(self.core.garbage_collect(gc_round), None)
-            if any(r <= gc_round for r in self._uncommitted):
-                self.core.spawn_send(self._repropose_orphans(gc_round), None)
-        orphans, payload = self._take_provable_orphans(certificate.header.round)
+        orphans, payload = self._take_orphans(certificate.header.round, gc_round)
         if orphans:
             self.core.spawn_send(self._repropose(orphans, payload), None)
 
