@@ -15,7 +15,7 @@ import attrs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from narwhal.net.connection import ConnectionConfig
+from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.network import NetworkConfig, PeerInfo, PeerManager
 from narwhal.net.retry import RetryConfig
 from narwhal.net.rpc import Router
@@ -135,3 +135,25 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def settled_link(a: Node, b: Node, timeout: float = 5.0) -> Connection:
+    """``a``'s connection to ``b`` once the duplicate-dial tie-break can no longer close it.
+
+    Both nodes dial each other; when both dials succeed, each side keeps the connection
+    dialed by the smaller key and closes the other. A test that grabs the first connection
+    it sees may hold the one about to be dropped, so wait until both sides hold the
+    preferred one (the two ends of one TCP connection).
+    """
+    a_dials = a.key < b.key
+
+    def settled() -> bool:
+        ours = a.manager.connection_nowait(b.key)
+        theirs = b.manager.connection_nowait(a.key)
+        return (ours is not None and theirs is not None
+                and ours.initiator == a_dials and theirs.initiator == (not a_dials))
+
+    await eventually(settled, timeout)
+    conn = a.manager.connection_nowait(b.key)
+    assert conn is not None
+    return conn

@@ -25,7 +25,9 @@ from narwhal.net.network import ReliableNetwork, UnreliableNetwork
 from narwhal.net.rpc import Router
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
-from .cluster import FAST, NETWORK_ID, eventually, keypair, make_nodes, start_all, stop_all
+from .cluster import (
+    FAST, NETWORK_ID, eventually, keypair, make_nodes, settled_link, start_all, stop_all,
+)
 
 
 def resident_bytes() -> int:
@@ -211,7 +213,7 @@ async def test_unreliable_send_refuses_when_pool_full():
     nodes = make_nodes(2, lambda i: router)
     await start_all(nodes, config)
     try:
-        await eventually(lambda: nodes[0].manager.is_connected(nodes[1].key))
+        await settled_link(nodes[0], nodes[1])  # one try each: no duplicate-dial drop mid-test
         net = UnreliableNetwork(nodes[0].manager)
         tasks = [net.unreliable_send(nodes[1].key, messages.Cleanup(i)) for i in range(2)]
         with pytest.raises(PoolFull):

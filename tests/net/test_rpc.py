@@ -22,7 +22,7 @@ from narwhal.net.network import NetworkConfig
 from narwhal.net.rpc import Router, RpcChannel
 from narwhal.wire.frames import Frame, FrameKind, decode_error_body
 
-from .cluster import FAST, eventually, make_nodes, start_all, stop_all
+from .cluster import FAST, eventually, make_nodes, settled_link, start_all, stop_all
 
 CLEANUP = messages.tag_of(messages.Cleanup)
 
@@ -160,8 +160,7 @@ def router_with(handler) -> Router:
 async def connected_pair(handler, config: NetworkConfig = FAST):
     nodes = make_nodes(2, lambda i: router_with(handler))
     await start_all(nodes, config)
-    await eventually(lambda: nodes[0].manager.is_connected(nodes[1].key))
-    return nodes, nodes[0].manager.connection_nowait(nodes[1].key)
+    return nodes, await settled_link(nodes[0], nodes[1])
 
 
 async def test_deadline_and_late_answer():
