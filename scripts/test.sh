@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
-# static checks first (seconds): lint of the code and the benchmarks, types of the package
-.venv/bin/ruff check narwhal bench tools
+# static checks first (seconds): lint of the code, benchmarks, tools and tests; types of the package
+.venv/bin/ruff check narwhal bench tools tests
 .venv/bin/mypy narwhal
 set +e
 .venv/bin/python -m pytest "$@"

@@ -140,7 +140,7 @@ def test_each_certificate_is_output_at_most_once_over_many_rounds():
 
 def test_gc_horizon_is_respected():
     layers = build(20)
-    output, state = run(Bullshark, layers, gc_depth=2)
+    _output, state = run(Bullshark, layers, gc_depth=2)
     assert state.last_committed_round == 18
     assert all(round_ >= state.last_committed_round - 2 for round_ in state.dag)
 
@@ -172,7 +172,7 @@ def test_tusk_needs_f_plus_one_support():
             return [c for c in previous if c.header.author != leader]
         return previous
 
-    output, state = run(Tusk, build(5, parents_of=parents_of))
+    output, _state = run(Tusk, build(5, parents_of=parents_of))
     assert all(c.header.round != 2 or c.header.author != leader for c in output)
 
 

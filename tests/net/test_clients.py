@@ -37,7 +37,7 @@ async def server():
 
 
 async def test_anonymous_client_submits_and_is_identified(server):
-    srv, port, public, seen = server
+    _srv, port, public, seen = server
     conn = await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID,
                                 check_server=lambda p: p.role == "worker" and p.worker_id == 0)
     answer = await conn.sink.request(messages.SubmitTransactions((b"a", b"b", b"c")))
@@ -48,21 +48,21 @@ async def test_anonymous_client_submits_and_is_identified(server):
 
 
 async def test_client_checks_the_server_role(server):
-    srv, port, public, seen = server
+    _srv, port, public, _seen = server
     with pytest.raises(HandshakeError):
         await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID,
                              check_server=lambda p: p.role == "primary")
 
 
 async def test_wrong_server_key_fails_the_handshake(server):
-    srv, port, public, seen = server
+    _srv, port, _public, _seen = server
     _, other = keypair()
     with pytest.raises(HandshakeError):
         await connect_client("127.0.0.1", port, server_static=other, network_id=NETWORK_ID, timeout=3)
 
 
 async def test_too_many_clients_are_refused_with_overloaded(server):
-    srv, port, public, seen = server
+    srv, port, public, _seen = server
     conns = [await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID)
              for _ in range(2)]
     with pytest.raises(PeerRejected) as info:
@@ -74,7 +74,7 @@ async def test_too_many_clients_are_refused_with_overloaded(server):
 
 
 async def test_validator_pattern_is_refused_on_a_client_port(server):
-    srv, port, public, seen = server
+    _srv, port, public, _seen = server
     private, _ = keypair()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     hs = NoiseHandshake.initiator(pattern=Pattern.IK, network_id=NETWORK_ID, remote_static=public,

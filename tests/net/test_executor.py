@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from narwhal.errors import ExecutorClosed, ConnectionClosed, PeerUnknown, PoolFull
+from narwhal.errors import ConnectionClosed, ExecutorClosed, PeerUnknown, PoolFull
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.retry import RetryConfig
 

@@ -26,7 +26,14 @@ from narwhal.net.rpc import Router
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 from .cluster import (
-    FAST, NETWORK_ID, eventually, keypair, make_nodes, settled_link, start_all, stop_all,
+    FAST,
+    NETWORK_ID,
+    eventually,
+    keypair,
+    make_nodes,
+    settled_link,
+    start_all,
+    stop_all,
 )
 
 

@@ -138,7 +138,7 @@ async def test_wrong_response_type_fails_the_request():
 
 
 async def test_connection_loss_fails_outstanding_requests():
-    channel, conn = channel_with(Router())
+    channel, _conn = channel_with(Router())
     task = asyncio.ensure_future(channel.request(messages.Cleanup(1)))
     await settle()
     channel.connection_lost(None)
@@ -268,7 +268,7 @@ async def test_route_stats_count_requests_errors_and_latency():
             raise RequestRejected(ErrorCode.INVALID, "no")
 
     router.route(messages.Cleanup, handler)
-    channel, conn = channel_with(router, routes=routes)
+    channel, _conn = channel_with(router, routes=routes)
     for i in (1, 2, 3):
         channel.frame_received(request(i, messages.Cleanup(i)))
     await settle()

@@ -140,7 +140,7 @@ class Simulation:
                 await target.node.on_vote(sender, message)
             elif isinstance(message, Certificate):
                 await target.node.on_certificate(sender, message)
-        except Exception as exc:  # recorded: tests assert on rejections
+        except Exception as exc:  # noqa: BLE001 - recorded: tests assert on rejections
             target.errors.append(exc)
 
     def start(self, name: bytes | None = None) -> None:

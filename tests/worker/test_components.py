@@ -220,7 +220,7 @@ async def test_quorum_is_by_stake_not_by_count(stakes, acks, reached):
 
 
 async def test_a_restarted_worker_replicates_and_reports_unreported_batches_again():
-    qw, network, store, reports, released = waiter({b"p1": 1, b"p2": 1, b"p3": 1})
+    qw, network, store, reports, _released = waiter({b"p1": 1, b"p2": 1, b"p3": 1})
     batch = messages.Batch([b"tx"])
     qw.submit(batch, 2)
     await asyncio.sleep(0.01)
