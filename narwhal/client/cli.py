@@ -1,0 +1,226 @@
+"""The command line of the clients: ``python -m narwhal.client submit|subscribe``.
+
+``submit`` streams transactions to one worker (``--worker``) or to every worker of every
+authority (``--all-workers``), fresh ones at a steady ``--rate`` or the lines of a file or
+stdin, through :func:`~narwhal.client.transactions.submit_load`, and can write its counters
+to a status file. ``subscribe`` prints one primary's ordered output, one line per consensus
+index, through an :class:`~narwhal.client.output.OutputSubscriber`. Authorities are named
+by index (in key order) or by a unique prefix of their key (:func:`resolve_authority`,
+:func:`resolve_workers`); bad input exits 2 with ``error: ...``, a permanent refusal 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import attrs
+
+from narwhal.client.output import OutputItem, OutputSubscriber
+from narwhal.client.transactions import (
+    MIN_TRANSACTION_SIZE,
+    ClientStats,
+    TransactionClient,
+    line_source,
+    submit_load,
+)
+from narwhal.config import Committee, ConfigError
+from narwhal.errors import NarwhalError
+
+__all__ = ["build_parser", "follow_output", "main", "output_line", "resolve_authority",
+           "resolve_workers", "subscribe_main"]
+
+#: Hex digits of an authority key that ``--worker`` needs (shorter numbers are indices).
+MIN_KEY_PREFIX = 8
+
+
+def resolve_workers(committee: Committee, spec: str) -> list[tuple[bytes, int]]:
+    """``"INDEX[:WORKER]"`` or ``"HEXKEY[:WORKER]"`` -> ``[(authority, worker_id)]``; a
+    unique prefix of at least :data:`MIN_KEY_PREFIX` hex digits of an authority key is
+    enough. ``"all"`` -> every worker of every authority."""
+    names = committee.authorities_sorted()
+    if spec == "all":
+        return [(name, i) for name in names for i in committee.worker_ids]
+    who, _, worker = spec.partition(":")
+    try:
+        worker_id = int(worker) if worker else 0
+    except ValueError:
+        raise ConfigError(f"--worker {spec!r}: worker id {worker!r} is not a number") from None
+    name = resolve_authority(committee, who, f"--worker {spec!r}")
+    if worker_id not in committee.worker_ids:
+        raise ConfigError(f"--worker {spec!r}: worker id {worker_id} is not in "
+                          f"0..{len(committee.worker_ids) - 1}")
+    return [(name, worker_id)]
+
+
+def resolve_authority(committee: Committee, who: str, option: str = "--node") -> bytes:
+    """An authority index (in key order) or a unique hex prefix of at least
+    :data:`MIN_KEY_PREFIX` digits of its key -> its name; ``option`` names it in errors."""
+    names = committee.authorities_sorted()
+    if who.isdigit() and len(who) < MIN_KEY_PREFIX:
+        if int(who) >= len(names):
+            raise ConfigError(f"{option}: authority index {who} is out of range "
+                              f"(the committee has {len(names)})")
+        return names[int(who)]
+    if len(who) < MIN_KEY_PREFIX:
+        raise ConfigError(f"{option}: give an authority index or at least "
+                          f"{MIN_KEY_PREFIX} hex digits of its key")
+    matches = [n for n in names if n.hex().startswith(who.lower())]
+    if len(matches) != 1:
+        raise ConfigError(f"{option}: {len(matches)} authorities match {who!r}")
+    return matches[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from narwhal.node.arguments import add_logging, non_negative_float, positive_float, positive_int
+
+    parser = argparse.ArgumentParser(prog="python -m narwhal.client",
+                                     description="narwhal-py client: submit transactions, "
+                                                 "follow the ordered output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    submit = sub.add_parser(
+        "submit", help="stream transactions to workers",
+        description="Submit transactions to one worker or to all of them, at a steady rate "
+                    "(fresh unique transactions) or read from a file or stdin (one per line).")
+    submit.add_argument("--committee", type=Path, required=True, help="committee.json")
+    target = submit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--worker", metavar="AUTHORITY[:WORKER_ID]",
+                        help="authority index (in key order) or hex key prefix, worker id "
+                             "(default 0)")
+    target.add_argument("--all-workers", action="store_true",
+                        help="spread the load over every worker of every authority")
+    submit.add_argument("--rate", type=non_negative_float, default=None,
+                        help="transactions per second in all, 0 for as fast as the worker "
+                             "takes them (default 1000 for generated transactions; unlimited "
+                             "for --from-file/--stdin)")
+    submit.add_argument("--tx-size", type=positive_int, default=512,
+                        help=f"bytes per generated transaction (>= {MIN_TRANSACTION_SIZE}, "
+                             "default 512)")
+    submit.add_argument("--duration", type=positive_float, default=None,
+                        help="stop after this many seconds (default: until Ctrl-C or EOF)")
+    source = submit.add_mutually_exclusive_group()
+    source.add_argument("--from-file", type=Path, help="send the lines of this file")
+    source.add_argument("--stdin", action="store_true", help="send the lines of stdin")
+    submit.add_argument("--status-file", type=Path, default=None,
+                        help="write the counters to this JSON file every second")
+    add_logging(submit)
+    follow = sub.add_parser(
+        "subscribe", help="follow a primary's ordered output",
+        description="Print the ordered output of one primary, one line per consensus index "
+                    "(index, round, author, certificate, transactions, bytes), from --from on; "
+                    "reconnects and resumes exactly after a disconnect or a node restart.")
+    follow.add_argument("--committee", type=Path, required=True, help="committee.json")
+    follow.add_argument("--node", required=True, metavar="AUTHORITY",
+                        help="authority index (in key order) or hex key prefix")
+    follow.add_argument("--from", dest="from_index", type=int, default=1, metavar="INDEX",
+                        help="first consensus index (1 is the first commit; 0 means 1)")
+    follow.add_argument("--count", type=positive_int, default=None,
+                        help="stop after this many indexes (default: follow for ever)")
+    follow.add_argument("--json", action="store_true",
+                        help="one JSON object per line (transactions as a count and bytes)")
+    add_logging(follow)
+    return parser
+
+
+def output_line(item: OutputItem, as_json: bool) -> str:
+    """One line of ``subscribe``'s output for an index."""
+    index, round_, author, certificate, transactions = item
+    size = sum(map(len, transactions))
+    if as_json:
+        return json.dumps({"index": index, "round": round_, "author": author.hex(),
+                           "certificate": certificate.hex(), "transactions": len(transactions),
+                           "bytes": size})
+    return (f"{index} round={round_} author={author.hex()[:16]} "
+            f"certificate={certificate.hex()[:16]} transactions={len(transactions)} bytes={size}")
+
+
+async def follow_output(subscriber: OutputSubscriber, from_index: int, count: int | None,
+                        as_json: bool) -> int:
+    """Print ``count`` indexes (None: for ever) from ``from_index``; return how many."""
+    printed = 0
+    stream = subscriber.subscribe(from_index)
+    try:
+        async for item in stream:
+            print(output_line(item, as_json), flush=True)
+            printed += 1
+            if count is not None and printed >= count:
+                break
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    return printed
+
+
+def main(argv: list[str] | None = None) -> int:
+    from narwhal.node.arguments import fail, run_until_signal, setup_logging, until_stopped
+    from narwhal.node.status import write_status
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_file)
+    if args.command == "subscribe":
+        return subscribe_main(args)
+    if args.tx_size < MIN_TRANSACTION_SIZE:
+        return fail(f"--tx-size must be >= {MIN_TRANSACTION_SIZE}")
+    try:
+        committee = Committee.load(args.committee)
+        targets = resolve_workers(committee, "all" if args.all_workers else args.worker)
+        stream = (open(args.from_file, "rb") if args.from_file  # noqa: SIM115
+                  else sys.stdin.buffer if args.stdin else None)
+    except (ConfigError, OSError) as exc:
+        return fail(str(exc))
+    rate = args.rate if args.rate is not None else (None if stream else 1000.0)
+
+    def report(stats: ClientStats) -> None:
+        if args.status_file is not None:
+            write_status(args.status_file, {"pid": os.getpid(), **attrs.asdict(stats)})
+
+    async def run(stop: asyncio.Event) -> int:
+        clients = [TransactionClient(committee, name, wid) for name, wid in targets]
+        started = time.monotonic()
+        try:
+            await until_stopped(stop, submit_load(
+                clients, rate, args.duration, tx_size=args.tx_size, report=report,
+                source=line_source(stream) if stream else None))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+        stats = ClientStats()
+        for client in clients:
+            stats.add(client.stats)
+        report(stats)
+        elapsed = time.monotonic() - started
+        print(f"accepted {stats.accepted} of {stats.sent} transactions in {elapsed:.1f}s "
+              f"({stats.accepted / elapsed:.0f} tx/s); resent frames {stats.resent}, "
+              f"reconnects {stats.reconnects}, lagged {stats.lagged}, "
+              f"abandoned frames {stats.abandoned}")
+        return 0
+
+    try:
+        return run_until_signal(run)
+    except NarwhalError as exc:
+        return fail(str(exc), code=1)
+
+
+def subscribe_main(args: argparse.Namespace) -> int:
+    from narwhal.node.arguments import fail, run_until_signal, until_stopped
+
+    if args.from_index < 0:
+        return fail("--from must be >= 0")
+    try:
+        committee = Committee.load(args.committee)
+        subscriber = OutputSubscriber(committee, resolve_authority(committee, args.node))
+    except (ConfigError, OSError) as exc:
+        return fail(str(exc))
+
+    async def run(stop: asyncio.Event) -> int:
+        await until_stopped(stop, follow_output(subscriber, args.from_index, args.count,
+                                                args.json))
+        return 0
+
+    try:
+        return run_until_signal(run)
+    except NarwhalError as exc:
+        return fail(str(exc), code=1)
