@@ -1,4 +1,4 @@
-"""Parameters and committee (narwhal/config.py): files, validation, thresholds, peers."""
+"""Parameters and committee (narwhal/config/): files, validation, thresholds, peers."""
 
 from __future__ import annotations
 

@@ -1,26 +1,18 @@
-"""Node parameters and the committee: attrs classes, validated, stored as JSON.
+"""The committee: who the authorities are, where they listen, and what they agree on.
 
-:class:`Parameters` holds every tunable of a node (defaults as in the ``asonnino/narwhal``
-prototype where it has one) and builds the network layer's
-:class:`~narwhal.net.network.NetworkConfig`. :class:`Committee` holds the authorities
-(ed25519 key -> stake, primary and workers with their X25519 network keys and addresses)
-and answers the stake thresholds, the leader of a round, the network id bound into every
-Noise handshake, and the peer directory each endpoint gives its ``PeerManager``.
+:class:`Committee` holds the authorities (ed25519 key -> stake, primary and workers with
+their X25519 network keys and addresses) and answers the stake thresholds, the leader of a
+round, the network id bound into every Noise handshake, and the peer directory each
+endpoint gives its ``PeerManager``. :func:`parse_address` and :func:`format_address` are
+the one ``host:port`` syntax of the committee file, the CLI and the clients.
 
 Guarantees:
 
-- Every class is ``@attrs.frozen`` and validated on construction: an invalid
-  ``Parameters`` or ``Committee`` cannot exist, whether built in code or loaded.
-- Every problem is a :class:`ConfigError` naming the field as a dotted path
-  (``authorities.<hex>.workers.1.worker_address: ...``), prefixed with the file when loaded.
-- Units are the same on disk and in memory: durations in **seconds** (JSON numbers),
-  sizes in **bytes**. Keys are lowercase hex on output (input may be upper case). JSON
-  objects that repeat a key are refused (``json`` alone would silently keep the last).
-- Addresses are kept in canonical form (IPv6 compressed, host names lower case), so the
-  network id does not depend on how an address was spelled.
-
-The JSON file helpers here (:func:`load_json`, :func:`save_json`, :class:`JsonReader`)
-also read and write the key files of :mod:`narwhal.crypto`.
+- Every class is ``@attrs.frozen`` and validated on construction: an invalid ``Committee``
+  cannot exist, whether built in code or loaded, and every problem is a
+  :class:`~narwhal.config.json_files.ConfigError` naming the field.
+- Keys are lowercase hex on output. Addresses are kept in canonical form (IPv6 compressed,
+  host names lower case), so the network id does not depend on how an address was spelled.
 """
 
 from __future__ import annotations
@@ -28,305 +20,38 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
-import math
-import os
 import re
 import socket
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from narwhal.errors import NarwhalError
+from narwhal.config.json_files import (
+    KEY_SIZE,
+    ConfigError,
+    JsonReader,
+    PathLike,
+    _check,
+    _within,
+    as_tuple,
+    canonical_json,
+    load_json,
+    parse_hex,
+    save_json,
+    short_hex,
+)
 from narwhal.messages import MAX_COMMITTEE_SIZE
-from narwhal.net.connection import ConnectionConfig
-from narwhal.net.network import DEFAULT_DIAL_RETRY, NetworkConfig, PeerInfo
-from narwhal.net.retry import RetryConfig
-from narwhal.net.rpc import DEFAULT_REQUEST_TIMEOUT, MAX_CONCURRENT_HANDLERS
-from narwhal.wire.frames import DEFAULT_MAX_FRAME_SIZE
+from narwhal.net.network import PeerInfo
 
 if TYPE_CHECKING:
     from narwhal.crypto import AuthorityPublicKeys
 
 __all__ = [
-    "Authority", "Committee", "ConfigError", "Endpoint", "JsonReader", "Parameters",
-    "PrimaryInfo", "WorkerInfo", "as_tuple", "canonical_json", "format_address", "load_json",
-    "parse_address", "parse_hex", "save_json", "short_hex",
+    "Authority", "Committee", "Endpoint", "PrimaryInfo", "WorkerInfo", "format_address",
+    "parse_address",
 ]
-
-T = TypeVar("T")
-PathLike = str | os.PathLike[str]
-KEY_SIZE = 32
-CONSENSUS_PROTOCOLS = ("bullshark", "tusk")
-MiB = 1024 * 1024
-#: Reliable-send backoff: MystenLabs' defaults (500 ms, x1.5, 15 s, +-30%).
-DEFAULT_RETRY = RetryConfig()
-
-
-class ConfigError(NarwhalError):
-    """A configuration or key file, or a config object built in code, is invalid."""
-
-
-# --- JSON files -----------------------------------------------------------------------------
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ConfigError(f"{key}: duplicate JSON key")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> None:
-    raise ConfigError(f"{name} is not a JSON number")
-
-
-def load_json(path: PathLike, parse: Callable[[Any], T]) -> T:
-    """Read a JSON file and ``parse`` it; every error is ``ConfigError("<path>: ...")``."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        return parse(json.loads(text, object_pairs_hook=_no_duplicates,
-                                parse_constant=_no_constants))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
-        raise ConfigError(f"{path}: invalid JSON: {exc}") from exc
-
-
-def save_json(path: PathLike, value: Any, mode: int = 0o644) -> None:
-    """Write ``value`` as indented JSON atomically (temp file, fsync, rename), with ``mode``
-    set before any byte is written (key files are never readable by others, even briefly)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def canonical_json(value: Any) -> bytes:
-    """Keys sorted, no whitespace, ASCII only (``\\uXXXX`` escapes), as bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
-@contextlib.contextmanager
-def _within(prefix: str) -> Iterator[None]:
-    """Prefix the field path of a ConfigError raised inside with ``prefix.``."""
-    try:
-        yield
-    except ConfigError as exc:
-        raise ConfigError(f"{prefix}.{exc}") from exc
-
-
-class JsonReader:
-    """One JSON object being read: checks its field names and decodes fields, naming the
-    dotted path of the field in every error."""
-
-    __slots__ = ("value", "where")
-
-    def __init__(self, value: object, where: str = "", *, required: Iterable[str] = (),
-                 optional: Iterable[str] | None = ()) -> None:
-        """``optional=None`` accepts any field names (an object used as a map)."""
-        if not isinstance(value, dict):
-            kind = "an array" if isinstance(value, list) else repr(value)
-            raise ConfigError(f"{where or '(top level)'}: expected an object, got {kind}")
-        self.value: dict[str, Any] = value
-        self.where = where
-        if optional is not None:
-            known = {*required, *optional}
-            for key in value.keys() - known:
-                raise ConfigError(f"{self.path(key)}: unknown field (known: {sorted(known)})")
-        for key in required:
-            if key not in value:
-                raise ConfigError(f"{self.path(key)}: missing")
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def child(self, key: str, *, required: Iterable[str] = (),
-              optional: Iterable[str] | None = ()) -> JsonReader:
-        return JsonReader(self.value[key], self.path(key), required=required, optional=optional)
-
-    def hex(self, key: str, size: int = KEY_SIZE) -> bytes:
-        return parse_hex(self.value[key], size, self.path(key))
-
-    def build(self, cls: Callable[..., T]) -> T:
-        """``cls(**fields)`` with ``network_key`` decoded from hex; errors under this path."""
-        fields = {**self.value, "network_key": self.hex("network_key")}
-        with _within(self.where):
-            return cls(**fields)
-
-    def numbered(self, key: str) -> list[tuple[str, Any]]:
-        """An object keyed by worker ids ``"0"`` .. ``"W-1"`` (W >= 1): (path, value) by id."""
-        obj = self.child(key, optional=None)
-        ids = [str(i) for i in range(len(obj.value))]
-        if not ids or sorted(obj.value, key=lambda k: (len(k), k)) != ids:
-            raise ConfigError(f"{obj.where}: worker ids must be \"0\" .. \"W-1\" with W >= 1, "
-                              f"no gaps or leading zeros; got {sorted(obj.value)}")
-        return [(obj.path(k), obj.value[k]) for k in ids]
-
-
-def parse_hex(text: object, size: int, where: str) -> bytes:
-    """``size`` bytes from exactly ``2 * size`` hex digits, or a ConfigError at ``where``."""
-    if not isinstance(text, str):
-        raise ConfigError(f"{where}: expected a hex string, got {text!r}")
-    try:
-        data = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"{where}: not a hex string") from None
-    if len(text) != 2 * size or len(data) != size:
-        raise ConfigError(f"{where}: expected {size} bytes ({2 * size} hex digits), "
-                          f"got {len(text)} characters")
-    return data
-
-
-def as_tuple(items: Iterable[Any]) -> tuple[Any, ...]:
-    """attrs converter (``converter=tuple`` and generic converters confuse mypy's plugin)."""
-    return tuple(items)
-
-
-def short_hex(key: bytes) -> str:
-    """The first 8 hex digits of a key: enough to tell authorities apart in logs."""
-    return key[:4].hex()
-
-
-# --- parameters -----------------------------------------------------------------------------
-
-
-def _check(test: Callable[[Any], bool], what: str) -> Any:
-    def validator(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not test(value):
-            raise ConfigError(f"{attribute.name}: must be {what}, got {value!r}")
-    return validator
-
-
-def _int(default: int) -> Any:
-    return attrs.field(default=default, validator=_check(
-        lambda v: type(v) is int and v > 0, "a positive integer"))
-
-
-def _seconds(default: float) -> Any:
-    return attrs.field(default=default, validator=_check(
-        lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
-        "a positive finite number of seconds"))
-
-
-_is_retry = _check(lambda v: isinstance(v, RetryConfig), "a RetryConfig")
-
-
-@attrs.frozen
-class Parameters:
-    """Tunables of one node. Durations in seconds, sizes in bytes (in JSON too)."""
-
-    #: Bytes of batch digests (32 each) that make the proposer seal a header early...
-    header_size: int = _int(1_000)
-    #: ...or the longest it waits for them (once it has its parents).
-    max_header_delay: float = _seconds(0.1)
-    #: Rounds kept below the last committed round; older state is garbage-collected.
-    gc_depth: int = _int(50)
-    #: How long a batch sync waits for the named authority's worker before asking others,
-    sync_retry_delay: float = _seconds(10.0)
-    #: and how many other authorities' workers it then asks.
-    sync_retry_nodes: int = _int(3)
-    #: A worker seals a batch once it holds this many bytes of transactions...
-    batch_size: int = _int(500_000)
-    #: ...or once its oldest transaction has waited this long.
-    max_batch_delay: float = _seconds(0.1)
-    #: Largest transaction a worker accepts, so a batch stays below batch_size + this.
-    max_transaction_size: int = _int(128 * 1024)
-    #: Bytes a worker holds in accepted, not yet quorum-acknowledged transactions; beyond
-    #: it intake slows or refuses clients (backpressure instead of unbounded memory).
-    max_pending_transactions_bytes: int = _int(64 * MiB)
-    #: Largest application frame: the wire layer's hard limit on one message.
-    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_check(
-        lambda v: type(v) is int and 1024 <= v < 2**32, "an integer in [1024, 2**32)"))
-    consensus: str = attrs.field(default="bullshark", validator=_check(
-        lambda v: v in CONSENSUS_PROTOCOLS, f"one of {CONSENSUS_PROTOCOLS}"))
-    #: When a store write counts as durable: "normal" = survives the process being killed
-    #: (kill -9, a crash), fsync only at checkpoints; "full" = fsync at every commit, also
-    #: survives power loss, at the cost of two fsyncs per group commit on the ack path
-    #: (the references acknowledge batches after a RocksDB write without sync: "normal").
-    store_sync: str = attrs.field(default="normal", validator=_check(
-        lambda v: v in ("normal", "full"), "'normal' or 'full'"))
-    #: Backoff of reliable sends, and of redialing an unreachable peer.
-    retry: RetryConfig = attrs.field(default=DEFAULT_RETRY, validator=_is_retry)
-    dial_retry: RetryConfig = attrs.field(default=DEFAULT_DIAL_RETRY, validator=_is_retry)
-    #: Requests in flight to one peer, and jobs its executor may hold in all.
-    pool_capacity: int = _int(128)
-    max_pending: int = _int(20_000)
-    #: Handlers one connection runs at once; more requests are refused OVERLOADED.
-    max_concurrent_handlers: int = _int(MAX_CONCURRENT_HANDLERS)
-    handshake_timeout: float = _seconds(10.0)
-    keepalive_interval: float = _seconds(5.0)
-    idle_timeout: float = _seconds(30.0)
-    connect_timeout: float = _seconds(5.0)
-    request_timeout: float = _seconds(DEFAULT_REQUEST_TIMEOUT)
-
-    def __attrs_post_init__(self) -> None:
-        if self.batch_size + self.max_transaction_size >= self.max_frame_size:
-            raise ConfigError(
-                f"batch_size: batch_size + max_transaction_size ({self.batch_size} + "
-                f"{self.max_transaction_size}) must be below max_frame_size "
-                f"({self.max_frame_size})")
-        if self.max_pending < self.pool_capacity:
-            raise ConfigError(f"max_pending: must be >= pool_capacity ({self.pool_capacity}), "
-                              f"got {self.max_pending}")
-        if self.keepalive_interval >= self.idle_timeout:
-            raise ConfigError(f"keepalive_interval: must be below idle_timeout "
-                              f"({self.idle_timeout}), got {self.keepalive_interval}")
-
-    def network_config(self) -> NetworkConfig:
-        """The network layer's config built from these parameters."""
-        connection = ConnectionConfig(
-            handshake_timeout=self.handshake_timeout, keepalive_interval=self.keepalive_interval,
-            idle_timeout=self.idle_timeout, max_frame_size=self.max_frame_size)
-        return NetworkConfig(
-            connection=connection, retry=self.retry, dial_retry=self.dial_retry,
-            pool_capacity=self.pool_capacity, max_pending=self.max_pending,
-            connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
-            max_concurrent_handlers=self.max_concurrent_handlers)
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, value: Any) -> Parameters:
-        """Fields may be omitted (defaults apply); unknown fields are refused."""
-        reader = JsonReader(value, optional=attrs.fields_dict(cls))
-        fields = dict(reader.value)
-        for name in ("retry", "dial_retry"):
-            if name in fields:
-                sub = reader.child(name, optional=attrs.fields_dict(RetryConfig))
-                try:
-                    fields[name] = RetryConfig(**sub.value)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"{name}: {exc}") from exc
-        return cls(**fields)
-
-    @classmethod
-    def load(cls, path: PathLike) -> Parameters:
-        return load_json(path, cls.from_json)
-
-    def save(self, path: PathLike) -> None:
-        save_json(path, self.to_json())
 
 
 # --- addresses ------------------------------------------------------------------------------
