@@ -11,7 +11,9 @@ For each hot message it times, per message, in µs:
   ``cbor2.dumps(value, canonical=True)`` of the same value, no validation at all;
 
 and the ratios ``ours / plain cbor2``: what the schema and canonicity checks cost on top of
-the C codec. With ``--reference PATH`` (a copy of an older ``narwhal/messages.py``, e.g.
+the C codec. A second table times answering a catch-up request from stored bodies (1,000
+certificates; 8 batches of 500 KB): decoding each body and encoding the response (the
+baseline) against ``messages.splice``, which splices the stored bodies in as they are. With ``--reference PATH`` (a copy of an older ``narwhal/messages.py``, e.g.
 ``git show HEAD~1:narwhal/messages.py > /tmp/old.py``) that module is timed in the same run,
 interleaved with ours, and ``ours / reference`` is printed too: a before/after comparison
 that sees the same machine load.
@@ -143,6 +145,34 @@ def ops(m: ModuleType, msg: Any) -> dict[str, Callable[[], Any]]:
     return {"decode": lambda: m.decode(tag, body), "encode": encode}
 
 
+def serving(committee: int, repeats: int, target: float) -> dict[str, dict[str, float]]:
+    """Answering a catch-up request from stored bodies, µs per response: decoding every
+    stored body and encoding the response (the baseline: what serving did before) against
+    ``messages.splice`` (the stored bodies spliced into the response as they are)."""
+    sample = samples(messages, committee)
+    batch = messages.encode(sample["Batch(1000x512B)"])
+    certificate = messages.encode(sample[f"Certificate({committee} signers)"])
+    cases = {  # name -> (response class, stored item class, stored bodies, other fields)
+        "CertificatesResponse(1000)": (messages.CertificatesResponse, messages.Certificate,
+                                       [certificate] * 1_000, ()),
+        "BatchesResponse(8x500KB)": (messages.BatchesResponse, messages.Batch, [batch] * 8, ((),)),
+    }
+    results = {}
+    for name, (cls, item, bodies, rest) in cases.items():
+        def decode_encode(cls: Any = cls, item: Any = item, bodies: Any = bodies,
+                          rest: Any = rest) -> bytes:
+            return messages.encode(cls(tuple(messages.decode_as(item, b) for b in bodies), *rest))
+
+        splice = partial(messages.splice, cls, bodies, *rest)
+        assert splice().body == decode_encode(), f"splice of {name} differs from encode"
+        columns = {"decode+encode": timer(decode_encode, target), "splice": timer(splice, target)}
+        best = {col: min(run() for _ in range(repeats)) for col, run in columns.items()}
+        best["ratio"] = best["decode+encode"] / best["splice"]
+        best["body_bytes"] = len(splice().body)
+        results[name] = best
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Time narwhal.messages decode/encode per message against plain cbor2.")
@@ -210,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             line += (f" {r['reference.decode']:>10.2f} {r['reference.encode']:>10.2f}"
                      f" {r['ours/reference.decode']:>7.2f} {r['ours/reference.encode']:>7.2f}")
         print(line)
+    served = serving(args.committee, args.repeats, target)
+    print(f"\n{'serving stored bodies':<30} {'bytes':>9} {'decode+encode µs':>17} "
+          f"{'splice µs':>10} {'speed-up':>9}")
+    for name, r in served.items():
+        print(f"{name:<30} {r['body_bytes']:>9} {r['decode+encode']:>17.1f} {r['splice']:>10.1f} "
+              f"{r['ratio']:>8.1f}x")
     loadavg_after = os.getloadavg()
     print(f"(best of {args.repeats} runs of ~{args.target_ms:g} ms; ratio = ours / plain cbor2; "
           f"load average {loadavg_before[0]:.2f} -> {loadavg_after[0]:.2f}; "
@@ -218,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "results": results,
+            "serving": served,
             "reference": args.reference,
             "committee": args.committee,
             "repeats": args.repeats,

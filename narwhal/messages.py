@@ -54,10 +54,11 @@ from narwhal.errors import MessageError, MessageTooLarge, UnknownMessageType
 
 __all__ = [
     "REGISTRY", "Ack", "Batch", "BatchesResponse", "Certificate", "CertificatesRequest",
-    "CertificatesResponse", "Cleanup", "FetchCertificates", "Header", "Link", "Message",
+    "CertificatesResponse", "Cleanup", "Encoded", "FetchCertificates", "Header", "Link", "Message",
     "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
     "SubmitTransactions", "Subscribe", "SubscribeAccepted", "Synchronize",
-    "TransactionsAccepted", "Vote", "class_for", "decode", "decode_as", "encode", "schema_of", "tag_of",
+    "TransactionsAccepted", "Vote", "class_for", "decode", "decode_as", "encode",
+    "schema_of", "splice", "tag_of",
 ]
 
 # --- limits: every collection in a message is bounded ----------------------------------------
@@ -708,6 +709,53 @@ def decode(tag: int, body: bytes | bytearray | memoryview) -> Message:
     if cls.KEEP_BODY:
         object.__setattr__(msg, "_body", data)
     return msg
+
+
+@attrs.frozen
+class Encoded:
+    """A message already in canonical wire form. A handler returns one to answer with bytes
+    it holds (stored certificates, stored batches) instead of decoding them into messages
+    only for ``encode`` to turn them back into the same bytes."""
+
+    tag: int
+    body: bytes
+
+
+def _array_head(n: int) -> bytes:
+    """The shortest CBOR head of a definite array of ``n`` items (major type 4)."""
+    if n < 24:
+        return bytes((0x80 | n,))
+    width = _head_len(n) - 1
+    return bytes((0x80 | {1: 24, 2: 25, 4: 26, 8: 27}[width],)) + n.to_bytes(width, "big")
+
+
+def splice(cls: type[Message], *fields: Any) -> Encoded:
+    """``cls``'s canonical body, with each list-of-messages field given as its items'
+    canonical bodies rather than as messages.
+
+    Why it is sound: a canonical CBOR array is its head followed by its items' canonical
+    encodings, and a nested message encodes exactly as its own body. So the result is the
+    bytes ``encode`` would produce, without decoding or re-encoding a single item (serving
+    a page of 1,000 stored certificates that way took ~120 ms of event loop). The caller
+    vouches for the items, which must be valid bodies of the nested type: ours come from
+    the store, which only holds messages that passed ``decode``. Every other field, and the
+    item counts, are checked as ``encode`` checks them.
+    """
+    schema = _SCHEMA[cls]
+    if len(fields) != len(schema):
+        raise MessageError(f"{cls.__name__}: {len(fields)} fields given, {len(schema)} expected")
+    parts = [_array_head(len(schema))]
+    for (name, kind), value in zip(schema, fields):
+        if isinstance(kind, ListOf) and isinstance(kind.item, Nested):
+            if len(value) > kind.limit:
+                raise MessageTooLarge(f"{cls.__name__}.{name}: {len(value)} items exceed "
+                                      f"{kind.limit_name} = {kind.limit}")
+            parts.append(_array_head(len(value)))
+            parts.extend(value)
+        else:
+            kind.parse_one(value, cls.__name__, name)
+            parts.append(_dumps(kind.to_wire(value)))
+    return Encoded(tag_of(cls), b"".join(parts))
 
 
 MessageT = TypeVar("MessageT", bound=Message)

@@ -559,3 +559,50 @@ def test_size_all_is_the_canonical_length(data: st.DataObject, cls: type[m.Messa
         assert kind.size_all(column) == sum(len(cbor2.dumps(x, canonical=True)) for x in column)
         if kind.fixed is not None:
             assert {len(cbor2.dumps(x, canonical=True)) for x in column} <= {kind.fixed}
+
+
+# --- splice: responses built from stored bodies ------------------------------------------------
+
+SPLICED = [m.CertificatesResponse, m.BatchesResponse]
+
+
+def spliced_fields(msg: m.Message) -> list[Any]:
+    """``msg``'s fields, with each list of nested messages given as the items' bodies."""
+    return [tuple(map(m.encode, value)) if isinstance(kind, m.ListOf) and isinstance(kind.item, m.Nested)
+            else value for (_, kind), value in zip(m.schema_of(type(msg)), wire_fields(msg))]
+
+
+@SLOW
+@given(msg=st.one_of(*(strategy(m.Nested(cls)) for cls in SPLICED)))
+def test_splice_gives_the_bytes_encode_gives(msg: m.Message) -> None:
+    spliced = m.splice(type(msg), *spliced_fields(msg))
+    assert spliced == m.Encoded(m.tag_of(msg), m.encode(msg))
+    assert m.decode(spliced.tag, spliced.body) == msg
+
+
+@pytest.mark.parametrize("count", [0, 1, 23, 24, 255, 256, 1_000])
+def test_splice_array_heads_are_canonical_at_every_width(count: int) -> None:
+    certificate = example(m.Certificate)
+    msg = m.CertificatesResponse((certificate,) * count)
+    assert m.splice(m.CertificatesResponse, [m.encode(certificate)] * count).body == m.encode(msg)
+
+
+@pytest.mark.parametrize(("count", "head"), [
+    (23, b"\x97"), (24, b"\x98\x18"), (255, b"\x98\xff"), (256, b"\x99\x01\x00"),
+    (65_535, b"\x99\xff\xff"), (65_536, b"\x9a\x00\x01\x00\x00"),
+    (1 << 32, b"\x9b" + (1 << 32).to_bytes(8, "big")),
+])
+def test_array_head_is_the_shortest_cbor_head(count: int, head: bytes) -> None:
+    assert m._array_head(count) == head
+    if count <= 65_536:
+        assert cbor2.dumps([0] * count).startswith(head)
+
+
+def test_splice_checks_what_encode_checks() -> None:
+    body = m.encode(example(m.Certificate))
+    with pytest.raises(MessageTooLarge, match="MAX_CERTIFICATES_PER_RESPONSE"):
+        m.splice(m.CertificatesResponse, [body] * (m.MAX_CERTIFICATES_PER_RESPONSE + 1))
+    with pytest.raises(MessageError, match="missing"):
+        m.splice(m.BatchesResponse, [], (b"short",))  # not a 32-byte digest
+    with pytest.raises(MessageError, match="2 fields given, 1 expected"):
+        m.splice(m.CertificatesResponse, [body], ())

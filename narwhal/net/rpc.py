@@ -45,7 +45,8 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 #: Handlers running at once per connection; bounds the memory one peer can make us use.
 MAX_CONCURRENT_HANDLERS = 512
 
-#: ``handler(peer, message) -> response | None`` (None answers a request with ``Ack``).
+#: ``handler(peer, message) -> response | None`` (None answers a request with ``Ack``); the
+#: response is a message or a ``messages.Encoded`` (a message already in wire form).
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
@@ -277,15 +278,18 @@ class RpcChannel:
             return True
         if response is None:
             response = messages.Ack()
-        try:
-            body = messages.encode(response)
-        except MessageError:  # our handler built an invalid message: our bug, not the peer's
-            log.exception("%s: handler for %s returned an invalid response",
-                          self._conn.name, type(message).__name__)
-            self.errors["bad_response"] += 1
-            self._answer_error(request_id, ErrorCode.INTERNAL, "invalid response")
-            return False
-        self._conn.send_frame(FrameKind.RESPONSE, request_id, messages.tag_of(response), body)
+        if isinstance(response, messages.Encoded):  # already wire bytes (see messages.splice)
+            tag, body = response.tag, response.body
+        else:
+            try:
+                tag, body = messages.tag_of(response), messages.encode(response)
+            except MessageError:  # our handler built an invalid message: our bug, not the peer's
+                log.exception("%s: handler for %s returned an invalid response",
+                              self._conn.name, type(message).__name__)
+                self.errors["bad_response"] += 1
+                self._answer_error(request_id, ErrorCode.INTERNAL, "invalid response")
+                return False
+        self._conn.send_frame(FrameKind.RESPONSE, request_id, tag, body)
         return True
 
     def _reject(self, frame: Frame, reply: bool, code: ErrorCode, text: str, counter: str) -> None:

@@ -21,7 +21,7 @@ import cbor2
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import Certificate, CertificatesResponse, Header, Vote
+from narwhal.messages import Certificate, CertificatesResponse, Encoded, Header, Vote
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
 from narwhal.primary.orphans import never_committed
@@ -241,10 +241,10 @@ class PrimaryNode:
         if ours:
             self.proposer.add_digest(digest, worker_id)
 
-    def certificates_by_digest(self, digests: list[bytes]) -> CertificatesResponse:
+    def certificates_by_digest(self, digests: list[bytes]) -> Encoded:
         return _bounded_response(self.store.get_many("certificates", digests))
 
-    def certificates_after(self, after_round: int, max_items: int) -> CertificatesResponse:
+    def certificates_after(self, after_round: int, max_items: int) -> Encoded:
         rows = self.store.items("certificates_by_round", start=round_key(after_round + 1), limit=max_items)
         return _bounded_response(self.store.get_many("certificates", [digest for _, digest in rows]))
 
@@ -332,7 +332,8 @@ def _median_ms(samples: Any) -> float | None:
     return ordered[len(ordered) // 2] * 1000 if ordered else None
 
 
-def _bounded_response(encoded: list[bytes | None]) -> CertificatesResponse:
+def _bounded_response(encoded: list[bytes | None]) -> Encoded:
+    """The stored certificates we hold, up to ``MAX_RESPONSE_BYTES``, spliced as they are."""
     certificates, size = [], 0
     for value in encoded:
         if value is None:
@@ -340,5 +341,5 @@ def _bounded_response(encoded: list[bytes | None]) -> CertificatesResponse:
         size += len(value)
         if size > MAX_RESPONSE_BYTES:
             break
-        certificates.append(messages.decode_as(Certificate, value))
-    return CertificatesResponse(tuple(certificates))
+        certificates.append(value)
+    return messages.splice(CertificatesResponse, certificates)

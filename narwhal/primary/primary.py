@@ -27,7 +27,7 @@ from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import (
     Certificate,
     CertificatesRequest,
-    CertificatesResponse,
+    Encoded,
     FetchCertificates,
     Header,
     OthersBatch,
@@ -119,10 +119,10 @@ class Primary:
         await self.node.on_batch(report.digest, report.worker_id, ours=ours,
                                  transactions=report.transactions)
 
-    async def _on_certificates_request(self, peer: Any, request: CertificatesRequest) -> CertificatesResponse:
+    async def _on_certificates_request(self, peer: Any, request: CertificatesRequest) -> Encoded:
         return self.node.certificates_by_digest(list(request.digests))
 
-    async def _on_fetch_certificates(self, peer: Any, request: FetchCertificates) -> CertificatesResponse:
+    async def _on_fetch_certificates(self, peer: Any, request: FetchCertificates) -> Encoded:
         return self.node.certificates_after(request.after_round, request.max_items)
 
     def status(self) -> dict[str, Any]:

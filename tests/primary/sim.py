@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from narwhal import messages
 from narwhal.config import Committee, Parameters
 from narwhal.crypto import AuthorityKeys
 from narwhal.messages import Certificate, CertificatesRequest, FetchCertificates, Header, Vote
@@ -92,9 +93,11 @@ class SimNetwork:
         if self.sim.down & {authority, self.me}:
             raise TimeoutError("peer down")
         if isinstance(message, FetchCertificates):
-            return target.node.certificates_after(message.after_round, message.max_items)
-        assert isinstance(message, CertificatesRequest)
-        return target.node.certificates_by_digest(list(message.digests))
+            answer = target.node.certificates_after(message.after_round, message.max_items)
+        else:
+            assert isinstance(message, CertificatesRequest)
+            answer = target.node.certificates_by_digest(list(message.digests))
+        return messages.decode(answer.tag, answer.body)  # what the requester's codec sees
 
 
 @attrs.define
