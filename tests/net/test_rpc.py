@@ -177,6 +177,17 @@ async def test_deadline_and_late_answer():
         await stop_all(nodes)
 
 
+async def test_a_handler_may_answer_with_wire_bytes_it_holds():
+    async def stored(peer, message):
+        return messages.Encoded(messages.tag_of(messages.Ack), b"\x80")  # Ack's body: []
+
+    nodes, conn = await connected_pair(stored)
+    try:
+        assert await conn.sink.request(messages.Cleanup(1)) == messages.Ack()
+    finally:
+        await stop_all(nodes)
+
+
 async def test_concurrent_requests_each_get_their_own_answer():
     seen: list[int] = []
 
