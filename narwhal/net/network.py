@@ -190,6 +190,11 @@ class PeerManager:
     def is_connected(self, peer_id: bytes) -> bool:
         return self.connection_nowait(peer_id) is not None
 
+    @property
+    def handshakes_in_flight(self) -> int:
+        """Connections, dialed or accepted, still in their Noise handshake."""
+        return len(self._handshaking)
+
     async def connection(self, peer_id: bytes, timeout: float | None = None) -> Connection:
         """The open connection to ``peer_id``, waiting up to ``timeout`` for one."""
         peer = self._peer(peer_id)

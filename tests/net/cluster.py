@@ -142,16 +142,19 @@ async def settled_link(a: Node, b: Node, timeout: float = 5.0) -> Connection:
 
     Both nodes dial each other; when both dials succeed, each side keeps the connection
     dialed by the smaller key and closes the other. A test that grabs the first connection
-    it sees may hold the one about to be dropped, so wait until both sides hold the
-    preferred one (the two ends of one TCP connection).
+    it sees may hold the one about to be dropped. Settled: both sides hold the two ends of
+    one connection, and it is either the preferred one (the tie-break keeps it) or no other
+    handshake is in flight on either side (nothing left to tie-break against).
     """
     a_dials = a.key < b.key
 
     def settled() -> bool:
         ours = a.manager.connection_nowait(b.key)
         theirs = b.manager.connection_nowait(a.key)
-        return (ours is not None and theirs is not None
-                and ours.initiator == a_dials and theirs.initiator == (not a_dials))
+        if ours is None or theirs is None or ours.initiator == theirs.initiator:
+            return False
+        return ours.initiator == a_dials or not (
+            a.manager.handshakes_in_flight or b.manager.handshakes_in_flight)
 
     await eventually(settled, timeout)
     conn = a.manager.connection_nowait(b.key)

@@ -238,15 +238,18 @@ async def test_duplicate_connections_resolve_to_one():
     await start_all(nodes)
     try:
         a, b = nodes[0].manager, nodes[1].manager
-        await eventually(lambda: a.is_connected(nodes[1].key) and b.is_connected(nodes[0].key))
-        await asyncio.sleep(0.3)  # let both dials finish and the tie-break settle
-        conn_a = a.connection_nowait(nodes[1].key)
-        conn_b = b.connection_nowait(nodes[0].key)
-        assert conn_a is not None and conn_b is not None
         smaller_is_a = nodes[0].key < nodes[1].key
-        # both kept the connection dialed by the smaller key: the same TCP connection
-        assert conn_a.initiator == smaller_is_a and conn_b.initiator == (not smaller_is_a)
-        assert conn_a.stats.frames_out > 0 or conn_b.stats.frames_in >= 0
+
+        def both_keep_the_smaller_keys_dial() -> bool:
+            conn_a = a.connection_nowait(nodes[1].key)
+            conn_b = b.connection_nowait(nodes[0].key)
+            return (conn_a is not None and conn_b is not None and conn_a.initiator == smaller_is_a
+                    and conn_b.initiator == (not smaller_is_a))
+
+        # both dial at start; both keep the connection dialed by the smaller key
+        await eventually(both_keep_the_smaller_keys_dial)
+        await eventually(lambda: a.handshakes_in_flight == b.handshakes_in_flight == 0)
+        assert both_keep_the_smaller_keys_dial()  # the tie-break closed the other one
     finally:
         await stop_all(nodes)
 
