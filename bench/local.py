@@ -23,7 +23,10 @@ client: the same wall clock, on one machine.
 ``--faults F`` never starts the last F validators (the papers' crash-fault experiments):
 the others must make progress with 2f+1 of 3f+1. ``--sweep`` runs one measurement per input
 rate and prints a table (and draws latency against throughput with matplotlib, the
-optional ``bench`` extra, when ``--plot`` is given).
+optional ``bench`` extra, when ``--plot`` is given), ending with the maximum sustainable
+rate: the highest rate that keeps up (committed >= 95% of the input) with latency flat,
+both along the curve (mean <= 2x the lowest rate's) and through the run (the last
+quarter's median latency <= 1.5x the first quarter's: no backlog building up).
 
 **Memory**: once the load starts, the resident memory (RSS, ``VmRSS`` of ``/proc/<pid>/status``)
 of every validator process is sampled about once a second. The summary gives, for the
@@ -353,6 +356,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         "e2e_latency_p50_ms": 1000 * percentile(e2e_latency, 0.5),
         "e2e_latency_p95_ms": 1000 * percentile(e2e_latency, 0.95),
         "batches_measured": len(window), "directory": str(directory),
+        "latency_trend": latency_trend([(created[d], committed[d] - created[d]) for d in window]),
         **memory.figures(args.warmup),
         "parameters": {name: getattr(parameters, name) for name in PROTOTYPE_PARAMETERS},
     }
@@ -538,18 +542,70 @@ def _with_rate(args: argparse.Namespace, rate: int) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "rate": rate})
 
 
+#: "Latency stays flat" (RESULTS.md's maximum sustainable rate), as ``bench/local.py``
+#: decides it in a sweep: a run's mean consensus latency at most this many times the
+#: lowest-rate run's (the flat part of the latency-throughput curve, before its knee)...
+FLAT_CURVE = 2.0
+#: ...and no backlog building up during the run: the median latency of the batches created
+#: in the last quarter of the measured window at most this many times the first quarter's.
+FLAT_RUN = 1.5
+#: "Keeps up": committed TPS at least this share of the input rate.
+KEEPS_UP = 0.95
+
+
+def latency_trend(samples: list[tuple[float, float]]) -> float | None:
+    """Median latency of the batches created in the last quarter of the window over the
+    first quarter's (``samples``: (creation time, latency)). Above 1 when a backlog grows:
+    a rate the cluster cannot sustain shows as latency rising through the run."""
+    if len(samples) < 8:
+        return None
+    samples = sorted(samples)
+    quarter = len(samples) // 4
+    first = statistics.median(latency for _, latency in samples[:quarter])
+    last = statistics.median(latency for _, latency in samples[-quarter:])
+    return last / first if first > 0 else None
+
+
+def sustainable(result: dict[str, Any], baseline_latency_ms: float) -> bool:
+    """Did this run keep up with its input rate with latency still flat? (See FLAT_CURVE.)"""
+    latency, trend = result["consensus_latency_ms"], result.get("latency_trend")
+    return (result["consensus_tps"] >= KEEPS_UP * result["input_rate"]
+            and latency is not None and latency <= FLAT_CURVE * baseline_latency_ms
+            and trend is not None and trend <= FLAT_RUN)
+
+
+def max_sustainable(results: list[dict[str, Any]]) -> str:
+    """The sweep's verdict: the highest input rate that is sustainable, and the rule."""
+    ordered = sorted(results, key=lambda r: r["input_rate"])
+    base = ordered[0]
+    if base["consensus_latency_ms"] is None:
+        return "maximum sustainable rate: none (nothing was committed at the lowest rate)"
+    ok = [r["input_rate"] for r in ordered if sustainable(r, base["consensus_latency_ms"])]
+    rule = (f"committed >= {KEEPS_UP:.0%} of the input, mean consensus latency <= "
+            f"{FLAT_CURVE:g}x the {base['input_rate']:,} tx/s run's "
+            f"({base['consensus_latency_ms']:,.0f} ms), and the last quarter's median latency "
+            f"<= {FLAT_RUN:g}x the first quarter's")
+    if not ok:
+        return f"maximum sustainable rate: none of the rates swept ({rule})"
+    return f"maximum sustainable rate: {max(ok):,} tx/s ({rule})"
+
+
 def sweep_table(results: list[dict[str, Any]]) -> str:
+    base = min(results, key=lambda r: r["input_rate"])["consensus_latency_ms"]
     rows = [("| input tx/s | consensus TPS | consensus latency ms (p50/p95) "
-             "| end-to-end latency ms (p50/p95) | node RSS MB (end/max) | RSS growth MB/min |"),
-            "|---|---|---|---|---|---|"]
+             "| end-to-end latency ms (p50/p95) | node RSS MB (end/max) | RSS growth MB/min "
+             "| latency trend | sustainable |"),
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        growth = r.get("rss_growth_mb_per_min")
+        growth, trend = r.get("rss_growth_mb_per_min"), r.get("latency_trend")
+        verdict = "yes" if base is not None and sustainable(r, base) else "no"
         rows.append(f"| {r['input_rate']:,} | {r['consensus_tps']:,.0f} | {r['consensus_latency_ms'] or 0:,.0f} "
                     f"({r['consensus_latency_p50_ms']:,.0f}/{r['consensus_latency_p95_ms']:,.0f}) | "
                     f"{r['e2e_latency_ms'] or 0:,.0f} ({r['e2e_latency_p50_ms']:,.0f}/{r['e2e_latency_p95_ms']:,.0f}) | "
                     f"{r.get('rss_mb_end') or 0:,.0f}/{r.get('rss_mb_max') or 0:,.0f} | "
-                    f"{'n/a' if growth is None else f'{growth:+,.1f}'} |")
-    return "\n".join(rows)
+                    f"{'n/a' if growth is None else f'{growth:+,.1f}'} | "
+                    f"{'n/a' if trend is None else f'{trend:.2f}x'} | {verdict} |")
+    return "\n".join(rows) + "\n\n" + max_sustainable(results)
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

@@ -247,6 +247,40 @@ def test_memory_figures() -> None:
     assert sampler.figures(warmup=2.0)["rss_growth_mb_per_min"] == pytest.approx(0.0)
 
 
+def test_latency_trend() -> None:
+    local = load_bench()
+    flat = [(float(t), 0.3 + 0.05 * (t % 3)) for t in range(40)]
+    assert local.latency_trend(flat) == pytest.approx(1.0)
+    backlog = [(float(t), 0.3 + 0.1 * t) for t in range(40)]  # latency rises all run long
+    assert local.latency_trend(backlog) > 3
+    assert local.latency_trend(backlog[:7]) is None  # too few batches to tell
+
+
+def sweep_run(rate: int, tps: float, latency_ms: float, trend: float) -> dict:
+    return {"input_rate": rate, "consensus_tps": tps, "consensus_latency_ms": latency_ms,
+            "consensus_latency_p50_ms": latency_ms, "consensus_latency_p95_ms": latency_ms,
+            "e2e_latency_ms": latency_ms, "e2e_latency_p50_ms": latency_ms,
+            "e2e_latency_p95_ms": latency_ms, "latency_trend": trend}
+
+
+def test_the_sweep_names_the_maximum_sustainable_rate() -> None:
+    local = load_bench()
+    runs = [sweep_run(10_000, 10_000, 300, 1.0),
+            sweep_run(50_000, 49_900, 350, 1.1),
+            sweep_run(55_000, 54_900, 590, 1.2),   # slower, still within 2x: flat
+            sweep_run(60_000, 59_000, 700, 1.1),   # above 2x the 10k run's latency: the knee
+            sweep_run(70_000, 69_000, 500, 2.0),   # a backlog building during the run
+            sweep_run(80_000, 70_000, 400, 1.0)]   # does not keep up (< 95%)
+    base = 300
+    assert [local.sustainable(r, base) for r in runs] == [True, True, True, False, False, False]
+    table = local.sweep_table(runs)
+    assert table.splitlines()[2].endswith("| 1.00x | yes |")
+    assert table.splitlines()[5].endswith("| 1.10x | no |")
+    assert table.splitlines()[-1].startswith("maximum sustainable rate: 55,000 tx/s (")
+    assert local.max_sustainable([sweep_run(9_000, 5_000, 300, 1.0)]).startswith(
+        "maximum sustainable rate: none of the rates swept")
+
+
 REQUIRED = ["consensus_tps", "consensus_latency_ms", "e2e_tps", "e2e_latency_ms", "input_rate",
             "nodes", "workers", "tx_size", "duration_s", "rss_mb_start", "rss_mb_end",
             "rss_mb_max", "rss_growth_mb_per_min", "rss_samples"]
