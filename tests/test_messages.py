@@ -606,3 +606,17 @@ def test_splice_checks_what_encode_checks() -> None:
         m.splice(m.BatchesResponse, [], (b"short",))  # not a 32-byte digest
     with pytest.raises(MessageError, match="2 fields given, 1 expected"):
         m.splice(m.CertificatesResponse, [body], ())
+
+
+@pytest.mark.parametrize("count", [0, 1, 23, 24, 255, 256, 1_000, 65_536])
+def test_batch_length_reads_the_count_without_decoding(count: int) -> None:
+    body = m.encode(m.Batch((b"t",) * count)) if count <= m.MAX_BATCH_TRANSACTIONS else \
+        b"\x81" + m._array_head(count)  # a head alone: the count is all it reads
+    assert m.batch_length(body) == count
+
+
+@pytest.mark.parametrize("body", [b"", b"\x81", b"\x82\x80\x80", b"\x81\x40", b"\x81\x98",
+                                  b"\x81\x9f", b"\x80"])
+def test_batch_length_refuses_what_is_not_a_batch(body: bytes) -> None:
+    with pytest.raises(MessageError):
+        m.batch_length(body)

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import Batch, OthersBatch, RequestBatches, Synchronize, decode_as
+from narwhal.messages import OthersBatch, RequestBatches, Synchronize, batch_length
 from narwhal.net.retry import Backoff, RetryConfig
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.late_sends import CleanupEpoch
@@ -90,8 +90,7 @@ class Synchronizer:
             if digest in self._wanted:
                 continue
             if (held := self._store.get("batches", digest)) is not None:
-                count = len(decode_as(Batch, held).transactions)
-                self._report(OthersBatch(digest, self.worker_id, count))
+                self._report(OthersBatch(digest, self.worker_id, batch_length(held)))
             else:
                 new.append(digest)
         if not new:
