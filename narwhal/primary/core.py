@@ -75,6 +75,8 @@ class PrimaryNetworkLike(Protocol):
 class StoreLike(Protocol):
     async def write(self, ops: list[tuple[str, bytes, bytes | None]]) -> None: ...
 
+    def get(self, family: str, key: bytes) -> bytes | None: ...
+
 
 class Core:
     def __init__(
@@ -102,8 +104,9 @@ class Core:
         self.dag = Dag(Certificate.genesis(committee.authorities_sorted()))
         self.gc_round = 0
         self.voted: dict[tuple[bytes, int], bytes] = {}
-        #: Batches stored at our workers -> the round we learnt it (pruned with GC: a header
-        #: above the horizon naming an older one makes us ask the worker, which has it).
+        #: Batches stored at our workers -> the round we learnt it. Pruned with GC to bound
+        #: memory; a header naming an older one (its batches proposed again) finds it in
+        #: the store's payload records instead (see ``_missing_payload``).
         self.available: dict[tuple[bytes, int], int] = {}
         self._current: VotesAggregator | None = None
         self._aggregators: dict[int, CertificatesAggregator] = {}
@@ -145,7 +148,7 @@ class Core:
         restart, the workers' own sync state is gone)."""
         for round_ in self.dag.rounds():
             for author, certificate in self.dag.round(round_).items():
-                missing = [(d, w) for d, w in certificate.header.payload if (d, w) not in self.available]
+                missing = self._missing_payload(certificate.header)
                 if missing and author != self.name:
                     self._request_payload(author, missing, round_)
 
@@ -176,7 +179,7 @@ class Core:
                 await self._send_vote(header)
             return
         missing_parents = self._missing_parents(header)
-        missing_payload = [(d, w) for d, w in header.payload if (d, w) not in self.available]
+        missing_payload = self._missing_payload(header)
         if missing_parents or missing_payload:
             self._park_header(header, missing_parents, missing_payload)
             return
@@ -216,6 +219,26 @@ class Core:
             self._fetch(missing_parents, header.author)
         if missing_payload:
             self._request_payload(header.author, missing_payload, header.round)
+
+    def _missing_payload(self, header: Header) -> list[tuple[bytes, int]]:
+        """The batches of ``header`` not (known to be) stored at our workers.
+
+        Why the store is asked too: ``available`` forgets batches at the GC horizon, and
+        that is exactly when an orphaned header's batches are proposed again. Asking the
+        worker for them costs a round trip before our vote, enough for the new header to
+        miss the next round's parents and be orphaned again (seen in 5-minute runs: the
+        same batches orphaned three times, committed 30 s late). The payload record says
+        our worker stored the batch durably, and workers keep their batches."""
+        missing = []
+        for entry in header.payload:
+            if entry in self.available:
+                continue
+            digest, worker_id = entry
+            if self._store.get("payload", digest + worker_id.to_bytes(4, "big")) is not None:
+                self.available[entry] = self.frontier  # known again, until the next horizon
+            else:
+                missing.append(entry)
+        return missing
 
     def _request_payload(self, author: bytes, missing: list[tuple[bytes, int]], round_: int) -> None:
         """Ask our workers to fetch batches we lack: once per digest, again after
@@ -257,8 +280,7 @@ class Core:
             if header.round <= self.gc_round:
                 self._parked_headers.pop(header.digest(), None)
                 continue
-            if not self._missing_parents(header) and all(
-                    p in self.available for p in header.payload):
+            if not self._missing_parents(header) and not self._missing_payload(header):
                 try:
                     await self._try_vote(header)
                 except Invalid:
@@ -357,7 +379,7 @@ class Core:
         finally:
             self._accepting.discard(digest)
         self.counters["certificates_accepted"] += 1
-        missing_payload = [(d, w) for d, w in header.payload if (d, w) not in self.available]
+        missing_payload = self._missing_payload(header)
         if missing_payload and header.author != self.name:
             self._request_payload(header.author, missing_payload, header.round)  # catch up on batches
         self._count_parent(certificate)

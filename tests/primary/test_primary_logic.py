@@ -180,6 +180,23 @@ async def test_header_with_missing_payload_asks_workers_and_waits(sim):
     assert sim_node.node.core.counters["votes_cast"] == 1
 
 
+async def test_a_batch_forgotten_at_the_gc_horizon_needs_no_worker_round_trip(sim):
+    """Batches proposed again (their first header orphaned) are older than the GC horizon,
+    which dropped them from memory: the payload record in the store still vouches for
+    them, so the vote is not held up by a Synchronize to our worker."""
+    sim_node = sim.nodes[sim.names[0]]
+    core, author = sim_node.node.core, sim.keys[1]
+    batch = os.urandom(32)
+    await sim_node.node.on_batch(batch, 0, ours=False)  # our worker stored it: recorded
+    await core.garbage_collect(core.frontier + 5)  # ...and forgotten from memory
+    assert (batch, 0) not in core.available
+    header = signed_header(author, core.gc_round + 2, [os.urandom(32)], payload=[(batch, 0)])
+    assert core._missing_payload(header) == []  # found in the store, known again
+    assert (batch, 0) in core.available
+    unknown = signed_header(author, core.gc_round + 2, [os.urandom(32)], payload=[(os.urandom(32), 0)])
+    assert len(core._missing_payload(unknown)) == 1  # never stored here: still asked for
+
+
 async def test_vote_for_a_header_we_did_not_send_is_rejected(sim):
     node = sim.nodes[sim.names[0]].node
     voter = sim.keys[1]
