@@ -144,6 +144,19 @@ def send_times(stores: list[Path], digests: list[str]) -> dict[str, list[int]]:
     return found
 
 
+def reproposed(status_files: list[Path]) -> int | None:
+    """Batches the primaries proposed again because their first header was orphaned (the
+    latency tail: each waited for its header to be found never committed), from the last
+    status each node wrote; None if a status file is missing or unreadable."""
+    total = 0
+    for path in status_files:
+        try:
+            total += json.loads(path.read_text())["primary"]["counters"].get("batches_reproposed", 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return total
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else 0.0
@@ -357,6 +370,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         "e2e_latency_p95_ms": 1000 * percentile(e2e_latency, 0.95),
         "batches_measured": len(window), "directory": str(directory),
         "latency_trend": latency_trend([(created[d], committed[d] - created[d]) for d in window]),
+        "batches_reproposed": reproposed([net.node_dir(i) / "status.json" for i in running]),
         **memory.figures(args.warmup),
         "parameters": {name: getattr(parameters, name) for name in PROTOTYPE_PARAMETERS},
     }
@@ -405,6 +419,10 @@ def memory_line(result: dict[str, Any]) -> str:
             f"max {_mb(result.get('rss_mb_max'))} (growth {slope})")
 
 
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
 def summary(result: dict[str, Any]) -> str:
     return f"""
 -----------------------------------------
@@ -429,6 +447,8 @@ def summary(result: dict[str, Any]) -> str:
  End-to-end TPS: {result['e2e_tps']:,.0f} tx/s
  End-to-end BPS: {result['e2e_bps']:,.0f} B/s
  End-to-end latency: {result['e2e_latency_ms'] or 0:,.0f} ms (p50 {result['e2e_latency_p50_ms']:,.0f}, p95 {result['e2e_latency_p95_ms']:,.0f})
+
+ Batches proposed again, their header orphaned: {_count(result.get('batches_reproposed'))} (whole run; {result['batches_measured']:,} batches measured)
 
  Node memory (RSS): {memory_line(result)}
 

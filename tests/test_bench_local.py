@@ -256,6 +256,19 @@ def test_latency_trend() -> None:
     assert local.latency_trend(backlog[:7]) is None  # too few batches to tell
 
 
+def test_reproposed_batches_are_summed_from_the_status_files(tmp_path: Path) -> None:
+    local = load_bench()
+    files = []
+    for i, count in enumerate([3, 0, 4]):
+        files.append(tmp_path / f"status-{i}.json")
+        counters = {"votes_cast": 9} | ({"batches_reproposed": count} if count else {})
+        files[-1].write_text(json.dumps({"primary": {"counters": counters}}))
+    assert local.reproposed(files) == 7
+    files[1].write_text("{not json")
+    assert local.reproposed(files) is None  # a torn or missing file: unknown, not 0
+    assert local.reproposed([tmp_path / "absent.json"]) is None
+
+
 def sweep_run(rate: int, tps: float, latency_ms: float, trend: float) -> dict:
     return {"input_rate": rate, "consensus_tps": tps, "consensus_latency_ms": latency_ms,
             "consensus_latency_p50_ms": latency_ms, "consensus_latency_p95_ms": latency_ms,
