@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -144,17 +144,38 @@ def send_times(stores: list[Path], digests: list[str]) -> dict[str, list[int]]:
     return found
 
 
-def reproposed(status_files: list[Path]) -> int | None:
-    """Batches the primaries proposed again because their first header was orphaned (the
-    latency tail: each waited for its header to be found never committed), from the last
-    status each node wrote; None if a status file is missing or unreadable."""
-    total = 0
+def node_figures(status_files: list[Path]) -> dict[str, Any]:
+    """From the last status each node wrote: batches proposed again because their first
+    header was orphaned (the latency tail), the garbage collector's full collections and
+    longest pause, and the event-loop stalls (summed, or the max over the nodes). A figure
+    is None when a status file is missing, unreadable or lacks it."""
+    statuses = []
     for path in status_files:
         try:
-            total += json.loads(path.read_text())["primary"]["counters"].get("batches_reproposed", 0)
-        except (OSError, ValueError, KeyError, TypeError):
+            statuses.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return dict.fromkeys(NODE_FIGURES)
+
+    def each(get: Callable[[dict[str, Any]], Any]) -> list[Any] | None:
+        try:
+            return [get(status) for status in statuses]
+        except (KeyError, TypeError, AttributeError):
             return None
-    return total
+
+    figures: dict[str, Any] = {}
+    for key, (get, combine) in NODE_FIGURES.items():
+        values = each(get)
+        figures[key] = combine(values) if values else None
+    return figures
+
+
+#: Figure -> (how to read it from one node's status, how to combine the nodes').
+NODE_FIGURES: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[list[Any]], Any]]] = {
+    "batches_reproposed": (lambda s: s["primary"]["counters"].get("batches_reproposed", 0), sum),
+    "gc_full_collections": (lambda s: s["gc_full_collections"], sum),
+    "gc_max_pause_ms": (lambda s: s["gc_max_pause_ms"], max),
+    "loop_stalls": (lambda s: s["loop_stalls"], sum),
+}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -370,7 +391,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         "e2e_latency_p95_ms": 1000 * percentile(e2e_latency, 0.95),
         "batches_measured": len(window), "directory": str(directory),
         "latency_trend": latency_trend([(created[d], committed[d] - created[d]) for d in window]),
-        "batches_reproposed": reproposed([net.node_dir(i) / "status.json" for i in running]),
+        **node_figures([net.node_dir(i) / "status.json" for i in running]),
         **memory.figures(args.warmup),
         "parameters": {name: getattr(parameters, name) for name in PROTOTYPE_PARAMETERS},
     }
@@ -449,6 +470,7 @@ def summary(result: dict[str, Any]) -> str:
  End-to-end latency: {result['e2e_latency_ms'] or 0:,.0f} ms (p50 {result['e2e_latency_p50_ms']:,.0f}, p95 {result['e2e_latency_p95_ms']:,.0f})
 
  Batches proposed again, their header orphaned: {_count(result.get('batches_reproposed'))} (whole run; {result['batches_measured']:,} batches measured)
+ Event-loop stalls (> 250 ms, start-up and shutdown included): {_count(result.get('loop_stalls'))}; garbage collector: {_count(result.get('gc_full_collections'))} full collection(s), longest pause {_count(result.get('gc_max_pause_ms'))} ms
 
  Node memory (RSS): {memory_line(result)}
 

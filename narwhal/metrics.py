@@ -118,7 +118,13 @@ class StatusCollector(Collector):
             stalls.add_metric([], status["loop_stalls"])
             lag = GaugeMetricFamily("narwhal_loop_max_lag_seconds", "Worst event-loop lag seen")
             lag.add_metric([], status.get("loop_max_lag_ms", 0) / 1000)
-            yield from (stalls, lag)
+            full = CounterMetricFamily("narwhal_gc_full_collections", "Full (generation 2) "
+                                       "collections of the cyclic garbage collector")
+            full.add_metric([], status.get("gc_full_collections", 0))
+            pause = GaugeMetricFamily("narwhal_gc_max_pause_seconds",
+                                      "Longest garbage-collector pause seen (any generation)")
+            pause.add_metric([], status.get("gc_max_pause_ms", 0) / 1000)
+            yield from (stalls, lag, full, pause)
         size = GaugeMetricFamily("narwhal_store_size_bytes", "Bytes on disk of each role's store",
                                  labels=["local"])
         for local, role in roles:

@@ -256,17 +256,22 @@ def test_latency_trend() -> None:
     assert local.latency_trend(backlog[:7]) is None  # too few batches to tell
 
 
-def test_reproposed_batches_are_summed_from_the_status_files(tmp_path: Path) -> None:
+def test_node_figures_are_read_from_the_status_files(tmp_path: Path) -> None:
     local = load_bench()
     files = []
-    for i, count in enumerate([3, 0, 4]):
+    for i, (count, pause) in enumerate([(3, 12.5), (0, 91.0), (4, 3.0)]):
         files.append(tmp_path / f"status-{i}.json")
         counters = {"votes_cast": 9} | ({"batches_reproposed": count} if count else {})
-        files[-1].write_text(json.dumps({"primary": {"counters": counters}}))
-    assert local.reproposed(files) == 7
-    files[1].write_text("{not json")
-    assert local.reproposed(files) is None  # a torn or missing file: unknown, not 0
-    assert local.reproposed([tmp_path / "absent.json"]) is None
+        files[-1].write_text(json.dumps({"primary": {"counters": counters}, "loop_stalls": 1,
+                                         "gc_full_collections": i, "gc_max_pause_ms": pause}))
+    assert local.node_figures(files) == {"batches_reproposed": 7, "gc_full_collections": 3,
+                                         "gc_max_pause_ms": 91.0, "loop_stalls": 3}
+    files[1].write_text(json.dumps({"primary": {"counters": {}}}))  # an older node: no GC figures
+    assert local.node_figures(files) == {"batches_reproposed": 7, "gc_full_collections": None,
+                                         "gc_max_pause_ms": None, "loop_stalls": None}
+    files[1].write_text("{not json")  # torn or missing: unknown, not 0
+    assert set(local.node_figures(files).values()) == {None}
+    assert set(local.node_figures([tmp_path / "absent.json"]).values()) == {None}
 
 
 def sweep_run(rate: int, tps: float, latency_ms: float, trend: float) -> dict:

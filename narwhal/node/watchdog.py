@@ -6,11 +6,18 @@ up only as latency somewhere else. The loop bumps a heartbeat every ``beat`` sec
 watchdog thread checks it, and when the heartbeat is older than ``threshold`` it logs a
 warning with the loop thread's current stack (``sys._current_frames``), once per stall.
 Counters: ``stalls`` and the worst lag seen (``max_lag``), for status and metrics.
+
+It also times the cyclic garbage collector (``gc.callbacks``), which runs on the loop
+thread in the middle of whatever allocated last: ``gc_full_collections`` and the longest
+pause of any collection (``gc_max_pause``). A full collection scans every tracked object,
+tens of ms with a node's heap; the node's entry point freezes its start-up objects
+(``gc.freeze``) so that they are not scanned again each time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
@@ -33,6 +40,9 @@ class LoopWatchdog:
         self._stop = threading.Event()
         self._handle: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
+        self.gc_full_collections = 0
+        self.gc_max_pause = 0.0
+        self._gc_started = 0.0
 
     def start(self) -> None:
         """Start beating on the running loop and watching from a daemon thread."""
@@ -41,14 +51,27 @@ class LoopWatchdog:
         self._beat()
         self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
         self._thread.start()
+        gc.callbacks.append(self._on_gc)
 
     def stop(self) -> None:
         self._stop.set()
         if self._handle is not None:
             self._handle.cancel()
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
     def status(self) -> dict[str, float | int]:
-        return {"loop_stalls": self.stalls, "loop_max_lag_ms": round(1000 * self.max_lag, 1)}
+        return {"loop_stalls": self.stalls, "loop_max_lag_ms": round(1000 * self.max_lag, 1),
+                "gc_full_collections": self.gc_full_collections,
+                "gc_max_pause_ms": round(1000 * self.gc_max_pause, 1)}
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        self.gc_max_pause = max(self.gc_max_pause, time.perf_counter() - self._gc_started)
+        if info["generation"] == 2:
+            self.gc_full_collections += 1
 
     def _beat(self) -> None:
         now = time.monotonic()

@@ -39,3 +39,27 @@ async def test_a_stall_is_counted_once_and_logged_with_the_blocking_frame(
     metrics = {m.name: m for m in StatusCollector(lambda: {**status, "workers": {}}).collect()}
     assert metrics["narwhal_loop_stalls"].samples[0].value == 1
     assert metrics["narwhal_loop_max_lag_seconds"].samples[0].value >= 0.4
+
+
+async def test_garbage_collections_are_timed_while_watched() -> None:
+    import gc
+
+    watchdog = LoopWatchdog(threshold=10.0, beat=0.02)
+    gc.disable()  # only the collections below, none triggered by the allocations
+    watchdog.start()
+    try:
+        garbage = [[] for _ in range(200_000)]
+        for i, item in enumerate(garbage):
+            item.append(garbage[i - 1])  # cycles: work for the collector
+        del garbage, item
+        gc.collect()  # a full collection
+        gc.collect(0)
+    finally:
+        watchdog.stop()
+        gc.enable()
+    gc.collect()  # after stop: not counted
+    status = watchdog.status()
+    assert status["gc_full_collections"] == 1 and status["gc_max_pause_ms"] > 0
+    metrics = {m.name: m for m in StatusCollector(lambda: {**status, "workers": {}}).collect()}
+    assert metrics["narwhal_gc_full_collections"].samples[0].value == 1
+    assert metrics["narwhal_gc_max_pause_seconds"].samples[0].value > 0
