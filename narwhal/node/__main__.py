@@ -16,7 +16,6 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, ports i
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -175,11 +174,6 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main(stop) -> int:  # type: ignore[no-untyped-def]
         return 0 if await runner.run(stop) else 1
-    # Everything allocated so far (every imported module, the committee, the parameters)
-    # lives as long as the process: move it out of the cyclic collector's reach, so that
-    # full collections stop scanning it again and again on the event loop (measured at
-    # 50,000 tx/s: one 28-91 ms full collection per node in 30 s before, none after).
-    gc.freeze()
     if profile := os.environ.get("NARWHAL_PROFILE"):  # developers: where the loop's time goes
         import cProfile
 
