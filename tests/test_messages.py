@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from narwhal import messages as m
 from narwhal.errors import ErrorCode, MessageError, MessageTooLarge, UnknownMessageType
+from narwhal.messages import codec  # the codec's private helpers
 
 CLASSES = sorted(m.REGISTRY.values(), key=m.tag_of)
 TAGS = sorted(m.REGISTRY)
@@ -217,7 +218,7 @@ def test_large_batch_digest_uses_the_received_bytes(monkeypatch: pytest.MonkeyPa
     body = cbor2.dumps([txs], canonical=True)
     assert 500_000 < len(body) < 520_000
     dumps = []
-    monkeypatch.setattr(m, "_dumps", lambda v: dumps.append(v) or cbor2.dumps(v, canonical=True))
+    monkeypatch.setattr(codec, "_dumps", lambda v: dumps.append(v) or cbor2.dumps(v, canonical=True))
     batch = m.decode(m.Batch.TAG, body)
     assert batch.transactions == tuple(txs)
     assert batch.digest() == hashlib.sha256(b"narwhal-py/batch\x00" + body).digest()
@@ -593,7 +594,7 @@ def test_splice_array_heads_are_canonical_at_every_width(count: int) -> None:
     (1 << 32, b"\x9b" + (1 << 32).to_bytes(8, "big")),
 ])
 def test_array_head_is_the_shortest_cbor_head(count: int, head: bytes) -> None:
-    assert m._array_head(count) == head
+    assert codec._array_head(count) == head
     if count <= 65_536:
         assert cbor2.dumps([0] * count).startswith(head)
 
@@ -611,7 +612,7 @@ def test_splice_checks_what_encode_checks() -> None:
 @pytest.mark.parametrize("count", [0, 1, 23, 24, 255, 256, 1_000, 65_536])
 def test_batch_length_reads_the_count_without_decoding(count: int) -> None:
     body = m.encode(m.Batch((b"t",) * count)) if count <= m.MAX_BATCH_TRANSACTIONS else \
-        b"\x81" + m._array_head(count)  # a head alone: the count is all it reads
+        b"\x81" + codec._array_head(count)  # a head alone: the count is all it reads
     assert m.batch_length(body) == count
 
 
