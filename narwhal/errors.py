@@ -4,7 +4,7 @@ Every error that can cross the wire knows its wire code (:class:`ErrorCode`), so
 boundary that catches it can answer the peer with an ERROR frame without a lookup table.
 Third-party exceptions (``noise.exceptions.*``, ``cryptography.exceptions.InvalidTag``,
 ``cbor2.CBORDecodeError``, ``OSError``) are mapped into this tree at exactly one place
-each: ``wire/noise.py``, ``messages.py`` and ``net/connection.py``.
+each: ``wire/noise.py``, ``messages/codec.py`` and ``net/connection.py``.
 
 Errors are *transient* (the same request may succeed later: retry with backoff) or
 *permanent* (retrying cannot help: stop). The retrier reads :attr:`NarwhalError.transient`.

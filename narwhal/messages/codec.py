@@ -4,7 +4,7 @@ It knows no message in particular: it finds a class by its type tag and reads it
 :mod:`~narwhal.messages.schema`, where the classes of :mod:`~narwhal.messages.definitions`
 register themselves, and never imports those classes (they import it, for their digests).
 
-Guarantees (the spec fragment ``docs/wire_spec_messages.md`` states the same rules):
+Guarantees (``wire_spec.md`` §9 states the same rules for a peer written from it):
 
 * ``encode(msg)`` validates ``msg`` exactly as ``decode`` would and returns its RFC 8949
   §4.2.1 core deterministic encoding, so we never send what we would refuse ourselves.
