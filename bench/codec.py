@@ -13,9 +13,11 @@ For each hot message it times, per message, in µs:
 and the ratios ``ours / plain cbor2``: what the schema and canonicity checks cost on top of
 the C codec. A second table times answering a catch-up request from stored bodies (1,000
 certificates; 8 batches of 500 KB): decoding each body and encoding the response (the
-baseline) against ``messages.splice``, which splices the stored bodies in as they are. With ``--reference PATH`` (a copy of an older, single-file ``narwhal/messages.py``, e.g.
-``git show 1da2920~1:narwhal/messages.py > /tmp/old.py``, the last one before it became a package) that module is timed in the same run,
-interleaved with ours, and ``ours / reference`` is printed too: a before/after comparison
+baseline) against ``messages.splice``, which splices the stored bodies in as they are.
+
+With ``--reference PATH`` (a copy of an older, single-file ``narwhal/messages.py``, e.g.
+``git show 1da2920~1:narwhal/messages.py > /tmp/old.py``, the last one before it became a
+package) that module is timed in the same run, interleaved with ours, and ``ours / reference`` is printed too: a before/after comparison
 that sees the same machine load.
 
 Messages: Batch (1,000 x 512 B transactions, ~500 KB), SubmitTransactions (100 x 512 B),
