@@ -17,8 +17,9 @@ baseline) against ``messages.splice``, which splices the stored bodies in as the
 
 With ``--reference PATH`` (a copy of an older, single-file ``narwhal/messages.py``, e.g.
 ``git show 1da2920~1:narwhal/messages.py > /tmp/old.py``, the last one before it became a
-package) that module is timed in the same run, interleaved with ours, and ``ours / reference`` is printed too: a before/after comparison
-that sees the same machine load.
+package) that module is timed in the same run, interleaved with ours, and
+``ours / reference`` is printed too: a before/after comparison that sees the same machine
+load.
 
 Messages: Batch (1,000 x 512 B transactions, ~500 KB), SubmitTransactions (100 x 512 B),
 Header (``--committee`` parents, 8 payload entries), Vote, Certificate (such a header and
