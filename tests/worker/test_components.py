@@ -61,14 +61,15 @@ async def test_batch_maker_splits_a_submission_where_it_fills_a_batch():
 
 
 async def test_batch_maker_seals_on_timeout_and_after_partial_fill():
-    bm, sealed = maker(batch_size=1_000, delay=0.05)
+    # delays of 0.2 s leave a loaded CI machine 0.18 s of slack at each step
+    bm, sealed = maker(batch_size=1_000, delay=0.2)
     bm.add([b"a"], [1])
     await asyncio.sleep(0.02)
     bm.add([b"b"], [1])  # the delay runs from the first transaction
     assert not sealed
-    await asyncio.sleep(0.06)
+    await asyncio.sleep(0.3)
     assert [b.transactions for b, _ in sealed] == [(b"a", b"b")]
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
     assert len(sealed) == 1  # no empty batches
     bm.add([b"c" * 999, b"d"], [999, 1])  # fills it: no timer left behind
     assert bm._timer is None and len(sealed) == 2
