@@ -28,6 +28,8 @@ from narwhal.store import Store
 from narwhal.wire.noise import HandshakePayload
 from narwhal.worker import Worker
 
+from .net.cluster import eventually
+
 FAST_RETRY = RetryConfig(initial_interval=0.02, max_interval=0.1)
 
 
@@ -119,7 +121,8 @@ async def test_in_flight_frames_never_exceed_the_window(worker, committee, keys)
     worker.gate = asyncio.Event()
     async with client(committee, keys, frame_transactions=10, max_in_flight=3) as c:
         submit = asyncio.ensure_future(c.submit(c.next_transactions(200, 32)))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: worker.in_flight == 3)
+        await asyncio.sleep(0.1)  # time for a fourth frame, were the window not enforced
         assert worker.in_flight == 3 and not submit.done()
         worker.gate.set()
         assert await submit == 200
