@@ -104,10 +104,6 @@ class ValueLog:
             raise CorruptValue(f"value at {offset} in {self.path.name} fails its CRC")
         return value
 
-    @property
-    def size(self) -> int:
-        return os.fstat(self._fd).st_size
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from narwhal.client.transactions import DEFAULT_RETRY, REQUEST_TIMEOUT
 from narwhal.config import Committee, ConfigError, parse_address
@@ -28,7 +28,7 @@ from narwhal.messages import OrderedOutput, Subscribe, SubscribeAccepted
 from narwhal.net.clients import connect_client
 from narwhal.net.connection import Connection
 from narwhal.net.retry import Backoff, RetryConfig, is_transient
-from narwhal.net.rpc import Router, RpcChannel
+from narwhal.net.rpc import Router, channel_of
 
 __all__ = ["OutputItem", "OutputSubscriber"]
 
@@ -97,7 +97,7 @@ class OutputSubscriber:
                                     and p.authority == self.authority)
         conn.closed.add_done_callback(lambda _: inbox.put_nowait(None))
         try:
-            accepted = await cast(RpcChannel, conn.sink).request(Subscribe(index),
+            accepted = await channel_of(conn).request(Subscribe(index),
                                                                  timeout=REQUEST_TIMEOUT)
         except BaseException:
             conn.abort()

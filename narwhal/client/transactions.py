@@ -36,7 +36,7 @@ import os
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import attrs
 
@@ -46,7 +46,7 @@ from narwhal.messages import SubmitTransactions, TransactionsAccepted
 from narwhal.net.clients import connect_client
 from narwhal.net.connection import Connection
 from narwhal.net.retry import Backoff, RetryConfig, is_transient
-from narwhal.net.rpc import RpcChannel
+from narwhal.net.rpc import channel_of
 
 __all__ = ["ClientStats", "TransactionClient", "line_source", "make_transaction",
            "parse_transaction", "submit_load"]
@@ -237,7 +237,7 @@ class TransactionClient:
             while True:
                 conn = await self._connection()
                 try:
-                    channel = cast(RpcChannel, conn.sink)
+                    channel = channel_of(conn)
                     answer = await channel.request(message, timeout=REQUEST_TIMEOUT)
                 except (NarwhalError, OSError, TimeoutError) as exc:
                     self._note(exc)

@@ -36,7 +36,7 @@ from narwhal.errors import (
 )
 from narwhal.wire.frames import Frame, FrameKind, decode_error_body, encode_error_body
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Handler", "Router", "RpcChannel"]
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Handler", "Router", "RpcChannel", "channel_of"]
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +316,11 @@ class RpcChannel:
         self._pending.clear()
         for task in list(self._handlers):
             task.cancel()
+
+
+def channel_of(conn: Any) -> RpcChannel:
+    """The RPC channel of a connection made by the network layer: ``Connection.sink`` is
+    typed as the narrower ``FrameSink`` the connection itself needs."""
+    sink = conn.sink
+    assert isinstance(sink, RpcChannel), f"{conn.name}: its sink is not an RpcChannel"
+    return sink

@@ -10,10 +10,10 @@ our workers, e.g. ``RequestBatches`` for the ordered output).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 from narwhal.net.network import CancelHandle, PeerManager, ReliableNetwork
-from narwhal.net.rpc import RpcChannel
+from narwhal.net.rpc import channel_of
 
 __all__ = ["PrimaryNetwork"]
 
@@ -51,4 +51,4 @@ class PrimaryNetwork:
 
     async def _request_once(self, key: bytes, message: Any, timeout: float) -> Any:
         conn = await self.manager.connection(key, timeout=timeout)
-        return await cast(RpcChannel, conn.sink).request(message, timeout=timeout)
+        return await channel_of(conn).request(message, timeout=timeout)

@@ -43,7 +43,7 @@ from narwhal.messages import Batch, OrderedOutput, RequestBatches, Subscribe, Su
 from narwhal.net.clients import DEFAULT_MAX_CLIENTS, ClientServer
 from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.retry import RetryConfig, retry
-from narwhal.net.rpc import Router, RpcChannel
+from narwhal.net.rpc import Router, channel_of
 from narwhal.primary.node import decode_output_record
 from narwhal.store import u64
 from narwhal.wire.noise import HandshakePayload
@@ -176,7 +176,7 @@ class OutputService:
     async def _push(self, conn: Connection, item: OrderedOutput) -> None:
         try:
             async with asyncio.timeout(self.slow_timeout):
-                await cast(RpcChannel, conn.sink).notify(item)
+                await channel_of(conn).notify(item)
         except TimeoutError:
             raise _TooSlow from None
         self.stats["items_sent"] += 1
