@@ -7,6 +7,9 @@ to a status file. ``subscribe`` prints one primary's ordered output, one line pe
 index, through an :class:`~narwhal.client.output.OutputSubscriber`. Authorities are named
 by index (in key order) or by a unique prefix of their key (:func:`resolve_authority`,
 :func:`resolve_workers`); bad input exits 2 with ``error: ...``, a permanent refusal 1.
+Index ``N`` is ``committee.authorities_sorted()[N]``, which is also ``node-N`` of a testnet
+(``create_local`` writes ``keys/node-N.json`` in key order), so ``--node 1`` follows the
+node the testnet table calls ``node-1``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ __all__ = ["build_parser", "follow_output", "main", "output_line", "resolve_auth
 
 #: Hex digits of an authority key that ``--worker`` needs (shorter numbers are indices).
 MIN_KEY_PREFIX = 8
+#: How ``--worker``/``--node`` name an authority (their help text).
+AUTHORITY_HELP = ("authority index N: its position in key order, which is the testnet's "
+                  f"node-N (keys/node-N.json); or at least {MIN_KEY_PREFIX} hex digits of "
+                  "its key")
 
 
 def resolve_workers(committee: Committee, spec: str) -> list[tuple[bytes, int]]:
@@ -90,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--committee", type=Path, required=True, help="committee.json")
     target = submit.add_mutually_exclusive_group(required=True)
     target.add_argument("--worker", metavar="AUTHORITY[:WORKER_ID]",
-                        help="authority index (in key order) or hex key prefix, worker id "
-                             "(default 0)")
+                        help=f"{AUTHORITY_HELP}; then :WORKER_ID (default 0)")
     target.add_argument("--all-workers", action="store_true",
                         help="spread the load over every worker of every authority")
     submit.add_argument("--rate", type=non_negative_float, default=None,
@@ -115,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(index, round, author, certificate, transactions, bytes), from --from on; "
                     "reconnects and resumes exactly after a disconnect or a node restart.")
     follow.add_argument("--committee", type=Path, required=True, help="committee.json")
-    follow.add_argument("--node", required=True, metavar="AUTHORITY",
-                        help="authority index (in key order) or hex key prefix")
+    follow.add_argument("--node", required=True, metavar="AUTHORITY", help=AUTHORITY_HELP)
     follow.add_argument("--from", dest="from_index", type=int, default=1, metavar="INDEX",
                         help="first consensus index (1 is the first commit; 0 means 1)")
     follow.add_argument("--count", type=positive_int, default=None,

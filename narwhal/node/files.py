@@ -2,12 +2,17 @@
 
 A local network lives in one folder (:func:`create_local`)::
 
-    DIR/keys/node-0.json ... node-{N-1}.json   secret keys, mode 0600
+    DIR/keys/node-0.json ... node-{N-1}.json   secret keys, mode 0600, in key order
     DIR/committee.json                         every authority on 127.0.0.1
     DIR/parameters.json                        the defaults plus any overrides
 
 Nothing here overwrites an existing file unless asked to (``force``): a key file is a
 secret that cannot be recreated.
+
+``keys/node-i.json`` holds the ``i``-th authority in key order
+(``committee.authorities_sorted()[i]``), so one index names the same authority everywhere:
+the ``node-i`` folder and label of ``testnet``, ``--node i``/``--worker i`` of the client
+and the committee's own order (leaders, ports).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from narwhal.config import Committee, ConfigError, Parameters
 from narwhal.crypto import AuthorityKeys, AuthorityPublicKeys
 
 __all__ = ["LocalNetwork", "committee_from_keys", "create_local", "generate_keys",
-           "parameters_with", "parse_overrides"]
+           "parameters_with", "parse_overrides", "write_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,17 @@ def generate_keys(path: Path, workers: int, *, force: bool = False) -> Authority
     """Write a fresh key file for an authority with ``workers`` workers."""
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
-    refuse_overwrite([path], force)
     keys = AuthorityKeys.generate(workers)
+    write_keys(path, keys, force=force)
+    return keys
+
+
+def write_keys(path: Path, keys: AuthorityKeys, *, force: bool = False) -> None:
+    """Write ``keys`` to the key file ``path`` (mode 0600), refusing to replace an existing
+    file unless ``force``."""
+    refuse_overwrite([path], force)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys.save(path)
-    return keys
 
 
 def committee_from_keys(keys: list[AuthorityPublicKeys], *, hosts: list[str], base_port: int,
@@ -118,13 +129,17 @@ def create_local(directory: Path, nodes: int, workers: int, *,
                  force: bool = False) -> LocalNetwork:
     """Keys, committee and parameters for ``nodes`` authorities on 127.0.0.1 in ``directory``.
 
-    ``base_port`` None lets the kernel pick free ports (see :meth:`Committee.local`)."""
+    ``base_port`` None lets the kernel pick free ports (see :meth:`Committee.local`). The
+    keys are generated first and written sorted by authority key, so ``keys/node-i.json``
+    is ``committee.authorities_sorted()[i]`` (see the module docstring)."""
     if nodes < 1 or workers < 1:
         raise ConfigError(f"need nodes >= 1 and workers >= 1, got {nodes} and {workers}")
     key_files = tuple(directory / "keys" / f"node-{i}.json" for i in range(nodes))
     committee_file, parameters_file = directory / "committee.json", directory / "parameters.json"
     refuse_overwrite([*key_files, committee_file, parameters_file], force)
-    keys = [generate_keys(path, workers, force=force) for path in key_files]
+    keys = sorted((AuthorityKeys.generate(workers) for _ in key_files), key=lambda k: k.name)
+    for path, authority in zip(key_files, keys, strict=True):
+        write_keys(path, authority, force=force)
     committee = Committee.local([k.public() for k in keys], workers, base_port)
     parameters = parameters or Parameters()
     committee.save(committee_file)

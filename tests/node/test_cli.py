@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from narwhal.config import Committee, Parameters
+from narwhal.config import Committee, ConfigError, Parameters
 from narwhal.crypto import AuthorityKeys
 from narwhal.node.__main__ import main
 from narwhal.node.runner import bind_listener
@@ -80,6 +80,32 @@ def test_committee_new_local_writes_a_whole_network(tmp_path):
     assert parameters.max_header_delay == 0.05 and parameters.consensus == "tusk"
     hosts = {a.primary.address.split(":")[0] for a in committee.authorities.values()}
     assert hosts == {"127.0.0.1"}
+
+
+def test_node_i_is_the_i_th_authority_in_key_order_for_every_tool(tmp_path, capsys):
+    """One index, one authority: keys/node-i.json, testnet's node-i label and the client's
+    ``--node i``/``--worker i`` (7 nodes: unsorted keys would pass by chance 1 in 5040)."""
+    from narwhal.client import resolve_authority, resolve_workers
+    from narwhal.client.cli import main as client_main
+    from narwhal.peer_top.source import testnet_targets
+
+    net = local_network(tmp_path, nodes=7)
+    committee = Committee.load(net.committee_file)
+    names = committee.authorities_sorted()
+    labels = {t.admin: t.label for t in testnet_targets(tmp_path)}
+    for i, path in enumerate(net.key_files):
+        assert path == tmp_path / "keys" / f"node-{i}.json" and path.stat().st_mode & 0o077 == 0
+        assert AuthorityKeys.load(path).name == names[i]
+        assert resolve_authority(committee, str(i)) == names[i]
+        assert resolve_workers(committee, f"{i}:0") == [(names[i], 0)]
+        assert labels[committee.authorities[names[i]].primary.admin_address] == f"node-{i}"
+    for command in ("subscribe", "submit"):
+        with pytest.raises(SystemExit):
+            client_main([command, "--help"])
+        assert "position in key order, which is the testnet's node-N" in " ".join(
+            capsys.readouterr().out.split())
+    with pytest.raises(ConfigError, match="already exists"):
+        local_network(tmp_path, nodes=7)
 
 
 BAD_INPUT = [
