@@ -12,7 +12,10 @@ loopback tool, never a public service, so:
   slow or many clients cost the node a few idle sockets, never the event loop.
 
 ``/status`` is the JSON of ``status_fn()`` (the runner's status document: node state plus
-every role's peer snapshot) that ``peer_top`` reads; ``/metrics`` is
+every role's peer snapshot) that ``peer_top`` reads, with a top-level ``"time"`` (wall
+clock, unix seconds, when the answer was made) like the status files of
+:func:`~narwhal.node.status.write_status`: without it two nodes' answers, or two answers
+of one node, cannot be put on one timeline. ``/metrics`` is
 :func:`prometheus_client.generate_latest` of the node's own registry.
 """
 
@@ -23,6 +26,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -130,7 +134,8 @@ class AdminServer:
             if target == "/metrics":
                 return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
             if target == "/status":
-                return 200, "application/json", json.dumps(self.status_fn()).encode()
+                document = {"time": time.time(), **self.status_fn()}  # as write_status
+                return 200, "application/json", json.dumps(document).encode()
         except Exception:
             log.exception("admin endpoint: %s failed", target)
             return 500, "text/plain", b"internal error\n"

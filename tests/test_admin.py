@@ -66,9 +66,23 @@ async def test_metrics_are_prometheus_text_built_from_the_status(server):
     assert families["narwhal_peer_last_error_info"].samples[0].labels["error"] == "timeout: no answer"
 
 
-async def test_status_is_the_json_snapshot(server):
+async def test_status_is_the_json_snapshot_with_its_time(server):
+    before = time.time()
     code, body = await request(server.port, get("/status?x=1"))
-    assert code == 200 and json.loads(body) == STATUS
+    document = json.loads(body)
+    assert code == 200 and before <= document.pop("time") <= time.time()
+    assert document == STATUS
+
+
+async def test_a_status_that_has_its_own_time_keeps_it():
+    """As in the status files (write_status): the document's own "time" wins."""
+    srv = AdminServer(lambda: {**STATUS, "time": 12.5})
+    await srv.start()
+    try:
+        code, body = await request(srv.port, get("/status"))
+    finally:
+        await srv.stop()
+    assert code == 200 and json.loads(body)["time"] == 12.5
 
 
 @pytest.mark.parametrize(("raw", "code"), [
