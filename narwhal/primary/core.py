@@ -106,7 +106,7 @@ class Core:
         self.voted: dict[tuple[bytes, int], bytes] = {}
         #: Batches stored at our workers -> the round we learnt it. Pruned with GC to bound
         #: memory; a header naming an older one (its batches proposed again) finds it in
-        #: the store's payload records instead (see ``_missing_payload``).
+        #: the store's payload records instead (see ``missing_payload``).
         self.available: dict[tuple[bytes, int], int] = {}
         self._current: VotesAggregator | None = None
         self._aggregators: dict[int, CertificatesAggregator] = {}
@@ -148,7 +148,7 @@ class Core:
         restart, the workers' own sync state is gone)."""
         for round_ in self.dag.rounds():
             for author, certificate in self.dag.round(round_).items():
-                missing = self._missing_payload(certificate.header)
+                missing = self.missing_payload(certificate.header.payload)
                 if missing and author != self.name:
                     self._request_payload(author, missing, round_)
 
@@ -179,7 +179,7 @@ class Core:
                 await self._send_vote(header)
             return
         missing_parents = self._missing_parents(header)
-        missing_payload = self._missing_payload(header)
+        missing_payload = self.missing_payload(header.payload)
         if missing_parents or missing_payload:
             self._park_header(header, missing_parents, missing_payload)
             return
@@ -220,8 +220,8 @@ class Core:
         if missing_payload:
             self._request_payload(header.author, missing_payload, header.round)
 
-    def _missing_payload(self, header: Header) -> list[tuple[bytes, int]]:
-        """The batches of ``header`` not (known to be) stored at our workers.
+    def missing_payload(self, payload: Iterable[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        """The batches of ``payload`` (a header's) not (known to be) stored at our workers.
 
         Why the store is asked too: ``available`` forgets batches at the GC horizon, and
         that is exactly when an orphaned header's batches are proposed again. Asking the
@@ -230,7 +230,7 @@ class Core:
         same batches orphaned three times, committed 30 s late). The payload record says
         our worker stored the batch durably, and workers keep their batches."""
         missing = []
-        for entry in header.payload:
+        for entry in payload:
             if entry in self.available:
                 continue
             digest, worker_id = entry
@@ -280,7 +280,7 @@ class Core:
             if header.round <= self.gc_round:
                 self._parked_headers.pop(header.digest(), None)
                 continue
-            if not self._missing_parents(header) and not self._missing_payload(header):
+            if not self._missing_parents(header) and not self.missing_payload(header.payload):
                 try:
                     await self._try_vote(header)
                 except Invalid:
@@ -379,7 +379,7 @@ class Core:
         finally:
             self._accepting.discard(digest)
         self.counters["certificates_accepted"] += 1
-        missing_payload = self._missing_payload(header)
+        missing_payload = self.missing_payload(header.payload)
         if missing_payload and header.author != self.name:
             self._request_payload(header.author, missing_payload, header.round)  # catch up on batches
         self._count_parent(certificate)

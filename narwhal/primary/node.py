@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import cbor2
@@ -22,6 +23,7 @@ from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import Certificate, CertificatesResponse, Encoded, Header, Vote
+from narwhal.primary.committed_batches import CommittedBatches
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
 from narwhal.primary.orphans import never_committed
@@ -73,6 +75,8 @@ class NodeNetwork(PrimaryNetworkLike, Protocol):
 
     async def request(self, authority: bytes, message: Any, timeout: float) -> Any: ...
 
+    async def request_worker(self, worker_id: int, message: Any, timeout: float) -> Any: ...
+
 
 class PrimaryNode:
     def __init__(self, *, name: bytes, signer: Any, committee: Any, parameters: Any, store: Any,
@@ -111,6 +115,9 @@ class PrimaryNode:
         self.transactions_committed = 0
         #: Pulsed (set, then cleared) after each commit write: wakes output subscribers.
         self.commit_written = asyncio.Event()
+        #: Batches of committed certificates our workers lack: fetched whatever the GC round.
+        self.committed_batches = CommittedBatches(request_worker=network.request_worker)
+        self._committed_batches_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,8 +133,12 @@ class PrimaryNode:
         if blob is not None:
             self.consensus_index = decode_consensus_state(blob, self.consensus.state)
         self.core.restore(certificates=certificates, votes=votes, available=available, gc_round=gc_round)
-        settled_rounds = {rnd for _, rnd, author, _, _ in map(
-            decode_output_record, (v for _, v in self.store.items("output"))) if author == self.name}
+        settled_rounds = set()
+        for index, rnd, author, _, payload in map(
+                decode_output_record, (v for _, v in self.store.items("output"))):
+            if author == self.name:
+                settled_rounds.add(rnd)
+            self._want_committed_payload(index, author, payload)
         settled_rounds.update(int.from_bytes(k, "big") for k in self.store.keys("reproposed"))
         for _, blob in self.store.items("headers"):
             header = messages.decode_as(Header, blob)
@@ -145,8 +156,11 @@ class PrimaryNode:
                      len(certificates), highest, len(votes), gc_round)
 
     async def run(self) -> None:
-        """Run the proposer for ever (restarting it after an unexpected failure)."""
+        """Run the proposer for ever (restarting it after an unexpected failure), and
+        fetch the committed batches our workers lack."""
         self.core.resync_payload()
+        if self._committed_batches_task is None:
+            self._committed_batches_task = asyncio.ensure_future(self.committed_batches.run())
         await self._repropose_last_header()
         while True:
             try:
@@ -210,6 +224,9 @@ class PrimaryNode:
             await self.core.propose(header)
 
     async def close(self) -> None:
+        if self._committed_batches_task is not None:
+            self._committed_batches_task.cancel()
+            await asyncio.gather(self._committed_batches_task, return_exceptions=True)
         await self.fetcher.close()
         await self.core.close()
         if self._commit_writes is not None:
@@ -230,6 +247,7 @@ class PrimaryNode:
         """Our worker stored a batch: ours (quorum reached) or another authority's."""
         if worker_id not in self.committee.worker_ids:
             raise RequestRejected(ErrorCode.INVALID, f"no worker {worker_id}")
+        self.committed_batches.arrived(digest, worker_id)
         if transactions and len(self._batch_sizes) < MAX_TRACKED_BATCH_SIZES:
             self._batch_sizes.setdefault(digest, transactions)
         if ours and (digest, worker_id) in self.core.available:
@@ -282,6 +300,7 @@ class PrimaryNode:
                 self.transactions_committed += self._batch_sizes.pop(digest, 0)
             ops.append(("output", self.consensus_index.to_bytes(8, "big"),
                         encode_output_record(self.consensus_index, certificate)))
+            self._want_committed_payload(self.consensus_index, header.author, header.payload)
             if header.author == self.name:
                 self._uncommitted.pop(header.round, None)
             self.committed.append(certificate)
@@ -298,6 +317,12 @@ class PrimaryNode:
             self.commit_written.clear()
 
         self._commit_writes = asyncio.ensure_future(write())
+
+    def _want_committed_payload(self, index: int, author: bytes,
+                                payload: Iterable[tuple[bytes, int]]) -> None:
+        """Index ``index`` is committed: have our workers fetch the batches they lack."""
+        for digest, worker_id in self.core.missing_payload(payload):
+            self.committed_batches.want(index, digest, worker_id, author)
 
     # -- observability -------------------------------------------------------------------------
 
@@ -322,6 +347,7 @@ class PrimaryNode:
             "pending_digests": self.proposer.pending_digests,
             "fetching": self.fetcher.wanted, "certificates_fetched": self.fetcher.fetched,
             "bulk_fetches": self.fetcher.bulk_requests,
+            "committed_batches": self.committed_batches.status(),
             "counters": dict(core.counters),
         }
 

@@ -20,7 +20,9 @@ whose server key is the primary's network key:
   so indexes stay contiguous. Resume is by index: a client that lost the connection in the
   middle of an index subscribes again from that index and receives it whole.
 - Transactions are fetched from our own workers with ``RequestBatches``, retried with
-  backoff while the batch is not there yet (the primary has asked them to sync it).
+  backoff while the batch is not there yet; the node's
+  :class:`~narwhal.primary.committed_batches.CommittedBatches` has the worker fetch it
+  from the other authorities' workers meanwhile, whatever the GC round.
 
 Bounds: each subscriber waits for its connection's write buffer to drain below the
 high-water mark before each item (transport backpressure), so it holds at most one item
@@ -75,8 +77,8 @@ class OutputService:
                  config: ConnectionConfig, name: str = "output",
                  max_clients: int = DEFAULT_MAX_CLIENTS,
                  slow_timeout: float = DEFAULT_SLOW_TIMEOUT) -> None:
-        """``node``: the :class:`PrimaryNode` (its ``store``, ``consensus_index`` and
-        ``commit_written`` event)."""
+        """``node``: the :class:`PrimaryNode` (its ``store``, ``consensus_index``,
+        ``commit_written`` event and ``committed_batches``)."""
         self._node = node
         self._request_worker = request_worker
         self.slow_timeout = slow_timeout
@@ -134,7 +136,7 @@ class OutputService:
                     await self._record(index))
                 parts = max(1, len(payload))
                 for k in range(parts):
-                    batch = await self._batch(*payload[k]) if payload else Batch(())
+                    batch = await self._batch(index_, author, *payload[k]) if payload else Batch(())
                     await self._push(conn, OrderedOutput(index_, round_, author, digest, k, parts,
                                                          batch.transactions))
                 index += 1
@@ -161,14 +163,19 @@ class OutputService:
                 pass
         return cast(bytes, blob)
 
-    async def _batch(self, digest: bytes, worker_id: int) -> Batch:
-        """The batch from our worker ``worker_id``, asking again until it holds it."""
+    async def _batch(self, index: int, author: bytes, digest: bytes, worker_id: int) -> Batch:
+        """The batch from our worker ``worker_id``, asking again until it holds it.
+
+        A miss hands the batch to the node's :class:`CommittedBatches`, which has our worker
+        fetch it from the other authorities' workers (and warns when that takes long): a
+        record saying our worker stored it does not help a worker that lost it."""
         async def attempt() -> Batch:
             response = await self._request_worker(worker_id, RequestBatches((digest,)), FETCH_TIMEOUT)
             for batch in response.batches:
                 if batch.digest() == digest:
                     return cast(Batch, batch)
             self.stats["fetch_retries"] += 1
+            self._node.committed_batches.want(index, digest, worker_id, author)
             raise RequestRejected(ErrorCode.NOT_FOUND, f"batch {digest.hex()[:16]} not at worker yet")
 
         return cast(Batch, await retry(attempt, FETCH_RETRY))

@@ -88,6 +88,11 @@ class SimNetwork:
         self.to_worker_log.append(message)
         return []
 
+    async def request_worker(self, worker_id, message, timeout):
+        self.to_worker_log.append(message)
+        if self.me in self.sim.down:
+            raise TimeoutError("our worker is down with us")
+
     async def request(self, authority, message, timeout):
         target = self.sim.nodes[authority]
         if self.sim.down & {authority, self.me}:
@@ -166,11 +171,14 @@ class Simulation:
         self.nodes[name] = self._make(old.keys, old.store)
         self.start(name)
 
-    async def make_batch(self, author_index: int, digest: bytes, worker_id: int = 0) -> None:
-        """Simulate a worker: the batch is stored everywhere, the author's quorum reached."""
+    async def make_batch(self, author_index: int, digest: bytes, worker_id: int = 0,
+                         only: Any = None) -> None:
+        """Simulate a worker: the batch is stored everywhere (or at the nodes ``only``), the
+        author's quorum reached."""
         for name, sim_node in self.nodes.items():
-            await sim_node.node.on_batch(digest, worker_id, ours=name == self.names[author_index],
-                                         transactions=10)
+            if only is None or name in only:
+                await sim_node.node.on_batch(digest, worker_id, ours=name == self.names[author_index],
+                                             transactions=10)
 
     def rounds(self) -> list[int]:
         return [n.node.core.dag.highest_round for n in self.nodes.values()]

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from narwhal.errors import RequestRejected
-from narwhal.messages import Certificate, Header, Vote
+from narwhal.messages import Certificate, Header, Synchronize, Vote
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
 
 from .sim import Simulation
@@ -191,10 +191,10 @@ async def test_a_batch_forgotten_at_the_gc_horizon_needs_no_worker_round_trip(si
     await core.garbage_collect(core.frontier + 5)  # ...and forgotten from memory
     assert (batch, 0) not in core.available
     header = signed_header(author, core.gc_round + 2, [os.urandom(32)], payload=[(batch, 0)])
-    assert core._missing_payload(header) == []  # found in the store, known again
+    assert core.missing_payload(header.payload) == []  # found in the store, known again
     assert (batch, 0) in core.available
     unknown = signed_header(author, core.gc_round + 2, [os.urandom(32)], payload=[(os.urandom(32), 0)])
-    assert len(core._missing_payload(unknown)) == 1  # never stored here: still asked for
+    assert len(core.missing_payload(unknown.payload)) == 1  # never stored here: still asked for
 
 
 async def test_vote_for_a_header_we_did_not_send_is_rejected(sim):
@@ -395,5 +395,42 @@ async def test_a_batch_proposed_again_is_not_proposed_a_third_time_after_a_resta
             outputs = [c for _, blob in sim_node.store.items("output")
                        for c in [blob] if digest in blob]
             assert len(outputs) == 1  # in the durable output exactly once
+    finally:
+        await sim.stop()
+
+
+async def test_committed_batches_a_caught_up_node_lacks_are_asked_for_until_held():
+    """Issue 11: a node down while batches were made commits them while catching up, in
+    rounds its GC horizon passes at once, so the header path's Synchronize (bound to the
+    round) is gone. The committed batches are still asked of our worker (target: the
+    certificate's author) until it reports them stored — and again after a restart."""
+    sim = Simulation(4, gc_depth=3)
+    late = sim.names[3]
+    try:
+        sim.start()
+        sim.down.add(late)
+        batches = {os.urandom(32): i for i in range(3)}
+        for digest, author_index in batches.items():
+            await sim.make_batch(author_index, digest, only=sim.names[:3])
+        await sim.run_until(lambda: min(sim.rounds()[:3]) >= 20)
+        sim.down.discard(late)
+        node = sim.nodes[late].node
+        await sim.run_until(lambda: node.core.gc_round >= 10 and all(
+            (d, 0) in node.committed_batches for d in batches))
+
+        def asked() -> dict[bytes, bytes]:
+            return {d: m.target for m in sim.nodes[late].network.to_worker_log
+                    if isinstance(m, Synchronize) for d in m.digests}
+        await sim.run_until(lambda: batches.keys() <= asked().keys())
+        assert all(asked()[d] == sim.names[i] for d, i in batches.items())  # from the author
+        assert node.committed_batches.status()["oldest_missing_index"] >= 1
+
+        await sim.restart(late)  # the wish survives a restart (rebuilt from the output)
+        node = sim.nodes[late].node
+        assert all((d, 0) in node.committed_batches for d in batches)
+        for digest in batches:  # our worker fetched them
+            await node.on_batch(digest, 0, ours=False)
+        assert len(node.committed_batches) == 0
+        assert node.committed_batches.status()["batches_arrived"] == 3
     finally:
         await sim.stop()
