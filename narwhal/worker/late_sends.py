@@ -36,11 +36,19 @@ __all__ = ["CleanupEpoch", "LateSends"]
 
 @attrs.define
 class CleanupEpoch:
-    """The last cleanup round, and how long state stamped with a round stays alive."""
+    """The last cleanup round, and how long state stamped with a round stays alive.
+
+    State stamped before the first ``Cleanup`` of this process (stamp 0) counts from that
+    first cleanup round, not from round 0: after a restart the worker knows no round until
+    its primary's next ``Cleanup``, which may already be far above the window, and would
+    otherwise expire at once every sync started meanwhile (issue 11: a restarted node's
+    first syncs were dropped that way)."""
 
     #: Rounds of GC progress after which stamped state expires (the GC depth).
     window: int = 50
     round: int = 0
+    #: The first cleanup round received, None before it.
+    first: int | None = None
 
     @property
     def value(self) -> int:
@@ -52,10 +60,14 @@ class CleanupEpoch:
         if round_ <= self.round:
             return False
         self.round = round_
+        if self.first is None:
+            self.first = round_
         return True
 
     def expired(self, stamp: int) -> bool:
         """Has the GC horizon moved a whole window past state stamped ``stamp``?"""
+        if stamp == 0 and self.first is not None:
+            stamp = self.first
         return self.round > stamp + self.window
 
 

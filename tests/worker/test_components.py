@@ -123,9 +123,12 @@ async def test_late_sends_expire_a_gc_window_after_sealing_and_are_bounded():
     assert epoch.advance(5) and not epoch.advance(5)  # a resend is ignored
     late.expire()
     assert late.batches == 1  # the horizon has not moved a whole window past it yet
-    c = FakeHandle(b"p1")
-    late.keep(b"C", epoch.value, [c])  # sealed with cleanup round 5
     assert epoch.advance(6)
+    c = FakeHandle(b"p1")
+    late.keep(b"C", epoch.value, [c])  # sealed with cleanup round 6
+    late.expire()
+    assert late.batches == 2  # A (before any cleanup) counts from the first one, round 5
+    assert epoch.advance(11)
     late.expire()
     assert a.future.cancelled() and not c.done() and late.batches == 1
     assert metrics.late_sends_cancelled == 1
@@ -139,6 +142,18 @@ async def test_late_sends_expire_a_gc_window_after_sealing_and_are_bounded():
     assert c.future.cancelled() and late.batches == 2
     late.close()
     assert late.batches == 0
+
+
+def test_state_stamped_before_the_first_cleanup_counts_from_it():
+    """After a restart the worker knows no round until its primary's next Cleanup, which
+    may be far above the window: what it started meanwhile must not expire at once."""
+    epoch = CleanupEpoch(window=50)
+    stamp = epoch.value  # a sync started right after the restart
+    assert epoch.advance(300)
+    assert not epoch.expired(stamp)
+    assert epoch.advance(350) and not epoch.expired(stamp)
+    assert epoch.advance(351) and epoch.expired(stamp)
+    assert not epoch.expired(301) and epoch.expired(300)  # stamped rounds as before
 
 
 class FakeNetwork:

@@ -88,14 +88,16 @@ async def test_cleanup_cancels_late_sends_and_synchronize_fetches_the_batch(make
     # our primary acknowledged the report: the batch is no longer marked for resuming
     await eventually(lambda: cluster.store(0).keys("our_batches") == [])
 
-    # Sealed with cleanup round 0 and gc_depth 50: Cleanup(50) keeps it, Cleanup(51) expires it.
-    await primary0.request(0, messages.Cleanup(50))
-    assert worker0.status()["late_batches"] == 1
-    await primary0.request(0, messages.Cleanup(50))  # a resend changes nothing
-    assert worker0.status()["late_batches"] == 1
+    # Sealed before any cleanup, so it counts from the first, Cleanup(1); gc_depth 50:
+    # Cleanup(51) keeps it, Cleanup(52) expires it.
+    await primary0.request(0, messages.Cleanup(1))
     await primary0.request(0, messages.Cleanup(51))
+    assert worker0.status()["late_batches"] == 1
+    await primary0.request(0, messages.Cleanup(51))  # a resend changes nothing
+    assert worker0.status()["late_batches"] == 1
+    await primary0.request(0, messages.Cleanup(52))
     assert worker0.status()["late_batches"] == 0
-    assert worker0.status()["late_sends_cancelled"] == 1 and worker0.status()["cleanup_round"] == 51
+    assert worker0.status()["late_sends_cancelled"] == 1 and worker0.status()["cleanup_round"] == 52
 
     primary3 = await cluster.start_primary(3)
     worker3 = await cluster.start_worker(3)

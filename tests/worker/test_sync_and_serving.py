@@ -123,10 +123,12 @@ async def test_sync_state_is_bounded_and_expires_on_cleanup(make_cluster):
     assert worker0.status()["errors"]["sync_overloaded"] == 1
     assert worker0.status()["sync_wanted_digests"] == 2
 
-    # Nobody has them: the sync keeps trying until the GC horizon (gc_depth 50) passes it.
-    await primary0.request(0, messages.Cleanup(50))
-    assert worker0.status()["sync_wanted_digests"] == 2
+    # Nobody has them: the sync keeps trying until the GC horizon (gc_depth 50) passes it,
+    # counted from the first cleanup this worker saw (the sync started before any).
+    await primary0.request(0, messages.Cleanup(1))
     await primary0.request(0, messages.Cleanup(51))
+    assert worker0.status()["sync_wanted_digests"] == 2
+    await primary0.request(0, messages.Cleanup(52))
     assert worker0.status()["sync_wanted_digests"] == 0
     await primary0.request(0, messages.Synchronize([unknown(3), unknown(4)], cluster.name(1)))
     assert worker0.status()["sync_wanted_digests"] == 2
