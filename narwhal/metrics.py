@@ -64,6 +64,18 @@ PRIMARY_METRICS = [
     ("narwhal_primary_transactions_committed",
      "Transactions in committed batches (as reported by the workers)", "transactions_committed", True),
 ]
+#: Committed batches our workers lack (``primary.committed_batches``): (metric name, help,
+#: status key, is_counter). A missing batch holds the output back at its index.
+OUTPUT_METRICS = [
+    ("narwhal_output_missing_batches", ("Committed batches our workers do not hold yet (the "
+     "output waits at the oldest)"), "missing_batches", False),
+    ("narwhal_output_oldest_missing_index", ("Consensus index of the oldest committed batch our "
+     "workers lack (0: none missing)"), "oldest_missing_index", False),
+    ("narwhal_output_sync_requests", ("Synchronize requests sent to our workers for committed "
+     "batches they lack"), "sync_requests", True),
+    ("narwhal_output_stalled_batches", ("Committed batches still missing after several sync "
+     "requests (each logged at WARNING)"), "stalled", True),
+]
 #: Worker counters: (metric name, help, status key).
 WORKER_COUNTERS = [
     ("narwhal_worker_batches_sealed", "Own batches sealed", "batches_sealed"),
@@ -99,6 +111,11 @@ class StatusCollector(Collector):
                 family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
                 family.add_metric([], primary[key])
                 yield family
+        committed = primary.get("committed_batches") or {}
+        for name, doc, key, counter in OUTPUT_METRICS if committed else ():
+            family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
+            family.add_metric([], committed.get(key) or 0)
+            yield family
         workers = [(local, s) for local, s in roles if local.startswith("worker")]
         for name, doc, key in WORKER_COUNTERS:
             family = CounterMetricFamily(name, doc, labels=["local"])
