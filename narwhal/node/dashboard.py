@@ -2,7 +2,8 @@
 
 :class:`NodeView` keeps the recent samples of one node's ``status.json`` (see
 :mod:`narwhal.node.runner`) and derives rates from successive samples, using the nodes'
-own timestamps. :func:`render` draws the live table and :func:`summary` the final one.
+own timestamps. :func:`render` draws the live table and :func:`summary` the final one;
+:func:`print_whole` prints a table uncut even when stdout is not a terminal.
 
 The status documents come from roles written elsewhere, so every field is read with a
 default: a missing field shows as ``-``/0, never as a crash of the dashboard.
@@ -11,16 +12,19 @@ default: a missing field shows as ``-``/0, never as a crash of the dashboard.
 from __future__ import annotations
 
 import collections
+import copy
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from narwhal.node.status import read_status
 
-__all__ = ["NodeView", "client_line", "render", "summary"]
+__all__ = ["NodeView", "client_line", "print_whole", "render", "summary"]
 
 #: Seconds of samples a rate is computed over.
 RATE_WINDOW = 3.0
@@ -28,6 +32,8 @@ RATE_WINDOW = 3.0
 STORED_FIELDS = ("txs_stored", "txs_sealed", "txs_received")
 #: Primary status field: recent certificate latency in ms (a number), when reported.
 LATENCY_FIELD = "certificate_latency_ms"
+#: Room to measure a table in: wider than any table here, so it is measured unwrapped.
+UNLIMITED_WIDTH = 10_000
 
 
 def _number(value: object) -> float | None:
@@ -174,3 +180,21 @@ def summary(views: list[NodeView]) -> Table:
             f"{view.rate('txs_stored', view.first):,.0f}",
             "-" if view.exit_code is None else str(view.exit_code))
     return table
+
+
+def print_whole(console: Console, table: Table) -> None:
+    """Print ``table`` with every node name and header whole.
+
+    On a terminal rich fits the table to the window. Into a file or a pipe (``testnet ... |
+    tee``, a CI log) it assumes 80 columns and cuts what does not fit (``node…``,
+    ``comm…``), which makes the summary useless exactly where it is kept; there the table
+    is printed at its natural width instead (a copy of it: ``table`` is left as it was)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    options = console.options.update_width(UNLIMITED_WIDTH)
+    natural = Measurement.get(console, options, table).maximum
+    if natural > console.width:
+        table = copy.copy(table)
+        table.width = natural
+    console.print(table, crop=False)

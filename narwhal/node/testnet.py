@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from narwhal.config import Parameters
-from narwhal.node.dashboard import NodeView, client_line, render, summary
+from narwhal.node.dashboard import NodeView, client_line, print_whole, render, summary
 from narwhal.node.files import LocalNetwork, create_local
 from narwhal.node.processes import (
     Child,
@@ -114,7 +114,7 @@ class Testnet:
             if codes[node.name] != 0:
                 view.exit_code = codes[node.name]
                 failed = True
-        self.console.print(summary(views))
+        print_whole(self.console, summary(views))  # whole names in a log file too
         if rate:
             self.console.print(client_line(read_status(self._client_status)))
         if failed:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 from rich.console import Console
 
-from narwhal.node.dashboard import NodeView, client_line, render, summary
+from narwhal.node.dashboard import NodeView, client_line, print_whole, render, summary
 from narwhal.node.status import LastError, read_status, write_status
 
 
@@ -69,3 +70,30 @@ def test_status_files_are_replaced_whole_and_remember_the_last_error(tmp_path):
     assert doc["last_error"]["message"] == "WARNING test.dashboard: disk full"
     assert doc["raw"] == "01" and "time" in doc
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+SUMMARY_HEADERS = ("node", "final round", "rounds/s", "committed", "certificates", "batches",
+                   "cert latency ms", "tx/s in", "tx/s stored", "exit")
+
+
+def test_the_summary_keeps_whole_names_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
+    """Into a pipe or file rich assumes 80 columns; the summary must not be cut there."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    views = [NodeView(f"node-{i}", tmp_path / f"node-{i}.json") for i in range(12)]
+    out = io.StringIO()
+    console = Console(file=out)
+    assert not console.is_terminal and console.width == 80  # what cut the names
+    print_whole(console, summary(views))
+    rows = out.getvalue().splitlines()
+    header = next(row for row in rows if "final round" in row)
+    assert [cell.strip() for cell in header.strip("┃").split("┃")] == list(SUMMARY_HEADERS)
+    assert [row.split("│")[1].strip() for row in rows if row.startswith("│")] == [
+        view.name for view in views]
+    assert "…" not in out.getvalue() and console.width == 80
+
+
+def test_on_a_terminal_the_summary_fits_the_window(tmp_path):
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=60, color_system=None)
+    print_whole(console, summary([NodeView("node-0", tmp_path / "status.json")]))
+    assert max(map(len, out.getvalue().splitlines())) <= 60
