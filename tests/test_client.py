@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import sys
 
 import attrs
@@ -270,3 +272,78 @@ def test_resolve_authority_names_the_option(committee, keys):
     with pytest.raises(ConfigError, match="--node: authority index 7"):
         resolve_authority(committee, "7")
     assert resolve_authority(committee, keys.name.hex()[:8]) == keys.name
+
+
+# --- subscribe --stall-warning: saying so when nothing arrives ------------------------------
+
+
+def stall_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("subscribe: ")]
+
+
+async def test_subscribe_reports_a_stall_at_most_once_per_period(committee, keys, capsys):
+    """Nothing listens on the committee's ports: every dial is refused, nothing arrives."""
+    from narwhal.client import OutputSubscriber
+    from narwhal.client.cli import follow_output
+
+    subscriber = OutputSubscriber(committee, keys.name, retry=FAST_RETRY)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(follow_output(subscriber, 5, None, False, stall_warning=0.2,
+                                             node="node 0"), 0.75)
+    out, err = capsys.readouterr()
+    lines = stall_lines(err)
+    assert out == "" and 2 <= len(lines) <= 3  # at 0.2, 0.4 (and 0.6) s
+    address = committee.authorities[keys.name].primary.client_address
+    assert lines[0].startswith(f"subscribe: nothing received for 0.2 s (waiting for index 5 "
+                               f"from node 0 at {address}; reconnects 0; last error: ")
+    assert "ConnectionRefusedError" in lines[0]
+    waited = [float(line.split(" for ")[1].split()[0]) for line in lines]
+    assert waited == sorted(waited) and waited[-1] - waited[0] >= 0.2 * (len(lines) - 1) - 0.1
+
+
+class QuietSubscriber:
+    """Yields ``from_index`` at once, then nothing for ``pause`` seconds, then the next."""
+
+    authority, address = bytes(32), ("127.0.0.1", 9)
+    reconnects, last_error = 2, "ConnectionClosed: gone"
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+
+    async def subscribe(self, from_index: int):
+        yield (from_index, 3, b"\xaa" * 32, b"\xbb" * 32, [b"tx"])
+        await asyncio.sleep(self.pause)
+        yield (from_index + 1, 4, b"\xaa" * 32, b"\xbb" * 32, [])
+
+
+async def test_subscribe_says_what_it_waits_for_and_when_output_resumes(capsys):
+    from narwhal.client.cli import follow_output
+
+    assert await follow_output(QuietSubscriber(0.3), 7, 2, False, stall_warning=0.2,
+                               node="node 1") == 2
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["7", "8"]
+    lines = stall_lines(err)
+    assert len(lines) >= 2 and all("nothing received for 0." in line for line in lines[:-1])
+    assert lines[0].endswith(" s (waiting for index 8 from node 1 at 127.0.0.1:9; reconnects 2; "
+                             "last error: ConnectionClosed: gone)")  # index 7 arrived at once
+    assert re.fullmatch(r"subscribe: receiving again: index 8 after 0\.\d s without output",
+                        lines[-1])
+    assert await follow_output(QuietSubscriber(0.3), 7, 2, False, stall_warning=0) == 2
+    assert stall_lines(capsys.readouterr().err) == []  # 0 disables
+
+
+async def test_cli_subscribe_stall_warning_goes_to_stderr(committee, tmp_path):
+    committee.save(tmp_path / "committee.json")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "narwhal.client", "subscribe", "--committee",
+        str(tmp_path / "committee.json"), "--node", "0", "--from", "3", "--stall-warning", "0.2",
+        "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(process.stderr.readline(), 10)
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = await asyncio.wait_for(process.communicate(), 10)
+    assert line.decode().startswith("subscribe: nothing received for 0.2 s (waiting for index "
+                                    "3 from node 0 (")
+    assert process.returncode == 0 and out == b""

@@ -4,7 +4,8 @@
 authority (``--all-workers``), fresh ones at a steady ``--rate`` or the lines of a file or
 stdin, through :func:`~narwhal.client.transactions.submit_load`, and can write its counters
 to a status file. ``subscribe`` prints one primary's ordered output, one line per consensus
-index, through an :class:`~narwhal.client.output.OutputSubscriber`. Authorities are named
+index, through an :class:`~narwhal.client.output.OutputSubscriber`, and says on stderr when
+nothing arrived for ``--stall-warning`` seconds (:class:`StallReporter`). Authorities are named
 by index (in key order) or by a unique prefix of their key (:func:`resolve_authority`,
 :func:`resolve_workers`); bad input exits 2 with ``error: ...``, a permanent refusal 1.
 Index ``N`` is ``committee.authorities_sorted()[N]``, which is also ``node-N`` of a testnet
@@ -32,11 +33,11 @@ from narwhal.client.transactions import (
     line_source,
     submit_load,
 )
-from narwhal.config import Committee, ConfigError
+from narwhal.config import Committee, ConfigError, format_address
 from narwhal.errors import NarwhalError
 
-__all__ = ["build_parser", "follow_output", "main", "output_line", "resolve_authority",
-           "resolve_workers", "subscribe_main"]
+__all__ = ["StallReporter", "build_parser", "follow_output", "main", "output_line",
+           "resolve_authority", "resolve_workers", "subscribe_main"]
 
 #: Hex digits of an authority key that ``--worker`` needs (shorter numbers are indices).
 MIN_KEY_PREFIX = 8
@@ -44,6 +45,8 @@ MIN_KEY_PREFIX = 8
 AUTHORITY_HELP = ("authority index N: its position in key order, which is the testnet's "
                   f"node-N (keys/node-N.json); or at least {MIN_KEY_PREFIX} hex digits of "
                   "its key")
+#: Default of ``subscribe --stall-warning``: seconds without output before saying so.
+STALL_WARNING = 10.0
 
 
 def resolve_workers(committee: Committee, spec: str) -> list[tuple[bytes, int]]:
@@ -128,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after this many indexes (default: follow for ever)")
     follow.add_argument("--json", action="store_true",
                         help="one JSON object per line (transactions as a count and bytes)")
+    follow.add_argument("--stall-warning", type=non_negative_float, default=STALL_WARNING,
+                        metavar="SECONDS",
+                        help="when nothing arrived for SECONDS, say so on stderr (the index "
+                             "awaited, the last connection error), again every SECONDS while "
+                             f"it lasts and once when output resumes; 0: never (default "
+                             f"{STALL_WARNING:g})")
     add_logging(follow)
     return parser
 
@@ -144,18 +153,76 @@ def output_line(item: OutputItem, as_json: bool) -> str:
             f"certificate={certificate.hex()[:16]} transactions={len(transactions)} bytes={size}")
 
 
+def _seconds(duration: float) -> str:
+    return f"{duration:.0f}" if duration >= 10 else f"{duration:.1f}"
+
+
+class StallReporter:
+    """Says on stderr when ``subscribe`` has had nothing to print for ``period`` seconds.
+
+    The subscriber redials and resubscribes quietly for ever, so a node that is down,
+    unreachable or not committing would look like a quiet one: a silent terminal. While no
+    index arrives, one line every ``period`` (the index awaited, from which node, the
+    subscriber's reconnects and last error), and one line when output resumes. Only reads
+    the subscriber's public ``reconnects``, ``last_error`` and ``address``."""
+
+    def __init__(self, subscriber: OutputSubscriber, period: float, next_index: int,
+                 node: str) -> None:
+        self.subscriber, self.period, self.node = subscriber, period, node
+        self.next_index = next_index
+        self.last = time.monotonic()  # the last arrival (or the start)
+        self.warned_at: float | None = None  # the last warning of the current stall
+
+    def arrived(self, index: int) -> None:
+        """Index ``index`` arrived: a stall, if one was reported, is over."""
+        now = time.monotonic()
+        if self.warned_at is not None:
+            self._say(f"receiving again: index {index} after {_seconds(now - self.last)} s "
+                      "without output")
+        self.last, self.warned_at, self.next_index = now, None, index + 1
+
+    async def watch(self) -> None:
+        """Warn at most once per ``period`` while nothing arrives (run as a task)."""
+        while True:
+            since = self.last if self.warned_at is None else self.warned_at
+            due = since + self.period - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
+            self.warned_at = time.monotonic()
+            sub = self.subscriber
+            self._say(f"nothing received for {_seconds(self.warned_at - self.last)} s "
+                      f"(waiting for index {self.next_index} from {self.node} at "
+                      f"{format_address(*sub.address)}; reconnects {sub.reconnects}; "
+                      f"last error: {sub.last_error or 'none'})")
+
+    @staticmethod
+    def _say(message: str) -> None:
+        print(f"subscribe: {message}", file=sys.stderr, flush=True)
+
+
 async def follow_output(subscriber: OutputSubscriber, from_index: int, count: int | None,
-                        as_json: bool) -> int:
-    """Print ``count`` indexes (None: for ever) from ``from_index``; return how many."""
+                        as_json: bool, *, stall_warning: float = 0.0,
+                        node: str | None = None) -> int:
+    """Print ``count`` indexes (None: for ever) from ``from_index``; return how many.
+    ``stall_warning`` > 0 reports on stderr when nothing arrived for that many seconds
+    (:class:`StallReporter`; ``node`` names the authority there, default its short key)."""
     printed = 0
+    stall = StallReporter(subscriber, stall_warning, max(1, from_index),
+                          node or subscriber.authority.hex()[:8])
+    watch = asyncio.ensure_future(stall.watch()) if stall_warning > 0 else None
     stream = subscriber.subscribe(from_index)
     try:
         async for item in stream:
+            stall.arrived(item[0])
             print(output_line(item, as_json), flush=True)
             printed += 1
             if count is not None and printed >= count:
                 break
     finally:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         await stream.aclose()  # type: ignore[attr-defined]
     return printed
 
@@ -216,13 +283,16 @@ def subscribe_main(args: argparse.Namespace) -> int:
         return fail("--from must be >= 0")
     try:
         committee = Committee.load(args.committee)
-        subscriber = OutputSubscriber(committee, resolve_authority(committee, args.node))
+        authority = resolve_authority(committee, args.node)
+        subscriber = OutputSubscriber(committee, authority)
     except (ConfigError, OSError) as exc:
         return fail(str(exc))
+    node = f"node {committee.authorities_sorted().index(authority)} ({authority.hex()[:8]})"
 
     async def run(stop: asyncio.Event) -> int:
         await until_stopped(stop, follow_output(subscriber, args.from_index, args.count,
-                                                args.json))
+                                                args.json, stall_warning=args.stall_warning,
+                                                node=node))
         return 0
 
     try:
