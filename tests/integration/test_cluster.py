@@ -6,7 +6,10 @@ One scenario, in phases (starting four processes is the expensive part):
 2. every primary reaches round >= 20;
 3. one validator is killed (SIGKILL): the other three keep advancing rounds;
 4. it is restarted from its stores: it catches up and proposes again;
-5. everything stops; the stores are then read directly and checked:
+5. every node's output is read through the subscription, as a client reads it, from
+   index 1: all four serve the same indexes up to the highest any reached, within a bound,
+   with every submitted transaction (:mod:`tests.integration.output_check`);
+6. everything stops; the stores are then read directly and checked:
    - every submitted transaction is stored at every worker,
    - every certificate carries 2f+1 signers,
    - no two stores hold different certificates for one (author, round),
@@ -24,6 +27,10 @@ from narwhal.client import TransactionClient
 from narwhal.node.processes import ProcessGroup, python_module
 from narwhal.node.status import read_status
 from narwhal.store import Store
+from tests.integration.output_check import (
+    assert_acknowledged_served,
+    assert_output_live_and_agreeing,
+)
 from tests.node.helpers import local_network, wait_for
 from tests.node.test_run import run_argv
 
@@ -138,11 +145,16 @@ def test_four_validator_processes_replicate_certify_survive_a_crash_and_catch_up
         assert primary(net, victim)["counters"].get("equivocation", 0) == 0
         assert victim_round_before < others_now
 
+        # 5. what clients get: every node, the restarted one too, serves the same output
+        #    from index 1, with every submitted transaction (load still running)
+        served = assert_output_live_and_agreeing(net, range(4))
+        assert_acknowledged_served(served, submitted)
+
         codes = group.stop()
     assert all(code == 0 for name, code in codes.items() if name.startswith("node-")
                and name != f"node-{victim}"), codes
 
-    # 5. what the stores hold
+    # 6. what the stores hold
     quorum = net.committee.quorum_threshold()
     by_author_round: dict[tuple[bytes, int], bytes] = {}
     for i in range(4):
