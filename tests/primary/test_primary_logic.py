@@ -434,3 +434,29 @@ async def test_committed_batches_a_caught_up_node_lacks_are_asked_for_until_held
         assert node.committed_batches.status()["batches_arrived"] == 3
     finally:
         await sim.stop()
+
+
+async def test_a_replayed_header_is_dropped_before_its_signature_is_verified_again(sim, monkeypatch):
+    """Issue 12: a peer replaying a header we already verified costs us a hash, not a
+    signature verification, whether we parked it or voted for it (and re-voted once)."""
+    from narwhal.primary import checks
+    node = sim.nodes[sim.names[0]].node
+    author = sim.keys[1]
+    parked = signed_header(author, 2, [os.urandom(32) for _ in range(3)])  # unknown parents
+    voted = signed_header(author, 1, genesis_digests(sim))
+    verified = []
+    real_verify = checks.crypto.verify
+    monkeypatch.setattr(checks.crypto, "verify",
+                        lambda *args: verified.append(args) or real_verify(*args))
+    await node.on_header(author.name, parked)
+    await node.on_header(author.name, voted)
+    assert len(verified) == 2 and node.core.counters["votes_cast"] == 1
+    await node.on_header(author.name, voted)  # its author restarted: our vote again, once
+    assert len(verified) == 3
+    for _ in range(5):
+        await node.on_header(author.name, parked)
+        await node.on_header(author.name, voted)
+    assert len(verified) == 3 and node.core.counters["header_duplicate"] == 10
+    assert node.core.counters["votes_cast"] == 1
+    with pytest.raises(RequestRejected):  # the sender check still comes first
+        await node.on_header(sim.names[2], voted)
