@@ -39,13 +39,14 @@ from narwhal.messages import Certificate, Cleanup, Header, Synchronize, Vote
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
 from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
 from narwhal.primary.dag import Dag
+from narwhal.primary.parked import Parked, ParkedHeaders
 
 __all__ = ["Core", "PrimaryNetworkLike", "round_key", "vote_key"]
 
 log = logging.getLogger(__name__)
 
-#: Headers waiting for parents or payload. Beyond it the oldest are dropped (their authors'
-#: certificates will still arrive through certificate processing).
+#: Headers waiting for parents or payload, shared equally by the authorities (each author's
+#: oldest are dropped beyond its share: :mod:`narwhal.primary.parked`).
 MAX_PARKED_HEADERS = 1_000
 #: A batch sync is asked for again after this long if the batch is still missing.
 SYNC_REPEAT_AFTER = 30.0
@@ -110,7 +111,8 @@ class Core:
         self.available: dict[tuple[bytes, int], int] = {}
         self._current: VotesAggregator | None = None
         self._aggregators: dict[int, CertificatesAggregator] = {}
-        self._parked_headers: dict[bytes, Header] = {}
+        self._parked_headers = ParkedHeaders(
+            per_author=max(1, MAX_PARKED_HEADERS // len(committee.authorities)))
         self._parked_certificates: dict[bytes, Certificate] = {}
         #: Missing parent digest -> digests of the parked certificates waiting for it.
         self._waiting_on: dict[bytes, set[bytes]] = {}
@@ -174,10 +176,9 @@ class Core:
     def _seen_header(self, header: Header) -> bool:
         """Verified before and nothing left to do for it: parked (retried when what it
         misses arrives), or voted for and our vote already sent again once."""
-        digest = header.digest()
         key = (header.author, header.round)
-        return digest in self._parked_headers or (
-            self.voted.get(key) == digest and key in self._revoted)
+        return self._parked_headers.holds(header) or (
+            self.voted.get(key) == header.digest() and key in self._revoted)
 
     async def _try_vote(self, header: Header) -> None:
         key = (header.author, header.round)
@@ -199,7 +200,7 @@ class Core:
             self._park_header(header, missing_parents, missing_payload)
             return
         self._check_parents(header, [self.dag.get(p) for p in header.parents])
-        self._parked_headers.pop(header.digest(), None)
+        self._parked_headers.remove(header)
         await self._vote(header)
 
     def _missing_parents(self, header: Header) -> list[bytes]:
@@ -223,13 +224,15 @@ class Core:
 
     def _park_header(self, header: Header, missing_parents: list[bytes],
                      missing_payload: list[tuple[bytes, int]]) -> None:
-        digest = header.digest()
-        if digest not in self._parked_headers:
+        parked = self._parked_headers.add(header)
+        if parked is Parked.CONFLICT:
+            self.counters["equivocation"] += 1
+            log.warning("equivocation: %s sent a second header for round %d",
+                        header.author.hex()[:16], header.round)
+            return
+        if parked is Parked.ADDED:
             self.counters["header_parked"] += 1
-            self._parked_headers[digest] = header
-            while len(self._parked_headers) > MAX_PARKED_HEADERS:
-                self._parked_headers.pop(next(iter(self._parked_headers)))
-                self.counters["header_parked_dropped"] += 1
+            self.counters["header_parked_dropped"] = self._parked_headers.dropped
         if missing_parents:
             self._fetch(missing_parents, header.author)
         if missing_payload:
@@ -291,15 +294,15 @@ class Core:
 
     async def retry_parked_headers(self) -> None:
         """Re-examine parked headers (after certificates or payload arrived)."""
-        for header in list(self._parked_headers.values()):
+        for header in self._parked_headers:
             if header.round <= self.gc_round:
-                self._parked_headers.pop(header.digest(), None)
+                self._parked_headers.remove(header)
                 continue
             if not self._missing_parents(header) and not self.missing_payload(header.payload):
                 try:
                     await self._try_vote(header)
                 except Invalid:
-                    self._parked_headers.pop(header.digest(), None)
+                    self._parked_headers.remove(header)
 
     # -- our own header ------------------------------------------------------------------
 
@@ -480,8 +483,7 @@ class Core:
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
         self.available = {k: r for k, r in self.available.items() if r > gc_round}
         self._revoted = {k for k in self._revoted if k[1] > gc_round}
-        for digest in [d for d, h in self._parked_headers.items() if h.round <= gc_round]:
-            del self._parked_headers[digest]
+        self._parked_headers.drop_through(gc_round)
         for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:
             del self._parked_certificates[digest]
         self._waiting_on = {}

@@ -460,3 +460,29 @@ async def test_a_replayed_header_is_dropped_before_its_signature_is_verified_aga
     assert node.core.counters["votes_cast"] == 1
     with pytest.raises(RequestRejected):  # the sender check still comes first
         await node.on_header(sim.names[2], voted)
+
+
+async def test_one_author_flooding_headers_cannot_push_out_another_authors_parked_header(sim):
+    """Issue 12: parking is shared per author. A Byzantine author sending many distinct
+    valid headers (unknown parents, so all parked) only pushes out its own; a second header
+    for a parked (author, round) is equivocation, not parked."""
+    from narwhal.primary.checks import MAX_ROUNDS_AHEAD
+    from narwhal.primary.core import MAX_PARKED_HEADERS
+    core = sim.nodes[sim.names[0]].node.core
+    honest, byzantine = sim.keys[2], sim.keys[1]
+    kept = signed_header(honest, 3, [os.urandom(32) for _ in range(3)])
+    await core.handle_header(kept, honest.name)
+    share = core._parked_headers.per_author
+    flood = min(MAX_ROUNDS_AHEAD, share + 50)
+    for round_ in range(2, 2 + flood):  # 4 headers a round: more than all the space there is
+        for _ in range(4):
+            await core.handle_header(signed_header(byzantine, round_, [os.urandom(32)]),
+                                     byzantine.name)
+    assert 4 * flood > MAX_PARKED_HEADERS
+    assert core._parked_headers.holds(kept)
+    assert len(core._parked_headers) == 1 + min(flood, share)
+    assert core.counters["header_parked_dropped"] == max(0, flood - share)
+    assert core.counters["equivocation"] == 3 * flood
+    twin = signed_header(honest, 3, [os.urandom(32) for _ in range(3)])
+    await core.handle_header(twin, honest.name)
+    assert core.counters["equivocation"] == 3 * flood + 1 and core._parked_headers.holds(kept)
