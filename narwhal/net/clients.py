@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from narwhal.errors import ErrorCode, HandshakeError, PeerRejected
-from narwhal.net.connection import Connection, ConnectionConfig, close_connections
+from narwhal.net.connection import BudgetExceeded, Connection, ConnectionConfig, close_connections
 from narwhal.net.rpc import MAX_CONCURRENT_HANDLERS, Router, RpcChannel
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
@@ -72,6 +72,11 @@ class ClientServer:
         self.connections: set[Connection] = set()
         self.accepted = 0
         self.refused = 0
+        #: Outbound budget (connection.py) of closed client connections: times one went
+        #: over it, times we stopped reading one, clients aborted for not reading answers.
+        self.budget_throttles = 0
+        self.read_pauses = 0
+        self.budget_disconnects = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> int:
         loop = asyncio.get_running_loop()
@@ -101,7 +106,7 @@ class ClientServer:
             config=self.config,
             name=f"{self.name}<-client",
             on_open=self._opened,
-            on_close=self.connections.discard,
+            on_close=self._closed,
         )
         self.connections.add(conn)
         return conn
@@ -116,6 +121,23 @@ class ClientServer:
             error.code = ErrorCode.OVERLOADED
             raise error
         return ClientPeer(next(self._ids), "")
+
+    def _closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.budget_throttles += conn.stats.budget_throttles
+        self.read_pauses += conn.stats.read_pauses
+        if isinstance(conn.close_reason, BudgetExceeded):
+            self.budget_disconnects += 1
+
+    def budget_stats(self) -> dict[str, int]:
+        """Outbound-budget counters, live connections included (for status/metrics)."""
+        live = list(self.connections)
+        return {
+            "budget_throttles": self.budget_throttles + sum(c.stats.budget_throttles for c in live),
+            "read_pauses": self.read_pauses + sum(c.stats.read_pauses for c in live),
+            "budget_disconnects": self.budget_disconnects,
+            "queued_outbound": sum(c.queued_outbound for c in live),
+        }
 
     def _opened(self, conn: Connection) -> None:
         self.accepted += 1

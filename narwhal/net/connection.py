@@ -15,6 +15,37 @@ Backpressure: the socket transport's high-water mark triggers ``pause_writing``;
 of growing our memory. Inbound, the frame decoder caps what a peer can make us buffer, and
 the RPC channel caps concurrent handlers.
 
+Outbound budget (what a peer that does not read can cost us). Requests and one-way
+messages wait for the high-water mark, but *answers* (RESPONSE, ERROR, PONG) are owed to
+the peer: a peer that keeps sending requests and never reads would otherwise make us
+queue answers without limit. So every frame queued on a connection counts against its
+outbound budget (:attr:`ConnectionConfig.outbound_budget`, default the larger of 8 MiB and
+two maximum frames), measured as bytes not yet accepted by the kernel
+(:attr:`Connection.queued_outbound`). Once over it the connection is *throttled* until the
+socket drains below the transport's low-water mark (a quarter of the high-water mark):
+
+- REQUEST and PING frames from the peer (the frames that make us owe it an answer) are
+  not served but held in a small backlog, served in order once the connection drains;
+- once that backlog exceeds :data:`BACKLOG_LIMIT` we stop reading the socket
+  (``transport.pause_reading()``): TCP backpressure now reaches the peer, not our memory;
+- handlers of requests already running wait for the budget before they start and again
+  before their answer is queued (``wait_budget``), so the queue never exceeds the budget
+  by more than one frame;
+- a connection still throttled after :attr:`ConnectionConfig.budget_timeout` is aborted
+  (its unread answers are dropped) and counted (``ConnectionStats.budget_disconnects``).
+
+Why this cannot deadlock two honest nodes: while throttled we keep reading and
+delivering everything that does not make us owe more -- RESPONSE and ERROR frames
+answering our own requests, ONEWAY, PONG, GOAWAY -- so our requests to a busy peer still
+complete, and handlers waiting for a response on this very link still get it. We stop
+reading altogether only when the peer has sent more than ``BACKLOG_LIMIT`` of requests
+we have not served while it has not read ``outbound_budget`` bytes of our answers. An
+honest peer sends requests only while its own write buffer toward us is below its
+high-water mark (``wait_writable``), which is below its budget, so it cannot be throttled
+itself while it fills our backlog, i.e. it is still reading, and our queue drains. Two
+honest nodes would have to both exceed budget *and* both fill the other's backlog, which
+needs each to send requests while not writable; the budget timeout is the backstop.
+
 Errors never escape ``data_received``: every failure goes through :meth:`Connection._fail`,
 which counts it, tries to tell the peer (ERROR frame) and closes.
 """
@@ -22,6 +53,7 @@ which counts it, tries to tell the peer (ERROR frame) and closes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -50,6 +82,7 @@ from narwhal.wire.frames import (
 from narwhal.wire.noise import HandshakePayload, HandshakeStep, NoiseHandshake, NoiseTransport
 
 __all__ = [
+    "BudgetExceeded",
     "Connection",
     "ConnectionConfig",
     "ConnectionState",
@@ -70,6 +103,18 @@ RECEIVE_BUFFER = 256 * 1024
 #: loop iteration: bounds the queue and keeps encryption in large chunks.
 FLUSH_THRESHOLD = 256 * 1024
 
+#: Default outbound budget floor (the default is the larger of this and two maximum frames).
+DEFAULT_OUTBOUND_BUDGET = 8 * 1024 * 1024
+
+#: While a connection is over its outbound budget, requests and PINGs it receives are held
+#: (not served); once they amount to this many bytes (each frame counted with a fixed
+#: overhead for its Python object) we stop reading the socket.
+BACKLOG_LIMIT = 256 * 1024
+#: Bytes a held frame is counted for on top of its body (object and header overhead).
+BACKLOG_FRAME_OVERHEAD = 128
+#: Frames that make us owe the peer an answer: held while over budget.
+_ANSWERED_KINDS = frozenset({FrameKind.REQUEST, FrameKind.PING})
+
 
 @attrs.frozen
 class ConnectionConfig:
@@ -87,6 +132,29 @@ class ConnectionConfig:
     write_high_water: int = 4 * 1024 * 1024
     #: How long a graceful close waits for outstanding requests.
     close_grace: float = 5.0
+    #: Bytes we may have queued toward the peer (not yet taken by the kernel) before we
+    #: stop serving its requests; None = the larger of 8 MiB and two ``max_frame_size``.
+    outbound_budget: int | None = None
+    #: Over budget for this long (the peer does not read its answers): abort and count.
+    #: None = ``idle_timeout``.
+    budget_timeout: float | None = None
+
+    @property
+    def effective_outbound_budget(self) -> int:
+        if self.outbound_budget is not None:
+            return self.outbound_budget
+        return max(DEFAULT_OUTBOUND_BUDGET, 2 * self.max_frame_size)
+
+    @property
+    def effective_budget_timeout(self) -> float:
+        return self.idle_timeout if self.budget_timeout is None else self.budget_timeout
+
+
+class BudgetExceeded(ConnectionClosed):
+    """Close reason of a connection aborted because the peer stayed over its outbound
+    budget (it did not read the answers it asked for) for ``budget_timeout``."""
+
+    code = ErrorCode.TIMEOUT
 
 
 class ConnectionState(enum.Enum):
@@ -111,6 +179,14 @@ class ConnectionStats:
     frames_in: int = 0
     frames_out: int = 0
     pings_sent: int = 0
+    #: Times the connection went over its outbound budget (requests held) ...
+    budget_throttles: int = 0
+    #: ... times we stopped reading the socket because of it ...
+    read_pauses: int = 0
+    #: ... and whether it was aborted for staying over budget (0 or 1).
+    budget_disconnects: int = 0
+    #: Most bytes ever queued toward the peer and not yet taken by the kernel.
+    peak_queued_outbound: int = 0
     rtt: float | None = None
     rtt_ewma: float | None = None
     connected_at: float = attrs.field(factory=time.monotonic)
@@ -181,6 +257,15 @@ class Connection(asyncio.BufferedProtocol):
         self._flush_handle: asyncio.Handle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self.outbound_budget = config.effective_outbound_budget
+        #: Set while within budget; cleared while throttled (see the module docstring).
+        self._within_budget = asyncio.Event()
+        self._within_budget.set()
+        self._throttled_since: float | None = None
+        self._backlog: collections.deque[Frame] = collections.deque()
+        self._backlog_bytes = 0
+        self._reading_paused = False
+        self._backlog_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_received = time.monotonic()
         self._ping_id = 0
@@ -192,7 +277,10 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = transport  # type: ignore[assignment]
-        self._transport.set_write_buffer_limits(high=self.config.write_high_water)  # type: ignore[union-attr]
+        # The high-water mark stays below the budget, so a connection over budget has
+        # always been told pause_writing and is told resume_writing once it drains.
+        high = max(1, min(self.config.write_high_water, self.outbound_budget // 2))
+        self._transport.set_write_buffer_limits(high=high)  # type: ignore[union-attr]
         self._timer = self._loop.call_later(self.config.handshake_timeout, self._handshake_timed_out)
         hs = self._handshake
         assert hs is not None
@@ -205,7 +293,10 @@ class Connection(asyncio.BufferedProtocol):
         self.state = ConnectionState.CLOSED
         self._transport = None
         self._writable.set()  # wake waiters; they will see CLOSED
-        for handle in (self._timer, self._flush_handle):
+        self._within_budget.set()
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        for handle in (self._timer, self._flush_handle, self._backlog_handle):
             if handle is not None:
                 handle.cancel()
         if self.close_reason is not None:
@@ -233,6 +324,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._throttled_since is not None and self._backlog_handle is None:
+            # not from inside the transport's write callback: serve the backlog next
+            self._backlog_handle = self._loop.call_soon(self._budget_drained)
 
     # -- inbound ------------------------------------------------------------------------
 
@@ -331,7 +425,9 @@ class Connection(asyncio.BufferedProtocol):
                 # The sink's frames (REQUEST, RESPONSE, ONEWAY, ERROR answering a request)
                 # go straight to it; only connection-level frames take the slow path.
                 kind = frame.kind
-                if kind is FrameKind.ONEWAY or (kind in _SINK_KINDS and frame.request_id):
+                if self._throttled_since is not None and kind in _ANSWERED_KINDS:
+                    self._hold(frame)
+                elif kind is FrameKind.ONEWAY or (kind in _SINK_KINDS and frame.request_id):
                     deliver(frame)
                 else:
                     self._frame_received(frame)
@@ -358,6 +454,89 @@ class Connection(asyncio.BufferedProtocol):
             log.warning("%s: peer reported connection error %s: %s", self.name, code, text)
         else:
             self.sink.frame_received(frame)
+
+    def _deliver(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is FrameKind.ONEWAY or (kind in _SINK_KINDS and frame.request_id):
+            self.sink.frame_received(frame)
+        else:
+            self._frame_received(frame)
+
+    def _hold(self, frame: Frame) -> None:
+        """Keep a request/PING for later: we already owe the peer more than the budget."""
+        self._backlog.append(frame)
+        self._backlog_bytes += len(frame.body) + BACKLOG_FRAME_OVERHEAD
+        if self._backlog_bytes > BACKLOG_LIMIT and not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self.stats.read_pauses += 1
+            log.info("%s: peer does not read its answers (%d bytes queued): pausing reading",
+                     self.name, self.queued_outbound)
+            self._transport.pause_reading()
+
+    def _budget_drained(self) -> None:
+        """The socket drained below the low-water mark: serve what we held, read again."""
+        self._backlog_handle = None
+        if self._throttled_since is None or self.state is ConnectionState.CLOSED:
+            return
+        self._throttled_since = None
+        self._within_budget.set()
+        self._check_budget()  # queued again meanwhile? then stay throttled
+        try:
+            while self._backlog and self._throttled_since is None:
+                frame = self._backlog.popleft()
+                self._backlog_bytes -= len(frame.body) + BACKLOG_FRAME_OVERHEAD
+                self._deliver(frame)
+                if not self._alive():
+                    return
+        except NarwhalError as exc:
+            self._fail(exc)
+            return
+        if self._throttled_since is None and self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _alive(self) -> bool:
+        return self.state is not ConnectionState.CLOSED
+
+    def _check_budget(self) -> None:
+        """Called after queueing or flushing: enter the throttled state when over budget."""
+        transport = self._transport
+        if transport is None:
+            return
+        queued = self._out_size + transport.get_write_buffer_size()
+        self.stats.peak_queued_outbound = max(self.stats.peak_queued_outbound, queued)
+        if queued > self.outbound_budget and self._throttled_since is None:
+            if self._out:
+                # all of it to the transport first (this runs again from _flush): the kernel
+                # may take it at once; if not, the transport's resume_writing ends throttling
+                self._flush()
+                return
+            self._throttled_since = time.monotonic()
+            self._within_budget.clear()
+            self.stats.budget_throttles += 1
+
+    @property
+    def queued_outbound(self) -> int:
+        """Bytes queued toward the peer that the kernel has not taken yet."""
+        transport = self._transport
+        return self._out_size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    @property
+    def throttled(self) -> bool:
+        """Over the outbound budget: the peer's requests wait (see the module docstring)."""
+        return self._throttled_since is not None
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    async def wait_budget(self) -> None:
+        """Return once the connection is within its outbound budget (answers wait here).
+
+        Returns at once when the connection can no longer send: the caller finds that out
+        when it tries."""
+        while not self._within_budget.is_set():
+            await self._within_budget.wait()
 
     def _record_rtt(self, rtt: float) -> None:
         stats = self.stats
@@ -397,6 +576,7 @@ class Connection(asyncio.BufferedProtocol):
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+        self._check_budget()
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -410,6 +590,7 @@ class Connection(asyncio.BufferedProtocol):
         chunks = self._cipher.encrypt_parts(out)
         self.stats.bytes_out += sum(len(c) for c in chunks)
         self._transport.writelines(chunks)
+        self._check_budget()
 
     def _write_raw(self, data: bytes) -> None:
         if data and self._transport is not None:
@@ -428,13 +609,32 @@ class Connection(asyncio.BufferedProtocol):
         if self.state is ConnectionState.CLOSED:
             return
         now = time.monotonic()
-        if now - self._last_received > self.config.idle_timeout:
+        if self._throttled_since is not None and self._writable.is_set() \
+                and self.queued_outbound <= self.outbound_budget:
+            self._budget_drained()  # drained without resume_writing (never paused): end it
+        if self._throttled_since is not None:
+            if now - self._throttled_since > self.config.effective_budget_timeout:
+                self._budget_exceeded(now - self._throttled_since)
+                return
+        elif now - self._last_received > self.config.idle_timeout:
             log.info("%s: idle for %.1fs, closing", self.name, now - self._last_received)
             self.close(ErrorCode.IDLE_TIMEOUT, "idle timeout")
             return
         self._pings = {k: v for k, v in self._pings.items() if now - v < self.config.idle_timeout}
         self._send_ping()
         self._timer = self._loop.call_later(self.config.keepalive_interval, self._tick)
+
+    def _budget_exceeded(self, seconds: float) -> None:
+        """The peer left ``queued_outbound`` bytes of answers unread for too long: drop them
+        and the connection (a GOAWAY would sit behind the unread data)."""
+        queued = self.queued_outbound
+        log.warning("%s: peer has not read %d bytes of answers for %.1fs (budget %d): disconnecting",
+                    self.name, queued, seconds, self.outbound_budget)
+        self.stats.budget_disconnects += 1
+        self.close_reason = BudgetExceeded(
+            f"{self.name}: peer stayed over the outbound budget ({queued} > {self.outbound_budget} "
+            f"bytes unread) for {seconds:.1f}s")
+        self.abort()
 
     def _send_ping(self) -> None:
         self._ping_id = (self._ping_id % 0xFFFF_FFFF) + 1
@@ -467,6 +667,12 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._flush()
             self._transport.close()
+        # transport.close() waits for the write buffer to drain: a peer that does not read
+        # would keep it (and its buffer) for ever
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), self.config.close_grace)
+        except TimeoutError:
+            self.abort()
 
     def abort(self, error: BaseException | None = None) -> None:
         """Close at once, dropping anything unsent."""

@@ -34,6 +34,12 @@ class PeerMetrics:
     closed_bytes_out: int = 0
     closed_frames_in: int = 0
     closed_frames_out: int = 0
+    #: Outbound budget (connection.py): times a connection to this peer went over it (its
+    #: requests held), times we stopped reading it, and connections aborted because the
+    #: peer stayed over it (did not read the answers it asked for).
+    budget_throttles: int = 0
+    read_pauses: int = 0
+    budget_disconnects: int = 0
     errors: Counter[str] = attrs.field(factory=Counter)
     last_error: str | None = None
     last_error_at: float | None = None

@@ -45,7 +45,7 @@ from narwhal.errors import (
     PeerUnknown,
     SendCancelled,
 )
-from narwhal.net.connection import Connection, ConnectionConfig, close_connections
+from narwhal.net.connection import BudgetExceeded, Connection, ConnectionConfig, close_connections
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.metrics import PeerMetrics
 from narwhal.net.retry import Backoff, RetryConfig
@@ -365,6 +365,11 @@ class PeerManager:
         m.closed_bytes_out += conn.stats.bytes_out
         m.closed_frames_in += conn.stats.frames_in
         m.closed_frames_out += conn.stats.frames_out
+        m.budget_throttles += conn.stats.budget_throttles
+        m.read_pauses += conn.stats.read_pauses
+        if isinstance(conn.close_reason, BudgetExceeded):
+            m.budget_disconnects += 1
+            m.record_error("outbound_budget", conn.close_reason)
         m.errors.update({f"rpc_{kind}": n for kind, n in getattr(conn.sink, "errors", {}).items()})
         if peer.connection is conn:
             peer.connection = None
@@ -398,12 +403,16 @@ class PeerManager:
                 "bytes_out": m.closed_bytes_out + (live.bytes_out if live else 0),
                 "frames_in": m.closed_frames_in + (live.frames_in if live else 0),
                 "frames_out": m.closed_frames_out + (live.frames_out if live else 0),
+                "queued_outbound": conn.queued_outbound if conn is not None else 0,
+                "throttled": conn is not None and conn.throttled,
                 "in_flight": ex.in_flight,
                 "queued": ex.waiting,
                 "backing_off": ex.backing_off,
                 "pending": ex.pending,
                 "pool_capacity": ex.capacity,
                 **{k: v for k, v in m.as_dict().items() if not k.startswith("closed_")},
+                "budget_throttles": m.budget_throttles + (live.budget_throttles if live else 0),
+                "read_pauses": m.read_pauses + (live.read_pauses if live else 0),
             })
         return rows
 

@@ -9,9 +9,16 @@ both directions on one connection.
 
 Bounds: at most ``max_concurrent_handlers`` handlers run per connection. A request beyond
 that is answered ``OVERLOADED`` at once (transient: the sender's retrier backs off) and a
-one-way message beyond it is dropped and counted. We never pause reading instead: a
+one-way message beyond it is dropped and counted. We never pause reading for that: a
 handler may itself wait for a response on this very connection, and pausing the reader
 would deadlock it.
+
+Answers count against the connection's outbound budget (``connection.py``): a request
+handler waits for the budget before it runs and again before its answer is queued, so a
+peer that does not read its answers makes its own requests wait, not our memory grow.
+While over budget the connection holds the peer's new requests (and, past a small
+backlog, stops reading) but keeps delivering RESPONSE/ERROR frames, so a handler waiting
+for a response on this link is never blocked by it.
 """
 
 from __future__ import annotations
@@ -249,6 +256,10 @@ class RpcChannel:
         started = time.monotonic()
         ok = False
         try:
+            if request_id and self._conn.throttled:
+                # Owing the peer more than its outbound budget already: do not produce
+                # another answer (and hold it in memory) before the peer reads.
+                await self._conn.wait_budget()
             ok = await self._handle(handler, message, request_id)
         finally:
             if self._routes is not None:
@@ -256,41 +267,48 @@ class RpcChannel:
 
     async def _handle(self, handler: Handler, message: Any, request_id: int) -> bool:
         """Run the handler and answer; False when the answer is an ERROR."""
+        ok, kind, tag, body = await self._answer(handler, message, request_id)
+        if request_id and self._conn.can_send:
+            # the answer counts against the connection's outbound budget: wait for it, so
+            # the queue exceeds the budget by at most one frame
+            if self._conn.throttled:
+                await self._conn.wait_budget()
+            if self._conn.can_send:
+                self._conn.send_frame(kind, request_id, tag, body)
+        return ok
+
+    async def _answer(self, handler: Handler, message: Any,
+                      request_id: int) -> tuple[bool, FrameKind, int, bytes]:
+        """Run the handler: ``(ok, kind, tag, body)`` of the answer frame to send."""
         try:
             response = await handler(self._conn.peer, message)
         except RequestRejected as exc:
             self.errors["rejected"] += 1
-            self._answer_error(request_id, exc.code, exc.text)
-            return False
+            return False, FrameKind.ERROR, 0, encode_error_body(exc.code, exc.text)
         except NarwhalError as exc:
             self.errors[type(exc).__name__] += 1
-            self._answer_error(request_id, exc.code, str(exc))
-            return False
+            return False, FrameKind.ERROR, 0, encode_error_body(exc.code, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a handler bug must not take the connection down
             log.exception("%s: handler for %s failed", self._conn.name, type(message).__name__)
             self.errors["handler_crash"] += 1
-            self._answer_error(request_id, ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
-            return False
+            return False, FrameKind.ERROR, 0, encode_error_body(
+                ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
         self.requests_served += 1
-        if not request_id or not self._conn.can_send:
-            return True
+        if not request_id:
+            return True, FrameKind.RESPONSE, 0, b""
         if response is None:
             response = messages.Ack()
         if isinstance(response, messages.Encoded):  # already wire bytes (see messages.splice)
-            tag, body = response.tag, response.body
-        else:
-            try:
-                tag, body = messages.tag_of(response), messages.encode(response)
-            except MessageError:  # our handler built an invalid message: our bug, not the peer's
-                log.exception("%s: handler for %s returned an invalid response",
-                              self._conn.name, type(message).__name__)
-                self.errors["bad_response"] += 1
-                self._answer_error(request_id, ErrorCode.INTERNAL, "invalid response")
-                return False
-        self._conn.send_frame(FrameKind.RESPONSE, request_id, tag, body)
-        return True
+            return True, FrameKind.RESPONSE, response.tag, response.body
+        try:
+            return True, FrameKind.RESPONSE, messages.tag_of(response), messages.encode(response)
+        except MessageError:  # our handler built an invalid message: our bug, not the peer's
+            log.exception("%s: handler for %s returned an invalid response",
+                          self._conn.name, type(message).__name__)
+            self.errors["bad_response"] += 1
+            return False, FrameKind.ERROR, 0, encode_error_body(ErrorCode.INTERNAL, "invalid response")
 
     def _reject(self, frame: Frame, reply: bool, code: ErrorCode, text: str, counter: str) -> None:
         self.errors[counter] += 1

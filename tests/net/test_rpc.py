@@ -38,7 +38,12 @@ class FakeConnection:
     def __init__(self) -> None:
         self.sent: list[Frame] = []
 
+    throttled = False
+
     async def wait_writable(self) -> None:
+        return None
+
+    async def wait_budget(self) -> None:
         return None
 
     def send_frame(self, kind, request_id, tag, body) -> None:
