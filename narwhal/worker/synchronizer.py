@@ -18,10 +18,19 @@ within the batch limit; it is then stored durably and reported to our primary ex
 a batch received from its author (:meth:`BatchReceiver.store`).
 
 Bounds: a digest is wanted by at most one sync at a time (concurrent ``Synchronize`` for
-the same digest share it); at most ``MAX_WANTED_DIGESTS`` digests are wanted at once, and a
-``Synchronize`` beyond that is refused ``OVERLOADED`` (our primary's reliable send retries
-it later). A sync ends when it has everything or, by the rule of
-:mod:`narwhal.worker.late_sends`, when a ``Cleanup`` expires its epoch.
+the same digest share it); at most ``max_wanted`` digests are wanted at once, and at most
+an equal share of them (``max_wanted // authorities``) per target. A ``Synchronize`` beyond
+either bound is refused ``OVERLOADED``, whole (our primary's reliable send, or its
+committed-batch fetcher, asks again later), and counted ``sync_overloaded`` (global bound)
+or ``sync_target_overloaded`` (the target's share). Why a share per target: the target is
+the author of the header (or certificate) that named the batches, so a Byzantine author
+whose headers name made-up digests can fill only its own share, and Synchronize for honest
+authors' batches are still accepted while its fake digests wait for the GC horizon. The
+default ``max_wanted`` is ``MAX_WANTED_DIGESTS``, raised so that every share holds at least
+one full ``Synchronize`` (``MAX_DIGESTS_PER_REQUEST`` digests) in large committees; the
+shares add up to at most ``max_wanted``, so the targets of the committee can never reach
+the global bound (which stays, for targets outside it). A sync ends when it has everything
+or, by the rule of :mod:`narwhal.worker.late_sends`, when a ``Cleanup`` expires its epoch.
 """
 
 from __future__ import annotations
@@ -29,12 +38,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from typing import Any
 
 import attrs
 
+from narwhal.config import short_hex
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import OthersBatch, RequestBatches, Synchronize, batch_length
+from narwhal.messages import (
+    MAX_DIGESTS_PER_REQUEST,
+    OthersBatch,
+    RequestBatches,
+    Synchronize,
+    batch_length,
+)
 from narwhal.net.retry import Backoff, RetryConfig
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.late_sends import CleanupEpoch
@@ -59,6 +76,7 @@ class _Sync:
     asked: frozenset[bytes]  # everything this sync asked for
     target: bytes | None  # network key of the target authority's worker
     epoch: int
+    author: bytes = b""  # the Synchronize's target authority, whose share this sync uses
     task: asyncio.Task[None] | None = None
 
 
@@ -66,7 +84,7 @@ class Synchronizer:
     def __init__(self, *, peers: dict[bytes, bytes], worker_id: int, network: Any, store: Any,
                  receiver: BatchReceiver, report: Any, epoch: CleanupEpoch,
                  metrics: WorkerMetrics, retry_delay: float, retry_nodes: int,
-                 max_wanted: int = MAX_WANTED_DIGESTS) -> None:
+                 max_wanted: int | None = None, max_per_target: int | None = None) -> None:
         self.peers = peers  # other authority -> network key of its worker with our id
         self.worker_id = worker_id
         self._network, self._store = network, store  # ReliableNetwork, Store
@@ -75,13 +93,29 @@ class Synchronizer:
         self.retry = RetryConfig(initial_interval=retry_delay, multiplier=1.5,
                                  max_interval=retry_delay * MAX_DELAY_FACTOR)
         self.retry_nodes = retry_nodes
-        self.max_wanted = max_wanted
+        self.authorities = len(peers) + 1
+        #: Global bound on the digests being fetched, and each target's share of it.
+        self.max_wanted = max_wanted if max_wanted is not None else max(
+            MAX_WANTED_DIGESTS, self.authorities * MAX_DIGESTS_PER_REQUEST)
+        self.max_per_target = max_per_target
         self._wanted: dict[bytes, _Sync] = {}
+        self._by_target: Counter[bytes] = Counter()  # target -> digests it holds in _wanted
         self._syncs: set[_Sync] = set()
 
     @property
     def wanted(self) -> int:
         return len(self._wanted)
+
+    @property
+    def target_share(self) -> int:
+        """Digests one target may have being fetched at once."""
+        if self.max_per_target is not None:
+            return self.max_per_target
+        return max(1, self.max_wanted // self.authorities)
+
+    def wanted_by_target(self) -> dict[str, int]:
+        """Digests being fetched, by target authority (short hex): for the status."""
+        return {short_hex(t): n for t, n in self._by_target.items() if n}
 
     async def handle(self, peer: Any, message: Synchronize) -> None:
         """The ``Synchronize`` handler: acked once the fetch is under way."""
@@ -95,11 +129,17 @@ class Synchronizer:
                 new.append(digest)
         if not new:
             return
+        target = message.target
+        if self._by_target[target] + len(new) > self.target_share:
+            self.metrics.error("sync_target_overloaded")
+            raise RequestRejected(ErrorCode.OVERLOADED, f"too many batches of "
+                                  f"{short_hex(target)} being synchronized")
         if len(self._wanted) + len(new) > self.max_wanted:
             self.metrics.error("sync_overloaded")
             raise RequestRejected(ErrorCode.OVERLOADED, "too many batches being synchronized")
-        sync = _Sync(set(new), frozenset(new), self.peers.get(message.target), self._epoch.value)
+        sync = _Sync(set(new), frozenset(new), self.peers.get(target), self._epoch.value, target)
         self._wanted.update(dict.fromkeys(new, sync))
+        self._by_target[target] += len(new)
         self._syncs.add(sync)
         sync.task = asyncio.get_running_loop().create_task(self._fetch(sync))
 
@@ -173,7 +213,12 @@ class Synchronizer:
             sync.wanted.discard(digest)
 
     def _forget(self, sync: _Sync) -> None:
+        if sync not in self._syncs:
+            return  # already forgotten (cancelled, then its task's finally)
         self._syncs.discard(sync)
+        self._by_target[sync.author] -= len(sync.asked)
+        if not self._by_target[sync.author]:
+            del self._by_target[sync.author]
         for digest in sync.asked:
             if self._wanted.get(digest) is sync:
                 del self._wanted[digest]

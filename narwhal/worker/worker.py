@@ -207,6 +207,7 @@ class Worker:
             "late_batches": self.late.batches,
             "late_sends": self.late.sends,
             "sync_wanted_digests": self.synchronizer.wanted,
+            "sync_wanted_by_target": self.synchronizer.wanted_by_target(),
             "reports_outstanding": self.reporter.outstanding,
             "cleanup_round": self.epoch.round,
             "clients": {"connected": len(self.clients.connections),

@@ -115,6 +115,7 @@ async def test_sync_state_is_bounded_and_expires_on_cleanup(make_cluster):
     primaries, workers = await cluster.up(workers=(0, 1))
     primary0, worker0 = primaries[0], workers[0]
     worker0.synchronizer.max_wanted = 3
+    worker0.synchronizer.max_per_target = 10  # the global bound alone
 
     await primary0.request(0, messages.Synchronize([unknown(1), unknown(2)], cluster.name(1)))
     with pytest.raises(RemoteError) as info:  # 2 + 2 > 3: refused, nothing half-registered
@@ -132,3 +133,53 @@ async def test_sync_state_is_bounded_and_expires_on_cleanup(make_cluster):
     assert worker0.status()["sync_wanted_digests"] == 0
     await primary0.request(0, messages.Synchronize([unknown(3), unknown(4)], cluster.name(1)))
     assert worker0.status()["sync_wanted_digests"] == 2
+
+
+async def test_a_flood_of_fake_digests_fills_only_its_author_s_share(make_cluster):
+    """A Byzantine author (3) whose headers name made-up batches makes our primary ask for
+    them: they fill authority 3's share of the sync state, not the whole of it, so a
+    Synchronize for an honest author's batch is still accepted and fetched."""
+    cluster = make_cluster()
+    honest = await put_batch(cluster, [1], [b"an honest batch"])
+    primaries, workers = await cluster.up(workers=(0, 1))
+    primary0, worker0 = primaries[0], workers[0]
+    sync = worker0.synchronizer
+    assert (sync.authorities, sync.max_wanted, sync.target_share) == (4, 10_000, 2_500)
+    sync.max_wanted, sync.max_per_target = 40, 10  # the same rule, smaller: 4 shares of 10
+
+    fakes = [unknown(i) for i in range(100)]
+    await primary0.request(0, messages.Synchronize(fakes[:6], cluster.name(3)))
+    await primary0.request(0, messages.Synchronize(fakes[6:10], cluster.name(3)))  # 10: full
+    for start in (10, 20, 30):  # refused whole: nothing half-registered
+        await refused_overloaded(primary0.request(
+            0, messages.Synchronize(fakes[start:start + 10], cluster.name(3))))
+    await refused_overloaded(primary0.request(0, messages.Synchronize(fakes[10:11], cluster.name(3))))
+    status = worker0.status()
+    assert status["errors"]["sync_target_overloaded"] == 4
+    assert "sync_overloaded" not in status["errors"]
+    assert status["sync_wanted_digests"] == 10
+    assert status["sync_wanted_by_target"] == {cluster.name(3).hex()[:8]: 10}
+
+    # Honest authors' batches are still accepted (their own shares are untouched) and fetched.
+    await eventually(lambda: worker0.manager.is_connected(cluster.keys[1].workers[0].public))
+    await primary0.request(0, messages.Synchronize([honest], cluster.name(1)))
+    await primary0.request(0, messages.Synchronize(fakes[50:60], cluster.name(2)))  # a full share
+    await eventually(lambda: 0 in cluster.holders(honest))
+    await eventually(lambda: (honest, 0) in reports(primary0.others))
+    await eventually(lambda: worker0.status()["sync_wanted_by_target"] == {
+        cluster.name(3).hex()[:8]: 10, cluster.name(2).hex()[:8]: 10})
+    assert worker0.status()["errors"]["sync_target_overloaded"] == 4
+
+    # The fake digests are given up at the GC horizon, which frees the Byzantine share.
+    await primary0.request(0, messages.Cleanup(1))
+    await primary0.request(0, messages.Cleanup(52))
+    assert worker0.status()["sync_wanted_digests"] == 0
+    assert worker0.status()["sync_wanted_by_target"] == {}
+    await primary0.request(0, messages.Synchronize(fakes[10:20], cluster.name(3)))
+    assert worker0.status()["sync_wanted_by_target"] == {cluster.name(3).hex()[:8]: 10}
+
+
+async def refused_overloaded(call) -> None:
+    with pytest.raises(RemoteError) as info:
+        await call
+    assert info.value.code is ErrorCode.OVERLOADED, info.value
