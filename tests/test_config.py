@@ -96,6 +96,9 @@ def test_parameters_file_may_omit_fields(tmp_path: Path):
     p = Parameters.load(path)
     assert p.batch_size == 1000 and p.header_size == 1_000
     assert p.retry == RetryConfig(max_interval=3)
+    # derived defaults follow the fields they derive from
+    assert (p.batch_quota_rate, p.batch_quota_burst) == (4 * 6_400_000, 2 * 64 * 1024 * 1024)
+    assert Parameters(max_pending_transactions_bytes=1_000).batch_quota_burst == 500_000 + 131_072
 
 
 @pytest.mark.parametrize(
@@ -115,6 +118,9 @@ def test_parameters_file_may_omit_fields(tmp_path: Path):
         ({"max_frame_size": 100}, "max_frame_size: must be an integer in [1024, 2**32)"),
         ({"batch_size": 8 * 1024 * 1024}, "batch_size: batch_size + max_transaction_size"),
         ({"max_pending": 10}, "max_pending: must be >= pool_capacity"),
+        ({"batch_quota_rate": 0}, "batch_quota_rate: must be a positive integer"),
+        ({"batch_quota_burst": 2.5}, "batch_quota_burst: must be a positive integer"),
+        ({"batch_quota_burst": 600_000}, "batch_quota_burst: must hold the largest batch"),
         ({"keepalive_interval": 30}, "keepalive_interval: must be below idle_timeout"),
         ({"retry": {"initial_interval": 0}}, "retry: initial_interval must be a positive"),
         ({"dial_retry": {"multiplier": 0.5}}, "dial_retry: multiplier must be"),

@@ -40,6 +40,22 @@ CONSENSUS_PROTOCOLS = ("bullshark", "tusk")
 MiB = 1024 * 1024
 #: Reliable-send backoff: MystenLabs' defaults (500 ms, x1.5, 15 s, +-30%).
 DEFAULT_RETRY = RetryConfig()
+#: What one honest worker sends each peer at the load we benchmark: 50,000 tx/s of 512 B
+#: for the whole committee, spread over (at least) 4 authorities: 6.4 MB/s.
+HONEST_PEER_BATCH_RATE = 50_000 * 512 // 4
+
+
+def _default_batch_quota_rate(p: Parameters) -> int:
+    """4x what an honest peer sends: the larger of 20 full batches a second and the
+    benchmarked load (40 MB/s with the default 500 KB batches)."""
+    return 4 * max(20 * p.batch_size, HONEST_PEER_BATCH_RATE)
+
+
+def _default_batch_quota_burst(p: Parameters) -> int:
+    """Twice the pending budget: a peer back from a partition resends at once its batches
+    waiting for a quorum (at most max_pending_transactions_bytes) and its late sends
+    (about as much again). Never below the largest batch, which must always fit."""
+    return max(2 * p.max_pending_transactions_bytes, p.batch_size + p.max_transaction_size)
 
 
 def _int(default: int) -> Any:
@@ -79,6 +95,21 @@ class Parameters:
     #: Bytes a worker holds in accepted, not yet quorum-acknowledged transactions; beyond
     #: it intake slows or refuses clients (backpressure instead of unbounded memory).
     max_pending_transactions_bytes: int = _int(64 * MiB)
+    #: Storage quota of one peer authority's worker: bytes of batches per second it may
+    #: make us store (a token bucket; a batch under batch_size // 20 bytes is charged that
+    #: much, which bounds the count of tiny batches too), and the burst it may send at
+    #: once. Beyond it a Batch is refused OVERLOADED (the sender retries later) and counted
+    #: batch_quota_exceeded. Defaults, derived from the fields above when omitted: rate
+    #: 4 x max(20 x batch_size, 6.4 MB/s) (40 MB/s: 4x an honest worker's share of the
+    #: benchmarked 50,000 tx/s x 512 B over 4 authorities, or of 20 full batches a second);
+    #: burst 2 x max_pending_transactions_bytes (128 MiB: what an honest worker may resend at
+    #: once after a partition, its batches awaiting a quorum plus about as much in late sends).
+    batch_quota_rate: int = attrs.field(
+        default=attrs.Factory(_default_batch_quota_rate, takes_self=True),
+        validator=_check(lambda v: type(v) is int and v > 0, "a positive integer"))
+    batch_quota_burst: int = attrs.field(
+        default=attrs.Factory(_default_batch_quota_burst, takes_self=True),
+        validator=_check(lambda v: type(v) is int and v > 0, "a positive integer"))
     #: Largest application frame: the wire layer's hard limit on one message.
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_check(
         lambda v: type(v) is int and 1024 <= v < 2**32, "an integer in [1024, 2**32)"))
@@ -110,6 +141,11 @@ class Parameters:
                 f"batch_size: batch_size + max_transaction_size ({self.batch_size} + "
                 f"{self.max_transaction_size}) must be below max_frame_size "
                 f"({self.max_frame_size})")
+        if self.batch_quota_burst < self.batch_size + self.max_transaction_size:
+            raise ConfigError(
+                f"batch_quota_burst: must hold the largest batch, batch_size + "
+                f"max_transaction_size ({self.batch_size + self.max_transaction_size}), "
+                f"got {self.batch_quota_burst}")
         if self.max_pending < self.pool_capacity:
             raise ConfigError(f"max_pending: must be >= pool_capacity ({self.pool_capacity}), "
                               f"got {self.max_pending}")

@@ -65,6 +65,12 @@ _LINKS: dict[type, frozenset[str]] = {
 }
 #: Late batches kept is at least this, whatever the byte budget says.
 MIN_LATE_BATCHES = 16
+#: A peer's batch is charged at least batch_size // this against its storage quota: an
+#: honest worker seals an under-full batch only on timeout (at most 1 / max_batch_delay a
+#: second, 10/s by default: 1/2 batch_size a second of charge, against the quota's
+#: >= 80 batch_size), so tiny batches cost honest peers almost nothing and a flood of them
+#: is bounded in count (quota_rate / (batch_size // 20) a second: <= 1,600/s by default).
+MIN_CHARGE_DIVISOR = 20
 
 
 class Worker:
@@ -114,7 +120,9 @@ class Worker:
         self.receiver = BatchReceiver(store=store, report=self.reporter.report,
                                       worker_id=worker_id,
                                       max_batch_bytes=p.batch_size + p.max_transaction_size,
-                                      metrics=metrics)
+                                      metrics=metrics, quota_rate=p.batch_quota_rate,
+                                      quota_burst=p.batch_quota_burst,
+                                      min_charge=p.batch_size // MIN_CHARGE_DIVISOR)
         self.server = BatchServer(store=store, max_frame_size=p.max_frame_size, metrics=metrics)
         self.synchronizer = Synchronizer(
             peers=peers, worker_id=worker_id, network=reliable,
