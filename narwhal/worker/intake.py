@@ -6,7 +6,11 @@ acknowledged by a quorum. :class:`PendingBytes` counts those bytes; a submission
 would push them over ``max_pending_transactions_bytes`` waits (FIFO) for room, and after
 ``admission_timeout`` is refused ``OVERLOADED``. So a client can slow us down, never make
 us grow without bound (one submission over the limit is still admitted when nothing is
-pending, so an oversized limit cannot wedge intake).
+pending, so an oversized limit cannot wedge intake). It also bounds what an anonymous
+client can make us seal and store: the bytes accepted are at most the budget plus the
+bytes of our batches that reached a quorum, i.e. that 2f other workers stored within their
+per-peer storage quota (``batch_quota_rate``; see :mod:`narwhal.worker.batch_receiver`):
+a client floods us no faster than the committee replicates, and is slowed, then refused.
 
 What the client's ``TransactionsAccepted(count)`` means: the transactions are in the batch
 maker. It is **not** durable and **not** a promise of inclusion: a crash loses them, and a

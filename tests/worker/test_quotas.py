@@ -4,6 +4,7 @@ honest sender that hits the quota gets through by retrying."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -135,3 +136,49 @@ def test_default_quota_is_derived_from_the_batch_size_and_pending_budget():
     assert p.batch_quota_burst == 2 * 64 * 1024 * 1024
     small = Parameters(batch_size=10_000)
     assert small.batch_quota_rate == 4 * 50_000 * 512 // 4  # 4x the benchmarked 6.4 MB/s
+
+
+async def test_a_client_cannot_make_the_worker_seal_faster_than_it_replicates(make_cluster):
+    """Intake is bounded by replication: bytes a client gets accepted are at most the
+    pending budget plus what reached a quorum, and with the peers' storage quotas as the
+    bottleneck, a quorum needs two peers to store each batch, so at most their burst plus
+    their rate times the elapsed time. A flooding client is slowed, then refused OVERLOADED."""
+    limit, rate, burst = 8_000, 2_000, 3_000
+    cluster = make_cluster(batch_size=2_000, max_transaction_size=1_000,
+                           max_pending_transactions_bytes=limit, batch_quota_rate=rate,
+                           batch_quota_burst=burst)
+    _, workers = await cluster.up()
+    worker0 = workers[0]
+    worker0.intake.admission_timeout = 0.2
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    refused, peak, sent = 0, 0, 0
+
+    async def flood(client) -> None:
+        nonlocal refused, sent
+        while True:
+            sent += 1  # distinct transactions: identical batches would be stored once
+            try:
+                await submit(client, [b"%d %d " % (sent, i) + b"f" * 980 for i in (1, 2)])
+            except RemoteError as exc:
+                assert exc.code is ErrorCode.OVERLOADED
+                refused += 1
+
+    clients = [await cluster.client(0) for _ in range(4)]
+    tasks = [asyncio.ensure_future(flood(c)) for c in clients for _ in range(3)]
+    try:
+        while loop.time() - started < 1.5:
+            peak = max(peak, worker0.status()["pending_tx_bytes"])
+            await asyncio.sleep(0.01)
+    finally:
+        for task in tasks:
+            task.cancel()
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(e, asyncio.CancelledError) for e in ended), ended
+    elapsed = loop.time() - started
+    status = worker0.status()
+    assert peak <= limit and status["pending_tx_bytes"] <= limit
+    assert status["tx_bytes_received"] <= limit + burst + rate * elapsed
+    assert status["submissions_slowed"] > 0 and refused > 0
+    assert status["errors"]["overloaded"] >= refused  # (+ any the cancelled clients left)
+    assert sum(workers[i].status()["errors"]["batch_quota_exceeded"] for i in (1, 2, 3)) > 0
