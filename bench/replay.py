@@ -80,7 +80,7 @@ async def measure(count: int, repeats: int) -> dict[str, float]:
     committee = Committee.local([k.public() for k in keys], 1)
     nowhere = _Nowhere()
     core = Core(name=keys[0].name, committee=committee, signer=keys[0].signing, store=nowhere,
-                network=nowhere, fetch_certificates=lambda digests, hint: None,
+                network=nowhere, fetch_certificates=lambda digests, hint, round_: None,
                 on_parents=lambda round_, parents: None)
     author = keys[1]
     parked = _signed(author, 2, [os.urandom(32) for _ in range(3)])

@@ -9,7 +9,8 @@ the message, the committee and the node's GC round: no I/O, no clock.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from narwhal import crypto
 from narwhal.errors import ErrorCode, RequestRejected
@@ -23,6 +24,9 @@ MAX_ROUNDS_AHEAD = 1_000
 
 
 class Committee(Protocol):
+    @property
+    def authorities(self) -> Mapping[bytes, Any]: ...
+
     def stake(self, name: bytes) -> int: ...
 
     def quorum_threshold(self) -> int: ...
@@ -53,6 +57,11 @@ def check_header(header: Header, committee: Committee, *, gc_round: int, highest
         raise Invalid("too_old", f"header round {header.round} is at or below the gc round {gc_round}")
     if header.round > highest_round + MAX_ROUNDS_AHEAD:
         raise Invalid("too_far_ahead", f"header round {header.round} is far ahead of {highest_round}")
+    if len(header.parents) > len(committee.authorities):
+        # one certificate per authority of the previous round at most: more would only make
+        # us fetch digests nobody has (checked before the signature: it costs nothing)
+        raise Invalid("too_many_parents", f"{len(header.parents)} parents in a committee of "
+                      f"{len(committee.authorities)}")
     if not crypto.verify(header.author, header.digest(), header.signature):
         raise Invalid("bad_signature", "header signature is invalid")
 

@@ -88,7 +88,7 @@ class Core:
         signer: Any,
         store: StoreLike,
         network: PrimaryNetworkLike,
-        fetch_certificates: Callable[[Iterable[bytes], bytes | None], None],
+        fetch_certificates: Callable[[Iterable[bytes], bytes | None, int], None],
         on_parents: Callable[[int, tuple[bytes, ...]], None],
         on_certificate: Callable[[Certificate], None] = lambda c: None,
         worker_ids: Iterable[int] = (0,),
@@ -234,7 +234,7 @@ class Core:
             self.counters["header_parked"] += 1
             self.counters["header_parked_dropped"] = self._parked_headers.dropped
         if missing_parents:
-            self._fetch(missing_parents, header.author)
+            self._fetch(missing_parents, header.author, header.round - 1)
         if missing_payload:
             self._request_payload(header.author, missing_payload, header.round)
 
@@ -371,7 +371,7 @@ class Core:
             while len(self._parked_certificates) > MAX_PARKED_CERTIFICATES:
                 self._parked_certificates.pop(next(iter(self._parked_certificates)))
                 self.counters["certificate_parked_dropped"] += 1
-            self._fetch(missing, hint or header.author)
+            self._fetch(missing, hint or header.author, header.round - 1)
             return
         await self._insert(certificate)
         await self._release_children(certificate.digest())

@@ -1,9 +1,10 @@
 """Certificate fetcher: brings in certificates we miss (parents of a header or of a
 certificate), first from the peer that referred to them, then from the others.
 
-Wanted digests are collected in one bounded set; one background task asks for them in
-chunks of ``MAX_DIGESTS_PER_REQUEST`` with single-try requests (a slow peer only costs a
-timeout, then the next peer is asked), and backs off while nobody has them. Whatever
+Wanted digests are collected in one bounded set, shared by the peers that made us want
+them (see :class:`CertificateFetcher`); one background task asks for them in chunks of
+``MAX_DIGESTS_PER_REQUEST`` with single-try requests (a slow peer only costs a timeout,
+then the next peer is asked), and backs off while nobody has them. Whatever
 arrives goes through the core's normal validation (``handle_certificate``): a fetched
 certificate is trusted no more than a pushed one. Its own missing parents are then
 wanted in turn, so a node that fell behind walks back until it meets its DAG.
@@ -20,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+import attrs
 
 from narwhal.errors import NarwhalError
 from narwhal.messages import (
@@ -37,8 +41,9 @@ __all__ = ["CertificateFetcher"]
 
 log = logging.getLogger(__name__)
 
-#: Digests we are looking for at once; beyond it new wants are dropped (they are asked
-#: for again when the certificate or header that needs them is retried).
+#: Digests we are looking for at once, shared equally by the sources that made us want
+#: them; beyond its share a source's new wants are dropped (asked for again when the
+#: certificate or header that needs them is retried).
 MAX_WANTED = 20_000
 FETCH_TIMEOUT = 2.0
 FETCH_BACKOFF = RetryConfig(initial_interval=0.1, max_interval=2.0, multiplier=1.5)
@@ -46,7 +51,29 @@ FETCH_BACKOFF = RetryConfig(initial_interval=0.1, max_interval=2.0, multiplier=1
 BULK_BEHIND = 3
 
 
+@attrs.define
+class _Want:
+    source: bytes | None  # the peer that made us want it (asked first), None: nobody
+    round: int  # the round of the wanted certificate: dropped once GC passes it
+
+
 class CertificateFetcher:
+    """Fetches wanted certificates (see the module docstring).
+
+    What no single peer can do to it (issue 12, finding 2):
+
+    - **fill it**: each source (the author of the header, or the sender of the
+      certificate, that named the missing digests) has an equal share of ``MAX_WANTED``;
+      a flood of made-up digests only crowds out the flooder's own wants;
+    - **keep it full**: a want is dropped once the GC round passes its round
+      (:meth:`garbage_collect`), so made-up digests go away as the DAG moves on;
+    - **stall it**: each source's wants are asked for in their own request, all sources
+      at once, so a silent source costs its own requests a timeout and nothing else;
+      every request goes to the source first, then to every other peer in random order;
+      a chunk that was asked for goes to the back of the line, so the same 1,000 digests
+      are not asked for again and again while others wait.
+    """
+
     def __init__(
         self,
         *,
@@ -61,19 +88,38 @@ class CertificateFetcher:
         self._request = request
         self._deliver = deliver
         self._have = have
-        self._wanted: dict[bytes, bytes | None] = {}  # digest -> preferred source
+        self._wanted: dict[bytes, _Want] = {}
+        self._per_source: Counter[bytes | None] = Counter()
+        self.share = max(MAX_WANTED // (len(others) + 1), MAX_DIGESTS_PER_REQUEST)
+        self._gc_round = 0
         self._task: asyncio.Task[None] | None = None
         self.fetched = 0
         self.failures = 0
         self.bulk_requests = 0
+        #: Wants refused because their source had used up its share.
+        self.refused = 0
         self._bulk_after = -1  # the last bulk request's round: never asked twice
 
-    def fetch(self, digests: Iterable[bytes], source: bytes | None) -> None:
+    def fetch(self, digests: Iterable[bytes], source: bytes | None, round_: int) -> None:
+        """Want the certificates ``digests`` of round ``round_``, named by ``source``."""
+        if round_ <= self._gc_round:
+            return
         for digest in digests:
-            if digest not in self._wanted and len(self._wanted) < MAX_WANTED and not self._have(digest):
-                self._wanted[digest] = source
+            if digest in self._wanted or self._have(digest):
+                continue
+            if self._per_source[source] >= self.share:
+                self.refused += 1
+                continue
+            self._wanted[digest] = _Want(source, round_)
+            self._per_source[source] += 1
         if self._wanted and (self._task is None or self._task.done()):
             self._task = asyncio.ensure_future(self._run())
+
+    def garbage_collect(self, gc_round: int) -> None:
+        """Stop wanting certificates of rounds <= ``gc_round``: nobody needs them now."""
+        self._gc_round = max(self._gc_round, gc_round)
+        for digest in [d for d, w in self._wanted.items() if w.round <= gc_round]:
+            self._forget(digest)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -84,33 +130,52 @@ class CertificateFetcher:
     def wanted(self) -> int:
         return len(self._wanted)
 
+    def _forget(self, digest: bytes) -> None:
+        want = self._wanted.pop(digest, None)
+        if want is not None:
+            self._per_source[want.source] -= 1
+            if not self._per_source[want.source]:
+                del self._per_source[want.source]
+
     async def _run(self) -> None:
         backoff = Backoff(FETCH_BACKOFF)
         while self._wanted:
             for digest in [d for d in self._wanted if self._have(d)]:
-                del self._wanted[digest]
+                self._forget(digest)
             if not self._wanted:
                 return
-            chunk = list(self._wanted)[:MAX_DIGESTS_PER_REQUEST]
-            preferred = self._wanted[chunk[0]]
-            sources = [preferred] if preferred in self._others else []
-            sources += random.sample(self._others, len(self._others))
             after = self._behind()
-            if after is not None and after > self._bulk_after and await self._ask_bulk(sources[0], after):
+            if after is not None and after > self._bulk_after and await self._ask_bulk(
+                    random.choice(self._others), after):
                 backoff.reset()
                 continue  # the loop's first step drops what arrived
-            progress = False
-            for source in dict.fromkeys(sources):
-                got = await self._ask(source, chunk)
-                if got:
-                    progress = True
-                    chunk = [d for d in chunk if d in self._wanted]
-                if not chunk:
-                    break
-            if progress:
+            chunks: dict[bytes | None, list[bytes]] = {}
+            for digest, want in self._wanted.items():
+                chunk = chunks.setdefault(want.source, [])
+                if len(chunk) < MAX_DIGESTS_PER_REQUEST:
+                    chunk.append(digest)
+            got = await asyncio.gather(*(self._fetch_chunk(source, chunk)
+                                         for source, chunk in chunks.items()))
+            if any(got):
                 backoff.reset()
             else:
                 await asyncio.sleep(backoff.next_delay() or FETCH_BACKOFF.max_interval)
+
+    async def _fetch_chunk(self, preferred: bytes | None, chunk: list[bytes]) -> bool:
+        """Ask ``preferred``, then every other peer, for ``chunk``; True if any came."""
+        sources = [preferred] if preferred in self._others else []
+        sources += random.sample(self._others, len(self._others))
+        progress = False
+        for source in dict.fromkeys(sources):
+            if await self._ask(source, chunk):
+                progress = True
+                chunk = [d for d in chunk if d in self._wanted]
+            if not chunk:
+                break
+        for digest in chunk:  # still wanted: to the back of the line
+            if digest in self._wanted:
+                self._wanted[digest] = self._wanted.pop(digest)
+        return progress
 
     async def _ask(self, source: bytes, chunk: list[bytes]) -> int:
         response = await self._try(source, CertificatesRequest(tuple(chunk)))
@@ -142,7 +207,7 @@ class CertificateFetcher:
         """Hand ``certificates`` to the core oldest first (parents before children)."""
         for certificate in sorted(certificates, key=lambda c: c.header.round):
             digest = certificate.digest()
-            self._wanted.pop(digest, None)
+            self._forget(digest)
             self.fetched += 1
             try:
                 await self._deliver(certificate, source)

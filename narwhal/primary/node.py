@@ -133,6 +133,7 @@ class PrimaryNode:
         if blob is not None:
             self.consensus_index = decode_consensus_state(blob, self.consensus.state)
         self.core.restore(certificates=certificates, votes=votes, available=available, gc_round=gc_round)
+        self.fetcher.garbage_collect(gc_round)
         settled_rounds = set()
         for index, rnd, author, _, payload in map(
                 decode_output_record, (v for _, v in self.store.items("output"))):
@@ -279,6 +280,7 @@ class PrimaryNode:
             self._record_commits(committed)
         gc_round = self.consensus.state.last_committed_round - self.parameters.gc_depth
         if gc_round > self.core.gc_round:
+            self.fetcher.garbage_collect(gc_round)
             self.core.spawn_send(self.core.garbage_collect(gc_round), None)
         orphans, payload = self._take_orphans(certificate.header.round, gc_round)
         if orphans:
