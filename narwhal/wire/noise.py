@@ -165,11 +165,26 @@ class HandshakePayload:
         return cls(role, authority, worker_id, max_frame, tuple(features))
 
 
+class _NoTags(dict[int, Any]):
+    """cbor2 ``semantic_decoders`` refusing every CBOR tag before its built-in decoder runs:
+    string references (tags 256/25) would let a 236-byte payload expand past the payload
+    cap, a bignum (tag 2) would pass for a uint (found by tests/fuzz)."""
+
+    def __missing__(self, tag: int) -> Any:
+        def refuse(*_: object) -> Any:
+            raise HandshakeError(f"CBOR tag {tag} is not allowed in a handshake payload")
+
+        return refuse
+
+
+_NO_TAGS: Final = _NoTags()
+
+
 def _decode_map(data: bytes) -> dict[str, Any]:
     if len(data) > MAX_HANDSHAKE_PAYLOAD:
         raise HandshakeError(f"handshake payload over {MAX_HANDSHAKE_PAYLOAD} bytes")
     try:
-        value = cbor2.loads(data)
+        value = cbor2.loads(data, semantic_decoders=_NO_TAGS)
     except Exception as exc:  # cbor2 raises several unrelated types on garbage
         raise HandshakeError(f"handshake payload is not CBOR: {exc}") from exc
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

@@ -3,7 +3,8 @@ test here).
 
 Each test holds the finding's input as a literal. A bug in ``narwhal/`` that is not fixed yet
 is marked ``xfail(strict=True)``: the test passes while the bug is there, and the fix must
-remove the mark.
+remove the mark. Fixed: the handshake payload decoder now refuses every CBOR tag (string
+references, bignums), as the message codec does.
 """
 
 from __future__ import annotations
@@ -27,15 +28,10 @@ def test_stringref_payload_is_within_the_cap_on_the_wire() -> None:
     assert STRINGREF_PAYLOAD.startswith(bytes.fromhex("d90100"))  # tag 256: stringref namespace
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "HandshakePayload.decode (narwhal/wire/noise.py _decode_map) lets cbor2 resolve CBOR tags: "
-    "with string references (tags 256/25) 236 bytes decode to a payload whose encoding is "
-    "3,104 bytes, past the 512-byte cap of wire_spec.md 3.4 (features must be an array of "
-    "text, not tagged references)"))
 def test_payload_decoder_refuses_string_references() -> None:
     """Found while writing ``check_payload`` (review of the decoder, then confirmed by the
     check), not by a fuzzer run: no random mutation builds a string-reference namespace."""
-    t.fuzz_payload(STRINGREF_PAYLOAD)  # check_payload: re-encoding must fit the cap
+    t.fuzz_payload(STRINGREF_PAYLOAD)  # check_payload: refused, or re-encoding fits the cap
     with pytest.raises(HandshakeError):
         HandshakePayload.decode(STRINGREF_PAYLOAD)
 
@@ -45,10 +41,6 @@ BIGNUM_PAYLOAD = cbor2.dumps(
     {"role": "client", "max_frame_size": cbor2.CBORTag(2, b"\x01\x00\x00"), "features": []})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HandshakePayload.decode accepts a bignum (tag 2) where wire_spec.md 3.4 says uint: "
-    "cbor2 turns the tag into an int before the type check; the message codec refuses every "
-    "tag, the payload decoder none"))
 def test_payload_decoder_refuses_a_bignum_uint() -> None:
     with pytest.raises(HandshakeError):
         HandshakePayload.decode(BIGNUM_PAYLOAD)
