@@ -3,7 +3,7 @@ total order of certificates.
 
 Both keep the same :class:`ConsensusState` (a DAG of uncommitted certificates, the last
 committed round per authority) and differ only in *which* leader a new certificate can
-decide and *where* its support is counted (``../shared/PROTOCOL.md``, "Consensus"):
+decide and *where* its support is counted (``docs/protocol.md``, "Consensus"):
 
 - **Bullshark** (partially synchronous, as in MystenLabs/narwhal): a certificate of round R
   may decide the leader of round r = R-1 (r even, r >= 2) with f+1 stake of round-R

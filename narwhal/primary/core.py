@@ -1,7 +1,7 @@
 """The primary's core: validate headers and vote, aggregate votes into certificates,
 accept certificates in causal order, and garbage-collect old rounds.
 
-Rules kept here (``../shared/PROTOCOL.md``, "Primary"):
+Rules kept here (``docs/protocol.md``, "Primary"):
 
 - **Vote at most once per (author, round), for ever.** The choice is reserved in memory
   *before* the first ``await`` (so two concurrent deliveries cannot both vote) and written
