@@ -108,14 +108,10 @@ class StatusCollector(Collector):
         primary = status.get("primary") or {}
         for name, doc, key, counter in PRIMARY_METRICS:
             if isinstance(primary.get(key), int | float):
-                family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
-                family.add_metric([], primary[key])
-                yield family
+                yield _unlabelled(name, doc, primary[key], counter)
         committed = primary.get("committed_batches") or {}
         for name, doc, key, counter in OUTPUT_METRICS if committed else ():
-            family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
-            family.add_metric([], committed.get(key) or 0)
-            yield family
+            yield _unlabelled(name, doc, committed.get(key) or 0, counter)
         workers = [(local, s) for local, s in roles if local.startswith("worker")]
         for name, doc, key in WORKER_COUNTERS:
             family = CounterMetricFamily(name, doc, labels=["local"])
@@ -147,6 +143,13 @@ class StatusCollector(Collector):
         for local, role in roles:
             size.add_metric([local], role.get("store_bytes", 0))
         yield size
+
+
+def _unlabelled(name: str, doc: str, value: float, counter: bool) -> Metric:
+    """A counter or gauge family with one unlabelled sample."""
+    family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
+    family.add_metric([], value)
+    return family
 
 
 def _route_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
