@@ -33,7 +33,25 @@ of every validator process is sampled about once a second. The summary gives, fo
 largest node, the RSS at the start and end of the run, the peak, and the growth: the
 least-squares slope in MB/min (MiB) of the samples after the warm-up, the largest over the
 nodes. A flat memory profile is a growth near 0 over a long run (``--duration 300``); the
-JSON has every sample (``rss_samples``: per node, a list of ``[seconds, MB]``).
+JSON has every sample (``rss_samples``: per node, a list of ``[seconds, MB]``). The space
+each validator's store takes on disk (allocated blocks of its folder) is sampled the same way:
+``disk_mb_end`` (largest node at the end) and ``disk_growth_mb_per_min`` (fitted over the
+second half of the run), with ``disk_samples``.
+
+**Latency tail**: p50, p95, p99 and max of consensus latency (every batch measured) and of
+end-to-end latency (the transactions of a uniform sample of at most 2,000 batches).
+
+**Parameters and restarts**: ``--set NAME=VALUE`` overrides a node parameter as ``narwhal
+testnet --set`` does (the JSON has them under ``overrides``). ``--restart-at S`` kills -9 the
+last live validator S seconds into the load and starts it again ``--restart-down`` seconds
+later: ``restart_s`` is the time from that restart to its first vote, ``rejoin_s`` until it
+commits the round the others had committed when it came back.
+
+**WAN**: ``--latency MS [--jitter MS]`` sends every validator-to-validator connection
+through the link emulator (:mod:`narwhal.testing.links`, one relay per dialer and peer
+endpoint, run on a thread of this process; each node gets ``--dial-map``), each direction
+delayed MS one way (+-jitter per chunk, in order). Clients talk to their validators
+directly, as they would to a nearby one.
 
 **Failures**: bad arguments are refused before anything starts (exit 2). A validator that
 exits during start-up or the run (it could not bind its ports: see ``--base-port``; it
@@ -76,7 +94,7 @@ from narwhal import messages
 from narwhal.client import parse_transaction
 from narwhal.config import ConfigError, Parameters
 from narwhal.crypto import AuthorityKeys
-from narwhal.node.files import create_local, ports_per_authority
+from narwhal.node.files import create_local, parameters_with, parse_overrides, ports_per_authority
 from narwhal.node.processes import (
     Child,
     ProcessGroup,
@@ -86,6 +104,8 @@ from narwhal.node.processes import (
 )
 from narwhal.node.status import read_status
 from narwhal.store import Store
+from narwhal.testing.cluster import route_through
+from narwhal.testing.links import EmulatorThread
 
 console = Console(stderr=True)
 #: Seconds the validators get to reach round 2 before the load starts.
@@ -175,6 +195,7 @@ NODE_FIGURES: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[list[An
     "gc_full_collections": (lambda s: s["gc_full_collections"], sum),
     "gc_max_pause_ms": (lambda s: s["gc_max_pause_ms"], max),
     "loop_stalls": (lambda s: s["loop_stalls"], sum),
+    "loop_max_lag_ms": (lambda s: s["loop_max_lag_ms"], max),
 }
 
 
@@ -207,12 +228,29 @@ def rss_mb(pid: int) -> float | None:
         return None
 
 
-class MemorySampler:
-    """RSS samples ``[seconds since the start, MB]`` of each validator process."""
+def store_mb(directory: Path) -> float | None:
+    """Disk space allocated to the files under ``directory`` in MB (MiB): blocks actually
+    allocated, not apparent sizes, so a sparse or preallocated file counts what it uses."""
+    total = 0
+    try:
+        for path in directory.rglob("*"):
+            with contextlib.suppress(OSError):  # a file deleted while we walk
+                st = path.lstat()
+                if not path.is_symlink() and path.is_file():
+                    total += st.st_blocks * 512
+    except OSError:
+        return None
+    return total / (1 << 20)
 
-    def __init__(self, nodes: list[Child], started: float) -> None:
-        self.nodes, self.started = nodes, started
-        self.samples: dict[str, list[list[float]]] = {c.name: [] for c in nodes}
+
+class Sampler:
+    """Samples ``[seconds since the start, MB]`` of one measure (``measure(i)`` for live
+    validator ``i``: its RSS, its store's size) about once a second."""
+
+    def __init__(self, prefix: str, names: list[str], measure: Callable[[int], float | None],
+                 started: float) -> None:
+        self.prefix, self.measure, self.started = prefix, measure, started
+        self.samples: dict[str, list[list[float]]] = {name: [] for name in names}
         self.last = float("-inf")
 
     def maybe_sample(self) -> None:
@@ -220,17 +258,17 @@ class MemorySampler:
         if now - self.last < RSS_INTERVAL:
             return
         self.last = now
-        for child in self.nodes:
-            mb = rss_mb(child.process.pid) if child.returncode is None else None
+        for i, name in enumerate(self.samples):
+            mb = self.measure(i)
             if mb is not None:
-                self.samples[child.name].append([round(now - self.started, 2), round(mb, 2)])
+                self.samples[name].append([round(now - self.started, 2), round(mb, 2)])
 
     def figures(self, warmup: float) -> dict[str, object]:
-        """Start, end and peak RSS of the largest node, and the largest growth (MB/min:
+        """Start, end and peak of the largest node, and the largest growth (MB/min:
         least-squares slope of a node's samples over the second half of the run, and after
         ``warmup``). Why the second half: a node's working set (the DAG's GC window, batches
         in flight, caches) builds up during the first minute at any rate; "flat" is about
-        what happens after that."""
+        what happens after that. Keys are prefixed: ``rss_mb_end``, ``disk_growth_mb_per_min``."""
         series = [s for s in self.samples.values() if s]
         slopes, window = [], 0.0
         for s in series:
@@ -239,14 +277,85 @@ class MemorySampler:
                 ts, mbs = zip(*after, strict=True)
                 slopes.append(60 * statistics.linear_regression(ts, mbs).slope)
                 window = max(window, ts[-1] - ts[0])
+        p = self.prefix
         return {
-            "rss_mb_start": max((s[0][1] for s in series), default=None),
-            "rss_mb_end": max((s[-1][1] for s in series), default=None),
-            "rss_mb_max": max((mb for s in series for _, mb in s), default=None),
-            "rss_growth_mb_per_min": max(slopes, default=None),
-            "rss_growth_window_s": round(window, 2),  # the span of the samples fitted
-            "rss_samples": self.samples,
+            f"{p}_mb_start": max((s[0][1] for s in series), default=None),
+            f"{p}_mb_end": max((s[-1][1] for s in series), default=None),
+            f"{p}_mb_max": max((mb for s in series for _, mb in s), default=None),
+            f"{p}_growth_mb_per_min": max(slopes, default=None),
+            f"{p}_growth_window_s": round(window, 2),  # the span of the samples fitted
+            f"{p}_samples": self.samples,
         }
+
+
+class Restart:
+    """``--restart-at S``: kill -9 the last live validator S seconds into the load, start it
+    again with the same command line ``--restart-down`` seconds later, and time how long it
+    takes to cast its first vote (``restart_s``: from the restart to the first status file
+    of the new process with ``votes_cast >= 1``; status files are written every second, so
+    the figure is accurate to about a second) and how long it takes to commit again where
+    the others were when it came back (``rejoin_s``: until its ``committed_round`` reaches
+    the highest ``committed_round`` another node had at the restart)."""
+
+    def __init__(self, args: argparse.Namespace, net: Any, group: ProcessGroup, nodes: list[Child],
+                 started: float) -> None:
+        self.at, self.down = args.restart_at, args.restart_down
+        self.net, self.group, self.nodes, self.started = net, group, nodes, started
+        self.index = len(nodes) - 1
+        self.status_file = net.node_dir(self.index) / "status.json"
+        self.restarted_at: float | None = None
+        self.first_vote: float | None = None
+        self.rejoin_round = 0  # the others' highest committed round at the restart
+        self.rejoined: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.nodes[self.index].name
+
+    def step(self, elapsed: float) -> None:
+        if self.restarted_at is None and elapsed >= self.at:
+            self._kill_and_start()
+        elif self.restarted_at is not None and (self.first_vote is None or self.rejoined is None):
+            self._look_for_vote()
+
+    def _kill_and_start(self) -> None:
+        old = self.nodes[self.index]
+        old.process.kill()
+        old.process.wait()
+        self.group.children.remove(old)
+        time.sleep(self.down)
+        self.rejoin_round = max((
+            (read_status(self.net.node_dir(i) / "status.json") or {})
+            .get("primary", {}).get("committed_round", 0)
+            for i in range(len(self.nodes)) if i != self.index), default=0)
+        self.restarted_at = time.time()
+        self.nodes[self.index] = self.group.start(old.name, old.process.args, old.log_path)
+
+    def _look_for_vote(self) -> None:
+        status = read_status(self.status_file) or {}
+        if status.get("time", 0) <= (self.restarted_at or 0):
+            return  # the old process's file
+        primary = status.get("primary", {})
+        if self.first_vote is None and primary.get("votes_cast", 0) >= 1:
+            self.first_vote = status["time"]
+        if self.rejoined is None and primary.get("committed_round", 0) >= max(self.rejoin_round, 1):
+            self.rejoined = status["time"]
+
+    def settle(self) -> None:
+        """One last look after the run (the vote may have come during the settling time)."""
+        if self.restarted_at is not None and (self.first_vote is None or self.rejoined is None):
+            self._look_for_vote()
+
+    def restart_s(self) -> float | None:
+        return self._since_restart(self.first_vote)
+
+    def rejoin_s(self) -> float | None:
+        return self._since_restart(self.rejoined)
+
+    def _since_restart(self, moment: float | None) -> float | None:
+        if self.restarted_at is None or moment is None:
+            return None
+        return round(moment - self.restarted_at, 2)
 
 
 def _tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
@@ -300,7 +409,8 @@ def children() -> Iterator[ProcessGroup]:
 
 
 def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
-    parameters = attrs.evolve(Parameters(), consensus=args.consensus)
+    parameters = parameters_with(parse_overrides(args.overrides),
+                                 attrs.evolve(Parameters(), consensus=args.consensus))
     try:
         net = create_local(directory, args.nodes, args.workers, parameters=parameters,
                            base_port=args.base_port)
@@ -318,11 +428,20 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
             if child.returncode not in (None, 0):
                 raise BenchError(death_report(child, [child.log_path], when))
 
-    with children() as group:
+    emulated = args.latency > 0 or args.jitter > 0
+    with (EmulatorThread() if emulated else contextlib.nullcontext()) as links, children() as group:
+        dial: dict[int, list[str]] = {i: [] for i in running}
+        if links is not None:  # every validator-to-validator link through a delaying relay
+            files = links.run(lambda emulator: route_through(emulator, net))
+            dial = {i: ["--dial-map", str(files[i])] for i in running}
+
+            async def shape(emulator: Any) -> None:
+                emulator.shape(latency=args.latency / 1000, jitter=args.jitter / 1000)
+            links.run(shape)
         nodes = [group.start(f"node-{i}", python_module(
             "narwhal.node", "run", "--keys", str(net.key_files[i]), "--committee", str(net.committee_file),
             "--parameters", str(net.parameters_file), "--store", str(net.node_dir(i)),
-            "--log-file", str(net.node_dir(i) / "node.log")), net.node_dir(i) / "stdout.log")
+            "--log-file", str(net.node_dir(i) / "node.log"), *dial[i]), net.node_dir(i) / "stdout.log")
             for i in running]
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -338,8 +457,14 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
                     + f"); see {directory}/node-*/node.log")
             time.sleep(0.2)
         started = time.time()
-        memory = MemorySampler(nodes, started)
-        memory.maybe_sample()
+        names = [child.name for child in nodes]
+        memory = Sampler("rss", names, lambda i: rss_mb(nodes[i].process.pid)
+                         if nodes[i].returncode is None else None, started)
+        disk = Sampler("disk", names, lambda i: store_mb(net.node_dir(running[i])), started)
+        samplers = (memory, disk)
+        restart = Restart(args, net, group, nodes, started) if args.restart_at is not None else None
+        for sampler in samplers:
+            sampler.maybe_sample()
         # one client per live worker, the input rate split between them
         targets = [(i, w) for i in running for w in range(args.workers)]
         clients = []
@@ -353,8 +478,11 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"{args.rate:,} tx/s for {args.duration:.0f} s", total=args.duration)
             while (elapsed := time.time() - started) < args.duration:
+                if restart is not None:
+                    restart.step(elapsed)
                 check(nodes, clients, f"during the run ({elapsed:.0f} s in)")
-                memory.maybe_sample()
+                for sampler in samplers:
+                    sampler.maybe_sample()
                 progress.update(task, completed=elapsed)
                 time.sleep(0.25)
         ended = time.time()
@@ -363,6 +491,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
             check(nodes, clients, "at the end of the run")
             time.sleep(0.25)
         codes = stop_all(group)
+    if restart is not None:
+        restart.settle()
     for child in nodes:  # SIGTERM makes a validator stop cleanly and exit 0
         if codes[child.name] != 0:
             console.print(f"warning: {child.name} exited with code {codes[child.name]} when stopped; "
@@ -379,21 +509,30 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
     tps = tx_count / measured
     return {
         "nodes": args.nodes, "faults": args.faults, "workers": args.workers, "tx_size": args.tx_size,
-        "input_rate": args.rate,
+        "input_rate": args.rate, "link_latency_ms": args.latency, "link_jitter_ms": args.jitter,
         "duration_s": args.duration, "consensus": args.consensus,
         "consensus_tps": tps, "consensus_bps": tps * args.tx_size,
         "consensus_latency_ms": 1000 * statistics.mean(consensus_latency) if consensus_latency else None,
         "consensus_latency_p50_ms": 1000 * percentile(consensus_latency, 0.5),
         "consensus_latency_p95_ms": 1000 * percentile(consensus_latency, 0.95),
+        "consensus_latency_p99_ms": 1000 * percentile(consensus_latency, 0.99),
+        "consensus_latency_max_ms": 1000 * max(consensus_latency, default=0.0),
         "e2e_tps": tps, "e2e_bps": tps * args.tx_size,
         "e2e_latency_ms": 1000 * statistics.mean(e2e_latency) if e2e_latency else None,
         "e2e_latency_p50_ms": 1000 * percentile(e2e_latency, 0.5),
         "e2e_latency_p95_ms": 1000 * percentile(e2e_latency, 0.95),
+        "e2e_latency_p99_ms": 1000 * percentile(e2e_latency, 0.99),
+        "e2e_latency_max_ms": 1000 * max(e2e_latency, default=0.0),
         "batches_measured": len(window), "directory": str(directory),
         "latency_trend": latency_trend([(created[d], committed[d] - created[d]) for d in window]),
         **node_figures([net.node_dir(i) / "status.json" for i in running]),
         **memory.figures(args.warmup),
+        **disk.figures(args.warmup),
+        "restart_s": restart.restart_s() if restart is not None else None,
+        "rejoin_s": restart.rejoin_s() if restart is not None else None,
+        **({"restarted": restart.name} if restart is not None else {}),
         "parameters": {name: getattr(parameters, name) for name in PROTOTYPE_PARAMETERS},
+        "overrides": parse_overrides(args.overrides),
     }
 
 
@@ -432,12 +571,31 @@ def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f} MB"
 
 
-def memory_line(result: dict[str, Any]) -> str:
-    growth = result.get("rss_growth_mb_per_min")
+def memory_line(result: dict[str, Any], prefix: str = "rss") -> str:
+    """Start, end, peak and growth of one sampled measure (``rss``: memory, ``disk``: store)."""
+    growth = result.get(f"{prefix}_growth_mb_per_min")
     slope = ("n/a" if growth is None
-             else f"{growth:+,.1f} MB/min over {result.get('rss_growth_window_s', 0):,.0f} s")
-    return (f"start {_mb(result.get('rss_mb_start'))}, end {_mb(result.get('rss_mb_end'))}, "
-            f"max {_mb(result.get('rss_mb_max'))} (growth {slope})")
+             else f"{growth:+,.1f} MB/min over {result.get(f'{prefix}_growth_window_s', 0):,.0f} s")
+    return (f"start {_mb(result.get(f'{prefix}_mb_start'))}, end {_mb(result.get(f'{prefix}_mb_end'))}, "
+            f"max {_mb(result.get(f'{prefix}_mb_max'))} (growth {slope})")
+
+
+def percentiles(result: dict[str, Any], kind: str) -> str:
+    """``(p50 310, p95 520, p99 880, max 1,240)`` for ``consensus`` or ``e2e`` latency, in ms."""
+    return "(" + ", ".join(f"{label} {result.get(f'{kind}_latency_{label}_ms') or 0:,.0f}"
+                           for label in ("p50", "p95", "p99", "max")) + ")"
+
+
+def restart_line(result: dict[str, Any]) -> str:
+    if result.get("restart_s") is None and "restarted" not in result:
+        return ""
+    seconds = result.get("restart_s")
+    took = "did not vote before the run ended" if seconds is None else f"{seconds:,.1f} s to its first vote"
+    rejoin = result.get("rejoin_s")
+    caught_up = ("did not commit where the others were before the run ended" if rejoin is None
+                 else f"{rejoin:,.1f} s to commit where the others were at its restart")
+    return (f"\n Restart: {result.get('restarted', 'a validator')} killed (-9) and restarted, "
+            f"{took}, {caught_up}")
 
 
 def _count(value: int | None) -> str:
@@ -457,22 +615,24 @@ def summary(result: dict[str, Any]) -> str:
  Input rate: {result['input_rate']:,} tx/s
  Transaction size: {result['tx_size']:,} B
  Execution time: {result['duration_s']:,.0f} s
+ Link latency (one way): {result.get('link_latency_ms', 0):g} ms +- {result.get('link_jitter_ms', 0):g} ms
 
 {parameters_block(result)}
 
  + RESULTS:
  Consensus TPS: {result['consensus_tps']:,.0f} tx/s
  Consensus BPS: {result['consensus_bps']:,.0f} B/s
- Consensus latency: {result['consensus_latency_ms'] or 0:,.0f} ms (p50 {result['consensus_latency_p50_ms']:,.0f}, p95 {result['consensus_latency_p95_ms']:,.0f})
+ Consensus latency: {result['consensus_latency_ms'] or 0:,.0f} ms {percentiles(result, 'consensus')}
 
  End-to-end TPS: {result['e2e_tps']:,.0f} tx/s
  End-to-end BPS: {result['e2e_bps']:,.0f} B/s
- End-to-end latency: {result['e2e_latency_ms'] or 0:,.0f} ms (p50 {result['e2e_latency_p50_ms']:,.0f}, p95 {result['e2e_latency_p95_ms']:,.0f})
+ End-to-end latency: {result['e2e_latency_ms'] or 0:,.0f} ms {percentiles(result, 'e2e')}
 
  Batches proposed again, their header orphaned: {_count(result.get('batches_reproposed'))} (whole run; {result['batches_measured']:,} batches measured)
- Event-loop stalls (> 250 ms, start-up and shutdown included): {_count(result.get('loop_stalls'))}; garbage collector: {_count(result.get('gc_full_collections'))} full collection(s), longest pause {_count(result.get('gc_max_pause_ms'))} ms
+ Event-loop stalls (> 250 ms, start-up and shutdown included): {_count(result.get('loop_stalls'))}, longest lag {_count(result.get('loop_max_lag_ms'))} ms; garbage collector: {_count(result.get('gc_full_collections'))} full collection(s), longest pause {_count(result.get('gc_max_pause_ms'))} ms
 
- Node memory (RSS): {memory_line(result)}
+ Node memory (RSS): {memory_line(result, 'rss')}
+ Node store on disk: {memory_line(result, 'disk')}{restart_line(result)}
 
  + VERSUS the Rust prototype's published fab-local figures (46,478 tx/s at 464 ms,
    end-to-end 557 ms; not measured here): {versus_prototype(result)}
@@ -492,8 +652,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", help="comma-separated input rates: one run each, then a table")
     parser.add_argument("--plot", type=Path, help="with --sweep: draw latency vs throughput (PNG)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a node parameter (JSON value), e.g. --set max_header_delay=0.05;"
+                             " repeatable")
+    parser.add_argument("--compare", metavar="NAME=V1,V2[,...]",
+                        help="paired runs: one run per value of parameter NAME (the first is the baseline),"
+                             " then a table of each figure and its ratio to the baseline's")
+    parser.add_argument("--restart-at", type=float, default=None, metavar="SECONDS",
+                        help="kill -9 the last live validator this many seconds into the load, restart it,"
+                             " and report restart_s (restart to its first vote)")
+    parser.add_argument("--restart-down", type=float, default=1.0, metavar="SECONDS",
+                        help="with --restart-at: seconds the validator stays down (default 1)")
     parser.add_argument("--base-port", type=int, default=None,
                         help="the committee's ports from here on (default: free ports the kernel picks)")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                        help="one-way latency of every validator-to-validator link, through the link "
+                             "emulator (narwhal/testing/links.py); default 0: direct connections")
+    parser.add_argument("--jitter", type=float, default=0.0, metavar="MS",
+                        help="with --latency: each chunk's delay varies uniformly by +-MS")
     return parser
 
 
@@ -532,6 +708,24 @@ def problems(args: argparse.Namespace) -> list[str]:
              f"--base-port must leave room for {ports} ports below 65536, got {args.base_port}")):
         if bad:
             found.append(message)
+    try:
+        parameters_with(parse_overrides(args.overrides))
+    except ConfigError as exc:
+        found.append(f"--set: {exc}")
+    if args.compare is not None:
+        try:
+            compare_overrides(args.compare, args.overrides)
+        except ConfigError as exc:
+            found.append(f"--compare: {exc}")
+        if args.sweep is not None:
+            found.append("--compare and --sweep do not go together")
+    if args.restart_at is not None and not 0 <= args.restart_at < args.duration:
+        found.append(f"--restart-at must be within the run (0 <= S < {args.duration:g}), got {args.restart_at:g}")
+    if args.latency < 0 or args.jitter < 0 or args.jitter > args.latency:
+        found.append(f"--latency and --jitter must be >= 0 and jitter <= latency, got "
+                     f"{args.latency:g} and {args.jitter:g}")
+    if args.restart_down < 0:
+        found.append(f"--restart-down must be >= 0, got {args.restart_down:g}")
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None and not path.resolve().parent.is_dir():
             found.append(f"{option} {path}: folder {path.resolve().parent} does not exist")
@@ -547,10 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         with terminate_on_signal():  # SIGTERM/SIGHUP raise Terminated, as Ctrl-C raises KeyboardInterrupt
-            rates = [int(r) for r in args.sweep.split(",")] if args.sweep else [args.rate]
-            for rate in rates:
+            for variant in variants(args):
                 directory = Path(tempfile.mkdtemp(prefix="narwhal-bench-"))
-                results.append(run(_with_rate(args, rate), directory))
+                results.append(run(variant, directory))
     except BenchError as exc:
         _partial(results)
         print(f"error: {exc}\nevery validator and client was stopped; the files are in {directory}",
@@ -566,10 +759,13 @@ def main(argv: list[str] | None = None) -> int:
         print(sweep_table(results))
         if args.plot:
             plot(results, args.plot)
+    elif args.compare:
+        print(compare_table(results))
     else:
         print(summary(results[0]))
     if args.json:
-        args.json.write_text(json.dumps(results if args.sweep else results[0], indent=2))
+        several = args.sweep or args.compare
+        args.json.write_text(json.dumps(results if several else results[0], indent=2))
     return 0
 
 
@@ -580,8 +776,55 @@ def _partial(results: list[dict[str, Any]]) -> None:
         print(f"(the sweep stopped after {len(results)} run(s))", file=sys.stderr)
 
 
-def _with_rate(args: argparse.Namespace, rate: int) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "rate": rate})
+def variants(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One set of arguments per run: per rate of ``--sweep``, per value of ``--compare``."""
+    if args.sweep:
+        return [argparse.Namespace(**{**vars(args), "rate": int(r)}) for r in args.sweep.split(",")]
+    if args.compare:
+        return [argparse.Namespace(**{**vars(args), "overrides": o})
+                for o in compare_overrides(args.compare, args.overrides)]
+    return [args]
+
+
+def compare_overrides(spec: str, overrides: list[str]) -> list[list[str]]:
+    """``"store_sync=process,normal"`` -> the ``--set`` lists of each run (validated)."""
+    name, sep, values = spec.partition("=")
+    choices = [v for v in values.split(",") if v]
+    if not sep or not name or len(choices) < 2:
+        raise ConfigError(f"expected NAME=V1,V2[,...], got {spec!r}")
+    runs = [[*overrides, f"{name}={value}"] for value in choices]
+    for run_overrides in runs:
+        parameters_with(parse_overrides(run_overrides))
+    return runs
+
+
+#: The figures ``--compare`` puts side by side: (key, label).
+COMPARED = [("consensus_tps", "consensus TPS"),
+            ("consensus_latency_p50_ms", "consensus latency p50 ms"),
+            ("consensus_latency_p99_ms", "consensus latency p99 ms"),
+            ("e2e_latency_p50_ms", "end-to-end latency p50 ms"),
+            ("e2e_latency_p99_ms", "end-to-end latency p99 ms"),
+            ("rss_mb_max", "node RSS max MB"),
+            ("disk_mb_end", "node store MB (end)"),
+            ("disk_growth_mb_per_min", "node store growth MB/min (second half)"),
+            ("loop_max_lag_ms", "longest event-loop lag ms (any node)")]
+
+
+def compare_table(results: list[dict[str, Any]]) -> str:
+    """Each figure of each run and its ratio to the first run's (the baseline)."""
+    labels = [", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults" for r in results]
+    rows = ["| figure | " + " | ".join(labels) + " |", "|---|" + "---|" * len(results)]
+    base = results[0]
+    for key, label in COMPARED:
+        cells = []
+        for r in results:
+            value, first = r.get(key), base.get(key)
+            cell = "n/a" if value is None else f"{value:,.0f}"
+            if r is not base and value is not None and first:
+                cell += f" ({value / first:.2f}x)"
+            cells.append(cell)
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 #: "Latency stays flat" (RESULTS.md's maximum sustainable rate), as ``bench/local.py``

@@ -39,11 +39,18 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from narwhal.config import ConfigError, JsonReader, as_tuple, load_json, save_json
+from narwhal.config import (
+    AuthorityPublicKeys,
+    ConfigError,
+    JsonReader,
+    as_tuple,
+    load_json,
+    save_json,
+)
 
 __all__ = [
-    "PUBLIC_KEY_SIZE", "SEED_SIZE", "SIGNATURE_SIZE", "AuthorityKeys", "AuthorityPublicKeys",
-    "NetworkKeyPair", "SigningKeyPair", "sha256", "verify", "verify_many",
+    "PUBLIC_KEY_SIZE", "SEED_SIZE", "SIGNATURE_SIZE", "AuthorityKeys", "NetworkKeyPair",
+    "SigningKeyPair", "sha256", "verify", "verify_many",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,18 +168,6 @@ class NetworkKeyPair:
 
 
 # --- key files ------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class AuthorityPublicKeys:
-    """The public half of an authority's keys: what goes into a committee."""
-
-    #: The ed25519 public key: the authority's name.
-    name: bytes
-    #: The primary's X25519 public key.
-    primary: bytes
-    #: The workers' X25519 public keys, indexed by worker id.
-    workers: tuple[bytes, ...] = attrs.field(converter=as_tuple)
 
 
 @attrs.frozen(repr=False)

@@ -46,6 +46,13 @@ class ErrorCode(enum.IntEnum):
     DUPLICATE_CONNECTION = 13
     #: GOAWAY: no frame arrived within the idle timeout.
     IDLE_TIMEOUT = 14
+    #: The sender exceeded its request or byte rate on this route; back off and retry.
+    RATE_LIMITED = 15
+    #: The receiver's storage failed (disk full, I/O error): permanent for this request.
+    STORAGE_FAILED = 16
+    #: The requested output index is older than what the node retains; the ERROR (or
+    #: GOAWAY) carries the earliest index it still has as its ``detail``.
+    PRUNED = 17
 
     @property
     def transient(self) -> bool:
@@ -62,6 +69,7 @@ _TRANSIENT_CODES = frozenset(
         ErrorCode.NOT_FOUND,
         ErrorCode.DUPLICATE_CONNECTION,
         ErrorCode.IDLE_TIMEOUT,
+        ErrorCode.RATE_LIMITED,
     }
 )
 
@@ -109,6 +117,31 @@ class PeerRejected(HandshakeError):
     """The responder refused us (our key is not in its committee for this role)."""
 
     code = ErrorCode.UNAUTHORIZED
+
+
+class HandshakeClosed(HandshakeError):
+    """The responder closed the connection before answering our handshake message 1.
+
+    Transient: a listener under a connection or handshake flood sheds load exactly this
+    way (``wire_spec.md`` section 3.6), so a client redials with backoff. A wrong server
+    key or network id looks the same on the wire and is retried too (and logged each time).
+    """
+
+    code = ErrorCode.OVERLOADED
+
+
+class HandshakeTimeout(HandshakeError):
+    """The handshake did not complete within the handshake timeout (slow loris)."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class AdmissionRefused(HandshakeError):
+    """A listener shed a connection before its handshake completed, without any crypto:
+    evicted to make room for a newer one, over the handshake rate of its source or of the
+    listener, or a replayed handshake message 1 (``narwhal/net/admission.py``)."""
+
+    code = ErrorCode.OVERLOADED
 
 
 class DecryptError(WireError):
@@ -195,20 +228,24 @@ class SendCancelled(NetworkError):
 class RemoteError(NetworkError):
     """The peer answered a request with an ERROR frame."""
 
-    def __init__(self, code: ErrorCode | int, text: str = "") -> None:
+    def __init__(self, code: ErrorCode | int, text: str = "", detail: int | None = None) -> None:
         try:
             self.code = ErrorCode(code)
         except ValueError:
             self.code = ErrorCode.INTERNAL
         self.raw_code = int(code)
         self.text = text
+        #: The error body's optional third element (wire_spec 8.1): e.g. for PRUNED, the
+        #: earliest output index the node still has.
+        self.detail = detail
         super().__init__(f"{self.code.name}({self.raw_code}): {text}")
 
 
 class RequestRejected(NarwhalError):
     """Raised by a request handler to answer with an ERROR frame of the given code."""
 
-    def __init__(self, code: ErrorCode, text: str = "") -> None:
+    def __init__(self, code: ErrorCode, text: str = "", detail: int | None = None) -> None:
         self.code = code
         self.text = text
+        self.detail = detail
         super().__init__(f"{code.name}: {text}")

@@ -63,6 +63,10 @@ PRIMARY_METRICS = [
     ("narwhal_primary_certificates", "Certificates accepted", "certificates", True),
     ("narwhal_primary_transactions_committed",
      "Transactions in committed batches (as reported by the workers)", "transactions_committed", True),
+    ("narwhal_output_write_failures", ("Failed writes of the ordered output (disk full, I/O "
+     "error); each is retried, the output waits"), "output_write_failures", True),
+    ("narwhal_output_write_failing", ("1 while the store refuses the ordered output's writes "
+     "(the output is held back, never skipped)"), "output_write_failing", False),
 ]
 #: Committed batches our workers lack (``primary.committed_batches``): (metric name, help,
 #: status key, is_counter). A missing batch holds the output back at its index.
@@ -75,6 +79,45 @@ OUTPUT_METRICS = [
      "batches they lack"), "sync_requests", True),
     ("narwhal_output_stalled_batches", ("Committed batches still missing after several sync "
      "requests (each logged at WARNING)"), "stalled", True),
+]
+#: Output subscribers (``primary.output``, narwhal/primary/output.py): (metric name, help,
+#: status key, is_counter). Refusals are one family labelled by ``reason``.
+SUBSCRIBER_METRICS = [
+    ("narwhal_output_subscribers", "Subscribers connected to the ordered output",
+     "subscribers", False),
+    ("narwhal_output_subscribers_paused", ("Subscribers whose buffer is full (not reading "
+     "fast enough): their next part waits"), "paused", False),
+    ("narwhal_output_subscriptions", "Subscriptions accepted", "subscriptions", True),
+    ("narwhal_output_bytes_served", "Bytes of OrderedOutput parts sent to subscribers",
+     "bytes_served", True),
+    ("narwhal_output_parts_served", "OrderedOutput parts sent to subscribers", "items_sent", True),
+    ("narwhal_output_subscriber_pauses", "Times a subscriber's buffer was full before a part",
+     "pauses", True),
+    ("narwhal_output_slow_subscribers_closed", ("Subscribers disconnected for not reading "
+     "for the slow-subscriber timeout"), "slow_closed", True),
+    ("narwhal_output_parts_too_large", ("Subscriptions ended because a part exceeded the "
+     "client's max_frame_size (GOAWAY TOO_LARGE)"), "parts_too_large", True),
+    ("narwhal_output_pacer_waits", ("Parts that waited for a turn (the output_rate or the "
+     "pacer's slots)"), "pacer_waits", True),
+    ("narwhal_output_worker_fetches", "Batches the output asked our workers for",
+     "worker_fetches", True),
+    ("narwhal_output_cache_hits", "Batches the output found in its cache (or already asked for)",
+     "cache_hits", True),
+]
+#: Admission control of each listener (``status["admission"][listener]``, see
+#: narwhal/net/admission.py): half-open connections shed, by reason (status key).
+ADMISSION_SHED_REASONS = ["evicted_per_source", "evicted_overall", "throttled_per_source",
+                          "throttled_overall", "replayed", "timed_out"]
+#: ... and its other counters and gauges: (metric name, help, status key, is_counter).
+ADMISSION_METRICS = [
+    ("narwhal_admission_accepted", ("Connections accepted by the listener (each starts "
+     "half-open)"), "admitted", True),
+    ("narwhal_admission_completed", "Handshakes completed on the listener", "completed", True),
+    ("narwhal_admission_abandoned", ("Half-open connections that ended otherwise (peer left, "
+     "failed handshake)"), "abandoned", True),
+    ("narwhal_admission_half_open", "Connections still in their handshake", "half_open", False),
+    ("narwhal_admission_peak_half_open", "Most connections in their handshake at once",
+     "peak_half_open", False),
 ]
 #: Worker counters: (metric name, help, status key).
 WORKER_COUNTERS = [
@@ -112,6 +155,9 @@ class StatusCollector(Collector):
         committed = primary.get("committed_batches") or {}
         for name, doc, key, counter in OUTPUT_METRICS if committed else ():
             yield _unlabelled(name, doc, committed.get(key) or 0, counter)
+        if primary.get("evidence"):
+            yield from _evidence_families(primary["evidence"])
+        yield from _subscriber_families(primary.get("output"))
         workers = [(local, s) for local, s in roles if local.startswith("worker")]
         for name, doc, key in WORKER_COUNTERS:
             family = CounterMetricFamily(name, doc, labels=["local"])
@@ -125,6 +171,17 @@ class StatusCollector(Collector):
                 errors.add_metric([local, kind], count)
         yield errors
         yield from _route_families(roles)
+        yield from _serving_read_families(roles)
+        limited = CounterMetricFamily(
+            "narwhal_rate_limited", "Frames refused RATE_LIMITED (requests) or dropped "
+            "(one-way) for exceeding the peer's rate limit on the route; clients count as "
+            "peer \"client\"", labels=["local", "peer", "route"])
+        for local, role in roles:
+            for peer, routes in sorted((role.get("rate_limited") or {}).items()):
+                for route, count in sorted(routes.items()):
+                    limited.add_metric([local, peer, route], count)
+        yield limited
+        yield from _admission_families(roles)
         if "loop_stalls" in status:  # the runner's event-loop watchdog
             stalls = CounterMetricFamily("narwhal_loop_stalls", "Event-loop stalls over the "
                                          "watchdog's threshold (each logged with its stack)")
@@ -143,6 +200,19 @@ class StatusCollector(Collector):
         for local, role in roles:
             size.add_metric([local], role.get("store_bytes", 0))
         yield size
+        pruned = CounterMetricFamily("narwhal_retention_pruned_bytes", "Bytes of batches deleted "
+                                     "by retention (retain_seconds, retain_bytes)", labels=["local"])
+        for local, role in roles:
+            if "retention" in role:
+                pruned.add_metric([local], role["retention"].get("pruned_bytes", 0))
+        yield pruned
+        corrupt = CounterMetricFamily("narwhal_store_corrupt_values", "Stored batches found "
+                                      "damaged (power cut, bad sector): read as missing, fetched "
+                                      "again", labels=["local"])
+        for local, role in roles:
+            if "store_corrupt_values" in role:
+                corrupt.add_metric([local], role["store_corrupt_values"])
+        yield corrupt
 
 
 def _unlabelled(name: str, doc: str, value: float, counter: bool) -> Metric:
@@ -150,6 +220,51 @@ def _unlabelled(name: str, doc: str, value: float, counter: bool) -> Metric:
     family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc)
     family.add_metric([], value)
     return family
+
+
+def _evidence_families(evidence: dict[str, Any]) -> Iterator[Metric]:
+    """Equivocation evidence (``primary.evidence``): pieces stored per equivocating
+    authority (kept across restarts), and what this process detected."""
+    stored = GaugeMetricFamily("narwhal_equivocation_evidence",
+                               "Pieces of equivocation evidence stored, by equivocating authority",
+                               labels=["author"])
+    for author, count in sorted((evidence.get("by_author") or {}).items()):
+        stored.add_metric([author], count)
+    yield stored
+    yield _unlabelled("narwhal_equivocation_detected", "New pieces of equivocation evidence "
+                      "detected by this process (each logged once at WARNING)",
+                      evidence.get("detected", 0), True)
+    yield _unlabelled("narwhal_equivocation_not_stored", "Pieces of equivocation evidence "
+                      "detected but not stored (over the per-author or total cap)",
+                      evidence.get("not_stored", 0), True)
+
+
+def _serving_read_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    """Store reads serving peers, run off the event loop (``narwhal.serving_reads``)."""
+    served = CounterMetricFamily("narwhal_serving_reads", "Peer requests read from the store "
+                                 "on reader threads", labels=["local"])
+    refused = CounterMetricFamily("narwhal_serving_reads_refused", "Peer requests refused "
+                                  "OVERLOADED: too many store reads of that peer, or in all, "
+                                  "under way", labels=["local"])
+    for local, role in roles:
+        reads = role.get("serving_reads") or {}
+        if reads:
+            served.add_metric([local], reads.get("served", 0))
+            refused.add_metric([local], reads.get("refused", 0))
+    yield from (served, refused)
+
+
+def _subscriber_families(output: dict[str, Any] | None) -> Iterator[Metric]:
+    """The output service's subscriber gauges and counters (none without a primary)."""
+    if not output:
+        return
+    for name, doc, key, counter in SUBSCRIBER_METRICS:
+        yield _unlabelled(name, doc, output.get(key) or 0, counter)
+    refused = CounterMetricFamily("narwhal_output_subscriptions_refused",
+                                  "Subscribe requests refused, by reason", labels=["reason"])
+    for reason, count in sorted((output.get("refused") or {}).items()):
+        refused.add_metric([reason], count)
+    yield refused
 
 
 def _route_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
@@ -167,6 +282,26 @@ def _route_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]
             latency.add_metric([local, route], [(le, n) for le, n in stats["latency_buckets"]],
                                stats["latency_sum"])
     yield from (requests, errors, latency)
+
+
+def _admission_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    """Per-listener admission control: what was shed before a handshake completed, and
+    how many connections are half-open."""
+    listeners = [([local, listener], snap) for local, role in roles
+                 for listener, snap in sorted((role.get("admission") or {}).items())]
+    labels = ["local", "listener"]
+    shed = CounterMetricFamily("narwhal_admission_shed", "Connections closed before their "
+                               "handshake completed, without any crypto, by reason",
+                               labels=[*labels, "reason"])
+    for values, snap in listeners:
+        for reason in ADMISSION_SHED_REASONS:
+            shed.add_metric([*values, reason], snap.get(reason, 0))
+    yield shed
+    for name, doc, key, counter in ADMISSION_METRICS:
+        family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc, labels=labels)
+        for values, snap in listeners:
+            family.add_metric(values, snap.get(key, 0))
+        yield family
 
 
 def _peer_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:

@@ -103,6 +103,15 @@ def wait_for_load(tmp_path: Path, proc: subprocess.Popen[str]) -> None:
     (["--json", "/nonexistent-dir/out.json"],
      "--json /nonexistent-dir/out.json: folder /nonexistent-dir does not exist"),
     (["--base-port", "65530"], "--base-port must leave room for 20 ports below 65536, got 65530"),
+    (["--set", "bogus=1"], "--set: bogus: unknown field"),
+    (["--set", "max_header_delay"], "--set: --set 'max_header_delay': expected NAME=VALUE"),
+    (["--compare", "store_sync=full"], "--compare: expected NAME=V1,V2[,...], got 'store_sync=full'"),
+    (["--compare", "store_sync=full,sometimes"], "--compare: store_sync: must be"),
+    (["--compare", "gc_depth=10,20", "--sweep", "1000,2000"], "--compare and --sweep do not go together"),
+    (["--restart-at", "50"], "--restart-at must be within the run (0 <= S < 20), got 50"),
+    (["--restart-at", "5", "--restart-down", "-1"], "--restart-down must be >= 0, got -1"),
+    (["--latency", "10", "--jitter", "20"],
+     "--latency and --jitter must be >= 0 and jitter <= latency, got 10 and 20"),
 ])
 def test_bad_arguments_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
     proc = bench(tmp_path, *args)
@@ -230,7 +239,7 @@ def test_memory_figures() -> None:
     local = load_bench()
     assert 1 < local.rss_mb(os.getpid()) < 100_000
     assert local.rss_mb(2**22 + 12345) is None  # above pid_max: no such process
-    sampler = local.MemorySampler([], started=0.0)
+    sampler = local.Sampler("rss", [], lambda i: None, started=0.0)
     sampler.samples = {"node-0": [[0.0, 50.0], [1.0, 90.0], [2.0, 60.0], [3.0, 60.0], [4.0, 60.0]],
                        "node-1": [[0.0, 40.0], [2.0, 41.0], [4.0, 42.0]]}
     figures = sampler.figures(warmup=2.0)
@@ -241,10 +250,48 @@ def test_memory_figures() -> None:
     assert figures["rss_growth_window_s"] == 2.0
     line = local.memory_line(figures)
     assert line == "start 50 MB, end 60 MB, max 90 MB (growth +30.0 MB/min over 2 s)"
-    assert local.MemorySampler([], 0.0).figures(1.0)["rss_growth_mb_per_min"] is None
+    assert local.Sampler("rss", [], lambda i: None, 0.0).figures(1.0)["rss_growth_mb_per_min"] is None
     # a working set built in the first half, flat in the second: flat
     sampler.samples = {"node-0": [[float(t), 50.0 + min(t, 50)] for t in range(0, 101, 5)]}
     assert sampler.figures(warmup=2.0)["rss_growth_mb_per_min"] == pytest.approx(0.0)
+
+
+def test_disk_figures_count_allocated_blocks(tmp_path: Path) -> None:
+    local = load_bench()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data").write_bytes(b"x" * (3 << 20))
+    with open(tmp_path / "sparse", "wb") as f:  # 1 GiB apparent size, nothing allocated
+        f.truncate(1 << 30)
+    assert local.store_mb(tmp_path) == pytest.approx(3.0, abs=0.1)
+    sampler = local.Sampler("disk", ["node-0"], lambda i: local.store_mb(tmp_path), started=time.time())
+    sampler.maybe_sample()
+    assert sampler.samples["node-0"][0][1] == pytest.approx(3.0, abs=0.1)
+    sampler.samples = {"node-0": [[0.0, 10.0], [1.0, 15.0], [2.0, 20.0]]}
+    figures = sampler.figures(warmup=0.0)
+    assert figures["disk_mb_start"] == 10.0 and figures["disk_mb_end"] == 20.0
+    assert local.memory_line(figures, "disk").startswith("start 10 MB, end 20 MB, max 20 MB")
+
+
+def test_latency_percentiles_line() -> None:
+    local = load_bench()
+    result = {"consensus_latency_p50_ms": 310.2, "consensus_latency_p95_ms": 520.0,
+              "consensus_latency_p99_ms": 880.0, "consensus_latency_max_ms": 1240.4}
+    assert local.percentiles(result, "consensus") == "(p50 310, p95 520, p99 880, max 1,240)"
+    assert local.percentile([float(i) for i in range(100)], 0.99) == 99.0
+
+
+def test_compare_runs_one_variant_per_value_and_prints_ratios() -> None:
+    local = load_bench()
+    args = local.build_parser().parse_args(["--compare", "store_sync=process,normal", "--set", "gc_depth=20"])
+    assert [v.overrides for v in local.variants(args)] == [["gc_depth=20", "store_sync=process"],
+                                                           ["gc_depth=20", "store_sync=normal"]]
+    base = {"overrides": {"store_sync": "process"}, "consensus_tps": 50_000.0, "consensus_latency_p50_ms": 400.0}
+    other = {"overrides": {"store_sync": "normal"}, "consensus_tps": 45_000.0, "consensus_latency_p50_ms": 500.0}
+    table = local.compare_table([base, other])
+    assert "| store_sync=process | store_sync=normal |" in table
+    assert "| consensus TPS | 50,000 | 45,000 (0.90x) |" in table
+    assert "| consensus latency p50 ms | 400 | 500 (1.25x) |" in table
+    assert "| node RSS max MB | n/a | n/a |" in table
 
 
 def test_latency_trend() -> None:
@@ -263,12 +310,15 @@ def test_node_figures_are_read_from_the_status_files(tmp_path: Path) -> None:
         files.append(tmp_path / f"status-{i}.json")
         counters = {"votes_cast": 9} | ({"batches_reproposed": count} if count else {})
         files[-1].write_text(json.dumps({"primary": {"counters": counters}, "loop_stalls": 1,
-                                         "gc_full_collections": i, "gc_max_pause_ms": pause}))
+                                         "gc_full_collections": i, "gc_max_pause_ms": pause,
+                                         "loop_max_lag_ms": 10.0 * i}))
     assert local.node_figures(files) == {"batches_reproposed": 7, "gc_full_collections": 3,
-                                         "gc_max_pause_ms": 91.0, "loop_stalls": 3}
+                                         "gc_max_pause_ms": 91.0, "loop_stalls": 3,
+                                         "loop_max_lag_ms": 20.0}
     files[1].write_text(json.dumps({"primary": {"counters": {}}}))  # an older node: no GC figures
     assert local.node_figures(files) == {"batches_reproposed": 7, "gc_full_collections": None,
-                                         "gc_max_pause_ms": None, "loop_stalls": None}
+                                         "gc_max_pause_ms": None, "loop_stalls": None,
+                                         "loop_max_lag_ms": None}
     files[1].write_text("{not json")  # torn or missing: unknown, not 0
     assert set(local.node_figures(files).values()) == {None}
     assert set(local.node_figures([tmp_path / "absent.json"]).values()) == {None}
@@ -301,14 +351,16 @@ def test_the_sweep_names_the_maximum_sustainable_rate() -> None:
 
 REQUIRED = ["consensus_tps", "consensus_latency_ms", "e2e_tps", "e2e_latency_ms", "input_rate",
             "nodes", "workers", "tx_size", "duration_s", "rss_mb_start", "rss_mb_end",
-            "rss_mb_max", "rss_growth_mb_per_min", "rss_samples"]
+            "rss_mb_max", "rss_growth_mb_per_min", "rss_samples", "consensus_latency_p99_ms",
+            "consensus_latency_max_ms", "e2e_latency_p50_ms", "e2e_latency_p99_ms", "e2e_latency_max_ms",
+            "disk_mb_end", "disk_growth_mb_per_min", "restart_s"]
 
 
 @pytest.mark.long
 def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    proc = bench(tmp_path, "--nodes", "4", "--rate", "1000", "--duration", "5", "--warmup", "1",
-                 "--json", str(out))
+    proc = bench(tmp_path, "--nodes", "4", "--rate", "1000", "--duration", "8", "--warmup", "1",
+                 "--set", "max_header_delay=0.2", "--restart-at", "2", "--json", str(out))
     stdout, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     result = json.loads(out.read_text())
@@ -316,12 +368,36 @@ def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     assert result["consensus_tps"] > 0 and result["e2e_tps"] > 0
     assert result["consensus_latency_ms"] > 0 and result["e2e_latency_ms"] > 0
     assert (result["nodes"], result["workers"], result["tx_size"]) == (4, 1, 512)
-    assert (result["input_rate"], result["duration_s"]) == (1000, 5.0)
+    assert (result["input_rate"], result["duration_s"]) == (1000, 8.0)
+    assert result["overrides"] == {"max_header_delay": 0.2}
+    assert result["parameters"]["max_header_delay"] == 0.2
+    assert result["restarted"] == "node-3" and 0 < result["restart_s"] < 6
+    assert result["disk_mb_end"] > 0
+    assert result["consensus_latency_p50_ms"] <= result["consensus_latency_p99_ms"] <= result["consensus_latency_max_ms"]
+    assert result["e2e_latency_p50_ms"] <= result["e2e_latency_p99_ms"] <= result["e2e_latency_max_ms"]
     assert sorted(result["rss_samples"]) == ["node-0", "node-1", "node-2", "node-3"]
     for samples in result["rss_samples"].values():
         assert len(samples) >= 3 and all(mb > 1 for _, mb in samples)
     assert 1 < result["rss_mb_start"] <= result["rss_mb_max"]
     assert result["rss_mb_end"] <= result["rss_mb_max"]
     assert isinstance(result["rss_growth_mb_per_min"], float)
-    assert "Node memory (RSS): start" in stdout
+    assert "Node memory (RSS): start" in stdout and "Node store on disk: start" in stdout
+    assert "Restart: node-3 killed (-9) and restarted" in stdout
+    assert processes(tmp_path) == []
+
+
+@pytest.mark.long
+def test_emulated_link_latency_shows_in_consensus_latency(tmp_path: Path) -> None:
+    """100 ms one way on every validator link (through the link emulator): a round needs a
+    header, votes and a certificate to cross, a commit several rounds, so consensus latency
+    is several hundred ms, against tens of ms on direct loopback links."""
+    out = tmp_path / "out.json"
+    proc = bench(tmp_path, "--nodes", "4", "--rate", "1000", "--duration", "10", "--warmup", "2",
+                 "--latency", "100", "--jitter", "10", "--json", str(out))
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads(out.read_text())
+    assert (result["link_latency_ms"], result["link_jitter_ms"]) == (100, 10)
+    assert result["consensus_tps"] > 0 and result["consensus_latency_ms"] > 400
+    assert "Link latency (one way): 100 ms +- 10 ms" in stdout
     assert processes(tmp_path) == []

@@ -266,6 +266,34 @@ async def test_cli_subscribe_prints_one_line_per_index(tmp_path):
         code, _, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
                                      "--node", "9")
         assert code == 2 and "out of range" in err
+        # a frame limit below the output's parts: a permanent refusal, said once, exit 1
+        await net.submit(1, 20, size=200)
+        code, _, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
+                                     "--node", "0", "--max-frame-size", "1024")
+        assert code == 1 and "TOO_LARGE" in err and "max_frame_size 1024" in err
+        code, _, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
+                                     "--node", "0", "--max-frame-size", "1000")
+        assert code == 2 and "--max-frame-size" in err
+
+
+async def test_cli_subscribe_says_which_index_to_start_from_when_output_was_pruned(tmp_path, monkeypatch):
+    from narwhal.primary import history
+    from narwhal.primary import node as primary_node
+    from tests.primary.test_output import network
+
+    monkeypatch.setattr(history, "MARK_INTERVAL", 0.05)
+    monkeypatch.setattr(primary_node, "HISTORY_PRUNE_INTERVAL", 0.1)
+    async with network(tmp_path, retain_seconds=1.0) as net:
+        net.committee.save(tmp_path / "committee.json")
+        node = net.primaries[1].node
+        await eventually(lambda: node.history.pruned_index > 5, timeout=20)
+        floor = node.history.pruned_index  # it only grows
+        code, out, err = await run_cli("subscribe", "--committee", str(tmp_path / "committee.json"),
+                                       "--node", "1", "--from", "1")
+        assert code == 1 and out == "", err
+        earliest = int(re.search(r"run again with --from (\d+)", err)[1])
+        assert earliest >= floor > 5
+        assert "no longer keeps index 1" in err and "Traceback" not in err
 
 
 def test_resolve_authority_names_the_option(committee, keys):

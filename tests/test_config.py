@@ -25,6 +25,7 @@ from narwhal.config import (
 from narwhal.crypto import AuthorityKeys, sha256
 from narwhal.messages import MAX_COMMITTEE_SIZE
 from narwhal.net.network import PeerManager
+from narwhal.net.rate_limit import RouteLimit
 from narwhal.net.retry import RetryConfig
 from narwhal.wire.noise import HandshakePayload
 
@@ -626,3 +627,21 @@ async def test_primaries_connect_with_their_committee_directories():
     finally:
         for manager in managers:
             await manager.stop()
+
+
+def test_rate_limit_overrides_round_trip_and_bad_ones_are_named():
+    parameters = Parameters.from_json(
+        {"rate_limit_headroom": 2, "rate_limits": {"Header": {"requests_per_second": 5,
+                                                              "request_burst": 10}}})
+    assert parameters.rate_limits == {"Header": RouteLimit(5, 10)}
+    assert Parameters.from_json(json.loads(json.dumps(parameters.to_json()))) == parameters
+    for bad, message in (
+            ({"rate_limits": {"Nope": {}}}, "rate_limits.Nope: not a rate-limited route"),
+            ({"rate_limits": {"Header": {"requests_per_second": 5}}}, "both be set"),
+            ({"rate_limits": {"Vote": {"requests_per_second": -1, "request_burst": 1}}},
+             "rate_limits.Vote: requests_per_second must be a positive number"),
+            ({"rate_limits": {"Vote": {"burst": 1}}}, "burst"),
+            ({"rate_limits": []}, "rate_limits"),
+            ({"rate_limit_headroom": 0.5}, "rate_limit_headroom: must be a number >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            Parameters.from_json(bad)

@@ -68,6 +68,24 @@ def test_rows_rates_and_health_from_successive_snapshots():
     assert list(history.errors) == ["dial: refused 1", "dial: refused 2"]
 
 
+def test_a_peer_being_rate_limited_is_flagged_while_its_count_grows():
+    def sample(step: int, limited: int) -> Sample:
+        snapshot = status(step)
+        snapshot["primary"]["peers"][0] = {**snapshot["primary"]["peers"][0],
+                                           "rate_limited": limited}
+        return Sample(TARGET, float(step), snapshot)
+
+    tracker = Tracker()
+    for step, limited in ((1, 0), (2, 7), (3, 7)):
+        tracker.update(sample(step, limited))
+        row = next(r for r in tracker.all_rows() if r.name == "v1/primary")
+        assert row.rate_limited == limited
+        assert row.problems == (["rate limited"] if step == 2 else [])
+    console = Console(record=True, width=250)
+    console.print(once_table(tracker, console.width))
+    assert "limited" in console.export_text()
+
+
 def test_once_table_renders_in_a_narrow_terminal_and_shows_unreachable_nodes():
     tracker = tracked(2)
     tracker.update(Sample(Target("node-1", "127.0.0.1:1"), 0, error="connection refused"))

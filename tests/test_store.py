@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -356,7 +357,10 @@ async def test_batches_go_to_the_value_log_not_into_sqlite(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-async def test_a_damaged_value_log_is_an_error_not_wrong_data(tmp_path: Path, damage: str) -> None:
+async def test_a_damaged_tail_of_the_value_log_reads_as_missing_after_open(tmp_path: Path, damage: str) -> None:
+    """A power cut under NORMAL: the last values never reached the disk (truncate) or did so
+    partly (flip). At open they are found, their rows deleted: missing, never wrong data,
+    never an error that wedges the reader; writing the key again works."""
     path = tmp_path / "s.db"
     async with Store.open(path) as s:
         await s.write([("batches", b"a", b"A" * 1000), ("batches", b"b", b"B" * 1000)])
@@ -368,12 +372,52 @@ async def test_a_damaged_value_log_is_an_error_not_wrong_data(tmp_path: Path, da
         del data[1500:]
     vlog.write_bytes(bytes(data))
     async with Store.open(path) as s:
+        assert s.corrupt_values == 1
         assert s.get("batches", b"a") == b"A" * 1000
-        with pytest.raises(StoreError, match=r"batches/62: .*(CRC|ends before)"):
-            s.get("batches", b"b")
-        with pytest.raises(StoreError):
-            s.items("batches")
-        assert s.contains("batches", b"b")  # the index is intact; only the value is lost
+        assert s.get("batches", b"b") is None and not s.contains("batches", b"b")
+        assert s.items("batches") == [(b"a", b"A" * 1000)]
+        assert s.get_many("batches", [b"a", b"b"]) == [b"A" * 1000, None]
+        await s.put("batches", b"b", b"B" * 1000)  # fetched again from a peer
+        assert s.get("batches", b"b") == b"B" * 1000
+    async with Store.open(path) as s:
+        assert s.corrupt_values == 0 and s.get("batches", b"b") == b"B" * 1000
+
+
+async def test_bytes_past_the_last_committed_value_are_truncated_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with Store.open(path) as s:
+        await s.put("batches", b"a", b"A" * 1000)
+    vlog = Path(f"{path}.vlog")
+    vlog.write_bytes(vlog.read_bytes() + b"torn" * 100)  # an append never committed (crash)
+    async with Store.open(path) as s:
+        assert vlog.stat().st_size == 1000
+        await s.put("batches", b"c", b"C" * 10)
+        assert s.get("batches", b"c") == b"C" * 10 and s.get("batches", b"a") == b"A" * 1000
+    assert vlog.stat().st_size == 1010
+
+
+async def test_a_value_damaged_before_the_checked_tail_is_found_when_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from narwhal import store as store_module
+
+    monkeypatch.setattr(store_module, "VERIFY_TAIL_BYTES", 1000)  # only the last value is checked
+    path = tmp_path / "s.db"
+    async with Store.open(path) as s:
+        await s.write([("batches", b"a", b"A" * 1000), ("batches", b"b", b"B" * 1000)])
+    vlog = Path(f"{path}.vlog")
+    data = bytearray(vlog.read_bytes())
+    data[10] ^= 0x01  # inside a's value: bit rot, not a power cut
+    vlog.write_bytes(bytes(data))
+    async with Store.open(path) as s:
+        assert s.corrupt_values == 0 and s.contains("batches", b"a")  # not checked at open
+        with caplog.at_level(logging.ERROR, logger="narwhal.store"):
+            assert s.get("batches", b"a") is None
+        assert "batches/61 is damaged" in caplog.text and s.corrupt_values == 1
+        assert not s.contains("batches", b"a")
+        await s.put("headers", b"h", b"x")  # queued behind the row's deletion
+        assert s.keys("batches") == [b"b"]
+    async with Store.open(path) as s:
+        assert s.get("batches", b"a") is None and s.get("batches", b"b") == b"B" * 1000
 
 
 async def test_a_store_of_the_older_inline_layout_is_refused(tmp_path: Path) -> None:
@@ -410,3 +454,114 @@ def test_value_log_starts_writeback_as_it_grows(tmp_path: Path, monkeypatch: pyt
     finally:
         log.close()
     assert value_log.ValueLog(tmp_path / "v.vlog").end == 2 * chunk + 10  # appends resume at the end
+
+
+async def test_a_durable_write_fsyncs_its_group_under_normal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write(durable=True)``: the value log before the commit, the WAL after it; ordinary
+    writes under NORMAL fsync nothing; ``fsync_durable=False`` turns durable writes off."""
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def record(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", record)
+    path = tmp_path / "s.db"
+    async with Store.open(path, synchronous="NORMAL") as s:
+        await s.put("headers", b"h", b"x")
+        await s.put("batches", b"b", b"B" * 1000)
+        assert synced == [] and s.durable_syncs == 0
+        await s.write([("votes", b"v", b"d")], durable=True)
+        assert synced == ["s.db-wal"] and s.durable_syncs == 1
+        await s.write([("batches", b"c", b"C" * 1000)], durable=True)
+        assert synced == ["s.db-wal", "s.db.vlog", "s.db-wal"] and s.durable_syncs == 2
+        # concurrent durable writers share one group, so one pair of fsyncs
+        await asyncio.gather(*(s.write([("batches", u64(i), b"x" * 100)], durable=True) for i in range(20)))
+        assert s.durable_syncs - 2 < 10  # 20 writers, a few groups
+    synced.clear()
+    async with Store.open(path, synchronous="NORMAL", fsync_durable=False) as s:
+        await s.write([("votes", b"v", b"e")], durable=True)
+        assert synced == [] and s.durable_syncs == 0
+
+
+async def test_the_value_log_rolls_segments_and_retention_drops_the_oldest(tmp_path: Path) -> None:
+    """Segments of ~segment_bytes; prune_values drops the oldest whole (files deleted, rows
+    deleted in the same transaction), keeps the values of keys in ``keep`` by copying them
+    forward, never drops the segment being written, and a reopen finds what is left."""
+    path = tmp_path / "s.db"
+    value = lambda i: bytes([i % 251]) * 4000
+    async with Store.open(path, segment_bytes=10_000) as s:
+        for i in range(30):  # 3 values of 4,000 bytes per segment: 10 segments
+            await s.put("batches", u64(i), value(i))
+        await s.put("our_batches", u64(1), b"")  # still ours: must survive retention
+        segments = sorted(tmp_path.glob("s.db.vlog*"))
+        assert len(segments) == 10
+        before = store_size(s)
+        await s.prune_values(max_bytes=50_000, keep="our_batches")
+        assert s.pruned_segments == 6 and s.pruned_bytes == 6 * 12_000
+        assert s.pruned_values == 17  # 18 rows in those segments, one copied forward instead
+        # 6..9 left, and a new one: the newest was full when the kept value was copied
+        assert len(sorted(tmp_path.glob("s.db.vlog*"))) == 5
+        assert sum(f.stat().st_size for f in tmp_path.glob("s.db.vlog*")) == 4 * 12_000 + 4_000
+        assert store_size(s) < before - 50_000
+        assert s.get("batches", u64(0)) is None and not s.contains("batches", u64(17))
+        assert s.get("batches", u64(1)) == value(1)  # kept: copied into the newest segment
+        assert [int.from_bytes(k, "big") for k in s.keys("batches")] == [1, *range(18, 30)]
+        await s.prune_values(older_than=3600)  # nothing that old
+        assert s.pruned_segments == 6
+        await s.prune_values(older_than=0.0, min_age=3600)  # too recent to drop
+        assert s.pruned_segments == 6
+        await s.prune_values(older_than=0.0)  # everything closed goes, the newest stays
+        assert len(sorted(tmp_path.glob("s.db.vlog*"))) == 1
+        remaining = s.keys("batches")
+        await s.put("batches", b"new", b"after pruning")
+    async with Store.open(path, segment_bytes=10_000) as s:
+        assert s.keys("batches") == sorted([*remaining, b"new"])
+        assert s.get("batches", b"new") == b"after pruning" and s.corrupt_values == 0
+        assert all(s.get("batches", k) is not None for k in remaining)
+
+
+async def test_retention_of_an_old_single_file_log(tmp_path: Path) -> None:
+    """A log written before segments existed is segment 0: read as it is, dropped whole."""
+    path = tmp_path / "s.db"
+    async with Store.open(path) as s:  # default 256 MiB segments: all in segment 0
+        await s.put("batches", b"old", b"x" * 1000)
+    async with Store.open(path, segment_bytes=500) as s:
+        assert s.get("batches", b"old") == b"x" * 1000
+        await s.put("batches", b"new", b"y" * 1000)  # segment 0 is full: a new one
+        await s.prune_values(older_than=0.0)
+        assert s.get("batches", b"old") is None and s.get("batches", b"new") == b"y" * 1000
+        assert not Path(f"{path}.vlog").exists() and Path(f"{path}.vlog.000001").exists()
+    async with Store.open(path) as s:
+        assert s.get("batches", b"new") == b"y" * 1000 and s.corrupt_values == 0
+
+
+async def test_a_full_disk_fails_writes_permanently_for_peers_and_recovers_by_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from narwhal import store as store_module
+    from narwhal.errors import ErrorCode
+    from narwhal.store import StorageFailed
+
+    from .faulty_store import FaultyStore
+
+    monkeypatch.setattr(store_module, "PROBE_INTERVAL", 0.05)
+    async with FaultyStore.open(tmp_path / "s.db") as s:
+        await s.put("headers", b"a", b"1")
+        assert not s.failing
+        s.full = True
+        with pytest.raises(StorageFailed) as failed:
+            await s.put("batches", b"b", b"B" * 1000)
+        assert failed.value.code is ErrorCode.STORAGE_FAILED and not failed.value.transient
+        assert s.failing and s.write_failures == 1
+        assert s.get("headers", b"a") == b"1"  # reads still work
+        await asyncio.sleep(0.2)
+        assert s.failing  # the probe keeps failing while the disk is full
+        s.full = False  # an operator freed space; nobody else writes: the probe notices
+        for _ in range(100):
+            if not s.failing:
+                break
+            await asyncio.sleep(0.02)
+        assert not s.failing
+        await s.put("batches", b"b", b"B" * 1000)
+        assert s.get("batches", b"b") == b"B" * 1000

@@ -9,7 +9,7 @@ of a primary. A Python API and ``python -m narwhal.client submit|subscribe``.
 """
 
 from narwhal.client.cli import MIN_KEY_PREFIX, main, resolve_authority, resolve_workers
-from narwhal.client.output import SUBSCRIBER_BUFFER, OutputItem, OutputSubscriber
+from narwhal.client.output import SUBSCRIBER_BUFFER, OutputItem, OutputPruned, OutputSubscriber
 from narwhal.client.transactions import (
     DEFAULT_FRAME_TRANSACTIONS,
     DEFAULT_MAX_IN_FLIGHT,
@@ -31,7 +31,7 @@ from narwhal.client.transactions import (
 __all__ = [
     "DEFAULT_FRAME_TRANSACTIONS", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_RETRY", "DRAIN_TIMEOUT",
     "MAX_FRAME_BYTES", "MAX_LAG", "MIN_KEY_PREFIX", "MIN_TRANSACTION_SIZE", "REQUEST_TIMEOUT",
-    "SUBSCRIBER_BUFFER", "TICK", "ClientStats", "OutputItem", "OutputSubscriber",
+    "SUBSCRIBER_BUFFER", "TICK", "ClientStats", "OutputItem", "OutputPruned", "OutputSubscriber",
     "TransactionClient", "line_source", "main", "make_transaction", "parse_transaction",
     "resolve_authority", "resolve_workers", "submit_load",
 ]

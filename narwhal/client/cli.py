@@ -25,7 +25,7 @@ from pathlib import Path
 
 import attrs
 
-from narwhal.client.output import OutputItem, OutputSubscriber
+from narwhal.client.output import OutputItem, OutputPruned, OutputSubscriber
 from narwhal.client.transactions import (
     MIN_TRANSACTION_SIZE,
     ClientStats,
@@ -35,6 +35,7 @@ from narwhal.client.transactions import (
 )
 from narwhal.config import Committee, ConfigError, format_address
 from narwhal.errors import NarwhalError
+from narwhal.wire.frames import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["StallReporter", "build_parser", "follow_output", "main", "output_line",
            "resolve_authority", "resolve_workers", "subscribe_main"]
@@ -131,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after this many indexes (default: follow for ever)")
     follow.add_argument("--json", action="store_true",
                         help="one JSON object per line (transactions as a count and bytes)")
+    follow.add_argument("--max-frame-size", type=positive_int, default=DEFAULT_MAX_FRAME_SIZE,
+                        metavar="BYTES",
+                        help="largest frame we accept (1024 .. 2^32-1, default "
+                             f"{DEFAULT_MAX_FRAME_SIZE}); a part of the output larger than "
+                             "that ends the subscription with a permanent TOO_LARGE (exit 1)")
     follow.add_argument("--stall-warning", type=non_negative_float, default=STALL_WARNING,
                         metavar="SECONDS",
                         help="when nothing arrived for SECONDS, say so on stderr (the index "
@@ -281,10 +287,12 @@ def subscribe_main(args: argparse.Namespace) -> int:
 
     if args.from_index < 0:
         return fail("--from must be >= 0")
+    if not 1024 <= args.max_frame_size < 2**32:
+        return fail("--max-frame-size must be in 1024 .. 2^32-1")
     try:
         committee = Committee.load(args.committee)
         authority = resolve_authority(committee, args.node)
-        subscriber = OutputSubscriber(committee, authority)
+        subscriber = OutputSubscriber(committee, authority, max_frame_size=args.max_frame_size)
     except (ConfigError, OSError) as exc:
         return fail(str(exc))
     node = f"node {committee.authorities_sorted().index(authority)} ({authority.hex()[:8]})"
@@ -297,5 +305,9 @@ def subscribe_main(args: argparse.Namespace) -> int:
 
     try:
         return run_until_signal(run)
+    except OutputPruned as exc:
+        return fail(f"{node} no longer keeps index {exc.index} (its output older than "
+                    f"retain_seconds was deleted); the earliest it has is {exc.earliest}: "
+                    f"run again with --from {exc.earliest}", code=1)
     except NarwhalError as exc:
         return fail(str(exc), code=1)

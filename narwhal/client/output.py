@@ -23,14 +23,15 @@ from typing import Any
 
 from narwhal.client.transactions import DEFAULT_RETRY, REQUEST_TIMEOUT
 from narwhal.config import Committee, ConfigError, parse_address
-from narwhal.errors import ConnectionClosed, NarwhalError
+from narwhal.errors import ConnectionClosed, ErrorCode, NarwhalError, RemoteError
 from narwhal.messages import OrderedOutput, Subscribe, SubscribeAccepted
 from narwhal.net.clients import connect_client
-from narwhal.net.connection import Connection
+from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.retry import Backoff, RetryConfig, is_transient
 from narwhal.net.rpc import Router, channel_of
+from narwhal.wire.frames import DEFAULT_MAX_FRAME_SIZE
 
-__all__ = ["OutputItem", "OutputSubscriber"]
+__all__ = ["OutputItem", "OutputPruned", "OutputSubscriber"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,28 @@ SUBSCRIBER_BUFFER = 64
 OutputItem = tuple[int, int, bytes, bytes, list[bytes]]
 
 
+class OutputPruned(NarwhalError):
+    """The node no longer keeps the index asked for (retention deleted it, before the
+    subscription or while we were reading): ``earliest`` is the first index it still has.
+    Permanent: asking again for the same index cannot succeed."""
+
+    code = ErrorCode.PRUNED
+
+    def __init__(self, index: int, earliest: int) -> None:
+        super().__init__(f"output index {index} is no longer kept by the node; the earliest it "
+                         f"still has is {earliest}")
+        self.index, self.earliest = index, earliest
+
+
 class OutputSubscriber:
     """Follows one primary's ordered output (see the module docstring)."""
 
     def __init__(self, committee: Committee, authority: bytes, *,
                  retry: RetryConfig = DEFAULT_RETRY, connect_timeout: float = 5.0,
-                 buffer: int = SUBSCRIBER_BUFFER) -> None:
+                 buffer: int = SUBSCRIBER_BUFFER,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        """``max_frame_size`` is advertised to the node: a part of the output larger than
+        that ends the subscription with a permanent ``TOO_LARGE`` (wire_spec.md §9.3)."""
         if authority not in committee.authorities:
             raise ConfigError(f"authority {authority.hex()} is not in the committee")
         primary = committee.authorities[authority].primary
@@ -56,19 +73,21 @@ class OutputSubscriber:
         self.name = f"subscriber->{authority.hex()[:8]}"
         self._server_key, self._network_id = primary.network_key, committee.network_id()
         self._retry, self._connect_timeout, self._buffer = retry, connect_timeout, buffer
+        self._config = ConnectionConfig(max_frame_size=max_frame_size)
         self.reconnects = 0
         self.last_error: str | None = None
 
     async def subscribe(self, from_index: int = 1) -> AsyncIterator[OutputItem]:
         """Every index from ``from_index`` on (0 means 1, the first), in order, each once.
-        Raises a permanent refusal (``RemoteError`` INVALID for an index in the future)."""
+        Raises a permanent refusal (``RemoteError`` INVALID for an index in the future;
+        :class:`OutputPruned` for one the node no longer keeps)."""
         next_index, backoff = max(1, from_index), Backoff(self._retry)
         while True:
             inbox: asyncio.Queue[OrderedOutput | None] = asyncio.Queue()
             try:
                 conn = await self._subscribe(next_index, inbox)
             except (NarwhalError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, next_index)
                 await asyncio.sleep(backoff.next_delay() or self._retry.max_interval)
                 continue
             backoff.reset()
@@ -92,6 +111,7 @@ class OutputSubscriber:
         router.route(OrderedOutput, arrived)
         conn = await connect_client(*self.address, server_static=self._server_key,
                                     network_id=self._network_id, router=router,
+                                    config=self._config,
                                     timeout=self._connect_timeout, name=self.name,
                                     check_server=lambda p: p.role == "primary"
                                     and p.authority == self.authority)
@@ -125,9 +145,17 @@ class OutputSubscriber:
                 yield (index, item.round, item.author, item.certificate,
                        [tx for part in parts for tx in part.transactions])
                 index, parts = index + 1, []
-        self._failed(conn.close_reason or ConnectionClosed(f"{self.name}: closed"))
+        if conn.goaway is not None and not RemoteError(*conn.goaway).transient:
+            # e.g. TOO_LARGE: the next part exceeds our max_frame_size; coming back for the
+            # same index would fail the same way
+            self._failed(RemoteError(*conn.goaway), index)
+        self._failed(conn.close_reason or ConnectionClosed(f"{self.name}: closed"), index)
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, index: int = 0) -> None:
+        """Remember a transient failure (we redial); raise a permanent one (``index``: the
+        one we were asking for)."""
+        if isinstance(exc, RemoteError) and exc.code is ErrorCode.PRUNED:
+            raise OutputPruned(index, exc.detail or 0) from exc
         if not is_transient(exc):
             raise exc
         self.last_error = f"{type(exc).__name__}: {exc}"

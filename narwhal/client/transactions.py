@@ -41,6 +41,7 @@ from typing import Any, Self
 import attrs
 
 from narwhal.config import Committee, ConfigError, parse_address
+from narwhal.config.rate_limits import CLIENT_FRAME_TRANSACTIONS
 from narwhal.errors import ConnectionClosed, NarwhalError
 from narwhal.messages import SubmitTransactions, TransactionsAccepted
 from narwhal.net.clients import connect_client
@@ -54,8 +55,9 @@ __all__ = ["ClientStats", "TransactionClient", "line_source", "make_transaction"
 log = logging.getLogger(__name__)
 
 #: Transactions per frame, at most (the wire allows 10,000; a few hundred keep a frame
-#: small enough that one slow frame does not hold much).
-DEFAULT_FRAME_TRANSACTIONS = 250
+#: small enough that one slow frame does not hold much). The workers' default rate limits
+#: assume this frame size, so the number is theirs.
+DEFAULT_FRAME_TRANSACTIONS = CLIENT_FRAME_TRANSACTIONS
 #: Bytes of transactions per frame, about: fewer transactions go in a frame of big ones.
 MAX_FRAME_BYTES = 512 * 1024
 #: Frames awaiting their answer at once: the client's backpressure window.

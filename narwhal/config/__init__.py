@@ -8,6 +8,10 @@ One job per module:
 - :mod:`~narwhal.config.parameters`: :class:`Parameters`, every tunable of a node.
 - :mod:`~narwhal.config.committee`: :class:`Committee` and its authorities, and the
   ``host:port`` addresses they listen on.
+- :mod:`~narwhal.config.network`: the network layer's settings as plain values
+  (``RetryConfig``, ``ConnectionConfig``, ``NetworkConfig``, ``PeerInfo``, ...), owned here
+  so that configuration never imports ``narwhal.net`` or ``narwhal.wire``.
+- :mod:`~narwhal.config.rate_limits`: the default per-route rate limits.
 
 This module only re-exports them: import from ``narwhal.config``.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from narwhal.config.committee import (
     Authority,
+    AuthorityPublicKeys,
     Committee,
     Endpoint,
     PrimaryInfo,
@@ -38,8 +43,8 @@ from narwhal.config.json_files import (
 from narwhal.config.parameters import CONSENSUS_PROTOCOLS, DEFAULT_RETRY, Parameters
 
 __all__ = [
-    "CONSENSUS_PROTOCOLS", "DEFAULT_RETRY", "KEY_SIZE", "Authority", "Committee", "ConfigError",
-    "Endpoint", "JsonReader", "Parameters", "PathLike", "PrimaryInfo", "WorkerInfo", "as_tuple",
-    "canonical_json", "format_address", "load_json", "parse_address", "parse_hex", "save_json",
-    "short_hex",
+    "CONSENSUS_PROTOCOLS", "DEFAULT_RETRY", "KEY_SIZE", "Authority", "AuthorityPublicKeys",
+    "Committee", "ConfigError", "Endpoint", "JsonReader", "Parameters", "PathLike",
+    "PrimaryInfo", "WorkerInfo", "as_tuple", "canonical_json", "format_address", "load_json",
+    "parse_address", "parse_hex", "save_json", "short_hex",
 ]

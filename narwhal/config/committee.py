@@ -24,7 +24,7 @@ import re
 import socket
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
@@ -42,15 +42,12 @@ from narwhal.config.json_files import (
     save_json,
     short_hex,
 )
+from narwhal.config.network import PeerInfo
 from narwhal.messages import MAX_COMMITTEE_SIZE
-from narwhal.net.network import PeerInfo
-
-if TYPE_CHECKING:
-    from narwhal.crypto import AuthorityPublicKeys
 
 __all__ = [
-    "Authority", "Committee", "Endpoint", "PrimaryInfo", "WorkerInfo", "format_address",
-    "parse_address",
+    "Authority", "AuthorityPublicKeys", "Committee", "Endpoint", "PrimaryInfo", "WorkerInfo",
+    "format_address", "parse_address",
 ]
 
 
@@ -139,6 +136,21 @@ class Authority:
 
 
 @attrs.frozen
+class AuthorityPublicKeys:
+    """The public half of an authority's keys (a key file's, :mod:`narwhal.crypto`): what
+    goes into a committee. Defined here, not in ``crypto``, so that the committee needs
+    nothing from the module that holds the secrets (``crypto`` imports ``config``, never
+    the reverse)."""
+
+    #: The ed25519 public key: the authority's name.
+    name: bytes
+    #: The primary's X25519 public key.
+    primary: bytes
+    #: The workers' X25519 public keys, indexed by worker id.
+    workers: tuple[bytes, ...] = attrs.field(converter=as_tuple)
+
+
+@attrs.frozen
 class Endpoint:
     """Who owns a network key: an authority's primary (``worker_id`` None) or a worker."""
 
@@ -165,7 +177,8 @@ class Committee:
     positive stakes, all with the same worker ids 0..W-1 (W >= 1), and every network key
     and every address used by exactly one endpoint.
 
-    ``network_id()`` is ``SHA-256(canonical_json(to_json()))``: the JSON document below with
+    ``network_id()`` is ``SHA-256(canonical_json(to_json()))`` (``wire_spec.md`` section
+    3.2.1 is the normative text, with a worked example): the JSON document below with
     keys sorted, no whitespace, ASCII only, keys in lowercase hex, stakes as integers, worker
     ids as decimal strings, addresses canonical, ``admin_address`` omitted when absent. It
     depends on the content, not on how the file is formatted::

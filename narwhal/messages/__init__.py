@@ -17,7 +17,7 @@ own bounds by a limit and the tests that walk the schemas.
 
 from __future__ import annotations
 
-from narwhal.messages.codec import Encoded, decode, decode_as, encode, splice
+from narwhal.messages.codec import Encoded, EncodedField, decode, decode_as, encode, splice
 from narwhal.messages.definitions import MAX_BATCH_TRANSACTIONS as MAX_BATCH_TRANSACTIONS
 from narwhal.messages.definitions import MAX_BATCHES_PER_RESPONSE as MAX_BATCHES_PER_RESPONSE
 from narwhal.messages.definitions import (
@@ -48,6 +48,7 @@ from narwhal.messages.definitions import (
     Synchronize,
     TransactionsAccepted,
     Vote,
+    batch_body_digest,
     batch_length,
 )
 from narwhal.messages.schema import BYTES as BYTES
@@ -64,9 +65,9 @@ from narwhal.messages.schema import Scalar as Scalar
 
 __all__ = [
     "REGISTRY", "Ack", "Batch", "BatchesResponse", "Certificate", "CertificatesRequest",
-    "CertificatesResponse", "Cleanup", "Encoded", "FetchCertificates", "Header", "Link", "Message",
-    "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
+    "CertificatesResponse", "Cleanup", "Encoded", "EncodedField", "FetchCertificates", "Header",
+    "Link", "Message", "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
     "SubmitTransactions", "Subscribe", "SubscribeAccepted", "Synchronize",
-    "TransactionsAccepted", "Vote", "batch_length", "class_for", "decode", "decode_as", "encode",
-    "schema_of", "splice", "tag_of",
+    "TransactionsAccepted", "Vote", "batch_body_digest", "batch_length", "class_for", "decode",
+    "decode_as", "encode", "schema_of", "splice", "tag_of",
 ]

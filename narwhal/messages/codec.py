@@ -54,7 +54,7 @@ from narwhal.messages.schema import (
     tag_of,
 )
 
-__all__ = ["Encoded", "decode", "decode_as", "encode", "splice"]
+__all__ = ["Encoded", "EncodedField", "decode", "decode_as", "encode", "splice"]
 
 
 def _memo_digest(msg: Any, domain: bytes, preimage: Callable[[], bytes]) -> bytes:
@@ -129,6 +129,14 @@ class Encoded:
     body: bytes
 
 
+@attrs.frozen
+class EncodedField:
+    """One field of a message given to :func:`splice` already in canonical CBOR: e.g. the
+    transactions of an ``OrderedOutput``, which are a stored batch body minus its head."""
+
+    cbor: bytes | memoryview
+
+
 def _array_head(n: int) -> bytes:
     """The shortest CBOR head of a definite array of ``n`` items (major type 4)."""
     if n < 24:
@@ -147,14 +155,17 @@ def splice(cls: type[Message], *fields: Any) -> Encoded:
     a page of 1,000 stored certificates that way took ~140 ms of event loop). The caller
     vouches for the items, which must be valid bodies of the nested type: ours come from
     the store, which only holds messages that passed ``decode``. Every other field, and the
-    item counts, are checked as ``encode`` checks them.
+    item counts, are checked as ``encode`` checks them, except an :class:`EncodedField`,
+    which the caller vouches for as a whole.
     """
     schema = _SCHEMA[cls]
     if len(fields) != len(schema):
         raise MessageError(f"{cls.__name__}: {len(fields)} fields given, {len(schema)} expected")
-    parts = [_array_head(len(schema))]
+    parts: list[bytes | memoryview] = [_array_head(len(schema))]
     for (name, kind), value in zip(schema, fields):
-        if isinstance(kind, ListOf) and isinstance(kind.item, Nested):
+        if isinstance(value, EncodedField):
+            parts.append(value.cbor)
+        elif isinstance(kind, ListOf) and isinstance(kind.item, Nested):
             if len(value) > kind.limit:
                 raise MessageTooLarge(f"{cls.__name__}.{name}: {len(value)} items exceed "
                                       f"{kind.limit_name} = {kind.limit}")

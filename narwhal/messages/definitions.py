@@ -11,6 +11,7 @@ modules size their own bounds by them (``MAX_COMMITTEE_SIZE``, ``MAX_BATCH_TRANS
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import attrs
@@ -36,13 +37,13 @@ from narwhal.messages.schema import (
 )
 
 __all__ = [
-    "MAX_BATCHES_PER_RESPONSE", "MAX_BATCH_TRANSACTIONS", "MAX_CERTIFICATES_PER_RESPONSE",
-    "MAX_COMMITTEE_SIZE", "MAX_DIGESTS_PER_REQUEST", "MAX_HEADER_PAYLOAD",
-    "MAX_OUTPUT_TRANSACTIONS", "MAX_SUBMIT_TRANSACTIONS", "Ack", "Batch", "BatchesResponse",
-    "Certificate", "CertificatesRequest", "CertificatesResponse", "Cleanup",
+    "BATCH_DOMAIN", "MAX_BATCHES_PER_RESPONSE", "MAX_BATCH_TRANSACTIONS",
+    "MAX_CERTIFICATES_PER_RESPONSE", "MAX_COMMITTEE_SIZE", "MAX_DIGESTS_PER_REQUEST",
+    "MAX_HEADER_PAYLOAD", "MAX_OUTPUT_TRANSACTIONS", "MAX_SUBMIT_TRANSACTIONS", "Ack", "Batch",
+    "BatchesResponse", "Certificate", "CertificatesRequest", "CertificatesResponse", "Cleanup",
     "FetchCertificates", "Header", "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
     "SubmitTransactions", "Subscribe", "SubscribeAccepted", "Synchronize",
-    "TransactionsAccepted", "Vote", "batch_length",
+    "TransactionsAccepted", "Vote", "batch_body_digest", "batch_length",
 ]
 
 # --- limits: every collection in a message is bounded ----------------------------------------
@@ -172,7 +173,19 @@ class Batch(Message):
 
     def digest(self) -> bytes:
         """SHA-256 of the domain and the canonical body (never re-encoded once known)."""
-        return _memo_digest(self, b"narwhal-py/batch\x00", lambda: encode(self))
+        return _memo_digest(self, BATCH_DOMAIN, lambda: encode(self))
+
+
+#: What a batch digest hashes before the batch's canonical body (wire_spec.md §9.4).
+BATCH_DOMAIN = b"narwhal-py/batch\x00"
+
+
+def batch_body_digest(body: bytes | memoryview) -> bytes:
+    """The digest of the ``Batch`` whose canonical body is ``body``, without decoding it
+    (hashlib releases the GIL on large inputs, so this may run in a thread)."""
+    h = hashlib.sha256(BATCH_DOMAIN)
+    h.update(body)
+    return h.digest()
 
 
 def batch_length(body: bytes) -> int:

@@ -7,6 +7,12 @@ stay anonymous themselves (``Noise_NK``, ``wire_spec.md`` section 3.1). A
 :class:`ClientServer` accepts them on a separate port, up to ``max_clients`` at once, and
 routes their requests with an ordinary :class:`~narwhal.net.rpc.Router`; handlers receive
 a :class:`ClientPeer` as the peer.
+
+``max_clients`` counts *authenticated* clients only (handshake confirmed). Connections
+still in their handshake are half-open and limited separately by the listener's
+:class:`~narwhal.net.admission.ListenerAdmission` (``admission``), which evicts old
+half-open connections rather than refusing new ones: idle connections cannot take the
+places of real clients, which complete their handshake in a millisecond or two.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from typing import Any
 
 import attrs
 
+from narwhal.config.network import MAX_CONCURRENT_HANDLERS, ConnectionConfig
 from narwhal.errors import ErrorCode, HandshakeError, PeerRejected
-from narwhal.net.connection import BudgetExceeded, Connection, ConnectionConfig, close_connections
-from narwhal.net.rpc import MAX_CONCURRENT_HANDLERS, Router, RpcChannel
+from narwhal.net.admission import ListenerAdmission
+from narwhal.net.connection import BudgetExceeded, Connection, close_connections
+from narwhal.net.rpc import Router, RpcChannel
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 __all__ = ["ClientPeer", "ClientServer", "connect_client"]
 
 log = logging.getLogger(__name__)
 
-#: Clients connected at once; each costs buffers and handler slots, so a flood of
-#: connections is refused (OVERLOADED) instead of exhausting memory.
+#: Authenticated clients connected at once; each costs buffers and handler slots, so more
+#: are refused (OVERLOADED) instead of exhausting memory.
 DEFAULT_MAX_CLIENTS = 256
 
 
@@ -68,8 +76,12 @@ class ClientServer:
         self._max_handlers = max_concurrent_handlers
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
-        #: Every live connection (handshaking or open).
+        #: Every live connection (handshaking or open) ...
         self.connections: set[Connection] = set()
+        #: ... of which those authenticated (handshake confirmed): what max_clients counts.
+        self.authenticated: set[Connection] = set()
+        #: Caps and handshake budget of the connections still in their handshake.
+        self.admission = ListenerAdmission(config.admission)
         self.accepted = 0
         self.refused = 0
         #: Outbound budget (connection.py) of closed client connections: times one went
@@ -80,10 +92,11 @@ class ClientServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> int:
         loop = asyncio.get_running_loop()
+        backlog = self.config.admission.listen_backlog
         if sock is not None:
-            self._server = await loop.create_server(self._new_connection, sock=sock)
+            self._server = await loop.create_server(self._new_connection, sock=sock, backlog=backlog)
         else:
-            self._server = await loop.create_server(self._new_connection, host, port)
+            self._server = await loop.create_server(self._new_connection, host, port, backlog=backlog)
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("%s: accepting clients on %s:%d", self.name, host, bound)
         return bound
@@ -107,6 +120,7 @@ class ClientServer:
             name=f"{self.name}<-client",
             on_open=self._opened,
             on_close=self._closed,
+            admission=self.admission,
         )
         self.connections.add(conn)
         return conn
@@ -115,7 +129,7 @@ class ClientServer:
         if payload.role != "client":
             self.refused += 1
             raise PeerRejected(f"{self.name}: this port serves clients only")
-        if len(self.connections) > self.max_clients:
+        if len(self.authenticated) >= self.max_clients:
             self.refused += 1
             error = PeerRejected(f"{self.name}: too many clients")
             error.code = ErrorCode.OVERLOADED
@@ -124,6 +138,7 @@ class ClientServer:
 
     def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self.authenticated.discard(conn)
         self.budget_throttles += conn.stats.budget_throttles
         self.read_pauses += conn.stats.read_pauses
         if isinstance(conn.close_reason, BudgetExceeded):
@@ -140,6 +155,12 @@ class ClientServer:
         }
 
     def _opened(self, conn: Connection) -> None:
+        if len(self.authenticated) >= self.max_clients:
+            # several passed _identify while their confirmations were in flight
+            self.refused += 1
+            conn.close(ErrorCode.OVERLOADED, "too many clients")
+            return
+        self.authenticated.add(conn)
         self.accepted += 1
         transport = conn._transport
         peername = transport.get_extra_info("peername") if transport is not None else None
@@ -159,11 +180,13 @@ async def connect_client(
     check_server: Callable[[HandshakePayload], bool] | None = None,
     timeout: float = 5.0,
     name: str = "client",
+    local_address: tuple[str, int] | None = None,
 ) -> Connection:
     """Dial a node's client port (Noise NK); return the open connection.
 
     ``conn.sink`` is its :class:`RpcChannel` (``request``/``notify``). ``check_server``
     may refuse a server whose handshake payload is not the role we meant to reach.
+    ``local_address`` binds our end (a host with several addresses picks its source).
     """
 
     def identify(key: bytes | None, payload: HandshakePayload) -> Any:
@@ -177,7 +200,9 @@ async def connect_client(
     created: list[Connection] = []
 
     def factory() -> Connection:
-        conn = Connection(handshake, local_payload=HandshakePayload("client"), identify=identify,
+        # advertise the frame limit our decoder enforces (wire_spec.md §3.4)
+        payload = HandshakePayload("client", max_frame_size=config.max_frame_size)
+        conn = Connection(handshake, local_payload=payload, identify=identify,
                           sink_factory=lambda c: RpcChannel(c, client_router), config=config,
                           name=f"{name}->{host}:{port}")
         created.append(conn)
@@ -185,7 +210,7 @@ async def connect_client(
 
     try:
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(factory, host, port)
+            _, conn = await loop.create_connection(factory, host, port, local_addr=local_address)
             return await conn.ready
     except BaseException:
         for conn in created:

@@ -46,6 +46,13 @@ itself while it fills our backlog, i.e. it is still reading, and our queue drain
 honest nodes would have to both exceed budget *and* both fill the other's backlog, which
 needs each to send requests while not writable; the budget timeout is the backstop.
 
+Before the handshake completes a connection is cheap: it reads into a buffer the size of
+the largest handshake message (:data:`HANDSHAKE_RECEIVE_BUFFER`, ~1 KiB) and gets the
+full :data:`RECEIVE_BUFFER` only once authenticated. An accepted connection also holds a
+:class:`~narwhal.net.admission.Ticket` of its listener's admission control until then:
+the listener may evict it to make room for newer ones, and message 1 is read only if the
+handshake budget allows (no crypto for a refused or replayed one).
+
 Errors never escape ``data_received``: every failure goes through :meth:`Connection._fail`,
 which counts it, tries to tell the peer (ERROR frame) and closes.
 """
@@ -62,24 +69,37 @@ from typing import Any, Protocol
 
 import attrs
 
+from narwhal.config.network import ConnectionConfig
 from narwhal.errors import (
     ConnectionClosed,
     ErrorCode,
     FrameError,
+    HandshakeClosed,
     HandshakeError,
+    HandshakeTimeout,
     NarwhalError,
     WireError,
 )
+from narwhal.net.admission import ListenerAdmission, Ticket
 from narwhal.wire.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     Frame,
     FrameDecoder,
     FrameKind,
+    decode_error,
     decode_error_body,
     encode_error_body,
     frame_header,
 )
-from narwhal.wire.noise import HandshakePayload, HandshakeStep, NoiseHandshake, NoiseTransport
+from narwhal.wire.noise import (
+    MAX_HANDSHAKE_MESSAGE,
+    NOISE_LENGTH,
+    PREAMBLE,
+    HandshakePayload,
+    HandshakeStep,
+    NoiseHandshake,
+    NoiseTransport,
+)
 
 __all__ = [
     "BudgetExceeded",
@@ -96,15 +116,18 @@ log = logging.getLogger(__name__)
 #: Kinds the connection hands to its sink when they carry a request id (ONEWAY carries 0).
 _SINK_KINDS = frozenset({FrameKind.REQUEST, FrameKind.RESPONSE, FrameKind.ERROR})
 
-#: Size of the per-connection receive buffer the event loop reads into.
+#: Size of the per-connection receive buffer the event loop reads into, once the
+#: connection is authenticated.
 RECEIVE_BUFFER = 256 * 1024
+#: ... and until then: the largest legal handshake read, a preamble and one handshake
+#: message (wire_spec.md section 3.3: 8 + 2 + 1024 bytes). A half-open connection costs
+#: this, not RECEIVE_BUFFER; bytes beyond it (the start of the transport stream) are
+#: simply read in more than one go.
+HANDSHAKE_RECEIVE_BUFFER = PREAMBLE.size + NOISE_LENGTH.size + MAX_HANDSHAKE_MESSAGE
 
 #: Flush immediately once this much plaintext is queued, rather than at the end of the
 #: loop iteration: bounds the queue and keeps encryption in large chunks.
 FLUSH_THRESHOLD = 256 * 1024
-
-#: Default outbound budget floor (the default is the larger of this and two maximum frames).
-DEFAULT_OUTBOUND_BUDGET = 8 * 1024 * 1024
 
 #: While a connection is over its outbound budget, requests and PINGs it receives are held
 #: (not served); once they amount to this many bytes (each frame counted with a fixed
@@ -114,40 +137,6 @@ BACKLOG_LIMIT = 256 * 1024
 BACKLOG_FRAME_OVERHEAD = 128
 #: Frames that make us owe the peer an answer: held while over budget.
 _ANSWERED_KINDS = frozenset({FrameKind.REQUEST, FrameKind.PING})
-
-
-@attrs.frozen
-class ConnectionConfig:
-    """Timeouts and buffer limits of one connection. Defaults are in ``wire_spec.md``."""
-
-    #: A handshake not complete by then is aborted (slow-loris protection).
-    handshake_timeout: float = 10.0
-    #: A PING is sent this often; its PONG measures RTT.
-    keepalive_interval: float = 5.0
-    #: Nothing received for this long: GOAWAY(IDLE_TIMEOUT) and close.
-    idle_timeout: float = 30.0
-    #: Largest frame we accept (advertised in the handshake).
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    #: Socket write buffer high-water mark: above it, senders wait.
-    write_high_water: int = 4 * 1024 * 1024
-    #: How long a graceful close waits for outstanding requests.
-    close_grace: float = 5.0
-    #: Bytes we may have queued toward the peer (not yet taken by the kernel) before we
-    #: stop serving its requests; None = the larger of 8 MiB and two ``max_frame_size``.
-    outbound_budget: int | None = None
-    #: Over budget for this long (the peer does not read its answers): abort and count.
-    #: None = ``idle_timeout``.
-    budget_timeout: float | None = None
-
-    @property
-    def effective_outbound_budget(self) -> int:
-        if self.outbound_budget is not None:
-            return self.outbound_budget
-        return max(DEFAULT_OUTBOUND_BUDGET, 2 * self.max_frame_size)
-
-    @property
-    def effective_budget_timeout(self) -> float:
-        return self.idle_timeout if self.budget_timeout is None else self.budget_timeout
 
 
 class BudgetExceeded(ConnectionClosed):
@@ -225,10 +214,11 @@ class Connection(asyncio.BufferedProtocol):
         local_payload: HandshakePayload,
         identify: Identify,
         sink_factory: Callable[[Connection], FrameSink],
-        config: ConnectionConfig = ConnectionConfig(),
+        config: ConnectionConfig = ConnectionConfig(),  # noqa: B008 -- frozen attrs: immutable
         name: str = "conn",
         on_open: Callable[[Connection], None] | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        admission: ListenerAdmission | None = None,
     ) -> None:
         self._handshake: NoiseHandshake | None = handshake
         self._local_payload = local_payload
@@ -244,6 +234,10 @@ class Connection(asyncio.BufferedProtocol):
         self.remote_payload: HandshakePayload | None = None
         self.remote_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self.close_reason: BaseException | None = None
+        #: ``(code, text)`` of the GOAWAY the peer sent, if any: a permanent code tells a
+        #: client not to come back for the same thing.
+        #: ``(code, text, detail)`` of the GOAWAY the peer sent, if any.
+        self.goaway: tuple[int, str, int | None] | None = None
         self.stats = ConnectionStats()
         self._loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[Connection] = self._loop.create_future()
@@ -251,7 +245,11 @@ class Connection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._cipher: NoiseTransport | None = None
         self._decoder = FrameDecoder(config.max_frame_size)
-        self._recv_view = memoryview(bytearray(RECEIVE_BUFFER))
+        self._recv_view = memoryview(bytearray(HANDSHAKE_RECEIVE_BUFFER))
+        #: The listener's admission control (accepted connections only) and our place in
+        #: it while the handshake is not complete.
+        self._admission = admission
+        self._ticket: Ticket | None = None
         self._out: list[bytes] = []
         self._out_size = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -284,12 +282,24 @@ class Connection(asyncio.BufferedProtocol):
         self._timer = self._loop.call_later(self.config.handshake_timeout, self._handshake_timed_out)
         hs = self._handshake
         assert hs is not None
+        if self._admission is not None:
+            self._admit(hs, transport.get_extra_info("peername"))
         if self.initiator:
             hs.initiate(self._local_payload)
             self._write_raw(hs.data_to_send())
 
+    def _admit(self, hs: NoiseHandshake, peername: object) -> None:
+        """Take a half-open slot (the listener evicts older ones if it is full) and submit
+        message 1 to the handshake budget before any crypto."""
+        assert self._admission is not None
+        self._ticket = self._admission.admit_connection(self, peername)
+        hs.before_message1 = self._ticket.check_message1
+
     def connection_lost(self, exc: Exception | None) -> None:
         handshaking = self.state is ConnectionState.HANDSHAKE
+        if self._ticket is not None:
+            self._ticket.release(timed_out=isinstance(self.close_reason, HandshakeTimeout))
+            self._ticket = None
         self.state = ConnectionState.CLOSED
         self._transport = None
         self._writable.set()  # wake waiters; they will see CLOSED
@@ -303,8 +313,8 @@ class Connection(asyncio.BufferedProtocol):
             reason = self.close_reason
         elif handshaking and self.initiator and self._cipher is None:
             # the responder hung up on our message 1: it could not decrypt it or refused it
-            reason = HandshakeError(f"{self.name}: peer closed the connection during the handshake "
-                                    "(wrong server key, network id or version?)")
+            reason = HandshakeClosed(f"{self.name}: peer closed the connection during the handshake "
+                                     "(busy, or wrong server key, network id or version?)")
         elif exc is not None:
             reason = ConnectionClosed(f"{self.name}: connection lost: {exc}")
         else:
@@ -354,6 +364,8 @@ class Connection(asyncio.BufferedProtocol):
         hs = self._handshake
         if hs is None or self.state is ConnectionState.CLOSED:
             return
+        if self._ticket is not None:
+            self._ticket.started()
         try:
             hs.receive_data(bytes(data))
         finally:
@@ -401,6 +413,12 @@ class Connection(asyncio.BufferedProtocol):
         connection under the duplicate-connection rule (wire_spec.md section 3.5).
         """
         self.state = ConnectionState.OPEN
+        # authenticated: full-size reads from now on (the slice being processed keeps the
+        # small buffer alive until it is done)
+        self._recv_view = memoryview(bytearray(RECEIVE_BUFFER))
+        if self._ticket is not None:
+            self._ticket.complete()
+            self._ticket = None
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(self.config.keepalive_interval, self._tick)
@@ -443,8 +461,9 @@ class Connection(asyncio.BufferedProtocol):
             if sent is not None:
                 self._record_rtt(time.monotonic() - sent)
         elif kind is FrameKind.GOAWAY:
-            code, text = decode_error_body(frame.body)
+            code, text, detail = decode_error(frame.body)
             log.info("%s: peer sent GOAWAY %s: %s", self.name, code, text)
+            self.goaway = (code, text, detail)
             if self.state is ConnectionState.OPEN:
                 self.state = ConnectionState.DRAINING
             self.sink.goaway_received(code, text)
@@ -527,6 +546,11 @@ class Connection(asyncio.BufferedProtocol):
         return self._throttled_since is not None
 
     @property
+    def receive_buffer_size(self) -> int:
+        """Bytes of the buffer the loop reads into (small until authenticated)."""
+        return self._recv_view.nbytes
+
+    @property
     def reading_paused(self) -> bool:
         return self._reading_paused
 
@@ -601,8 +625,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _handshake_timed_out(self) -> None:
         if self.state is ConnectionState.HANDSHAKE:
-            self._fail(HandshakeError(f"{self.name}: handshake not complete within "
-                                      f"{self.config.handshake_timeout}s"))
+            self._fail(HandshakeTimeout(f"{self.name}: handshake not complete within "
+                                        f"{self.config.handshake_timeout}s"))
 
     def _tick(self) -> None:
         """Keepalive ping + idle check, every ``keepalive_interval``."""
@@ -644,8 +668,10 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- closing ------------------------------------------------------------------------
 
-    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, reason: str = "") -> None:
-        """Graceful close: GOAWAY now, close the socket once outstanding requests finish."""
+    def close(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN, reason: str = "",
+              detail: int | None = None) -> None:
+        """Graceful close: GOAWAY now, close the socket once outstanding requests finish
+        (``detail``: the GOAWAY body's third element, for the codes that define one)."""
         if self.state in (ConnectionState.CLOSED, ConnectionState.DRAINING):
             if self.state is ConnectionState.DRAINING and self.can_send:
                 self._loop.create_task(self._close_when_idle())
@@ -656,7 +682,7 @@ class Connection(asyncio.BufferedProtocol):
         self.state = ConnectionState.DRAINING
         self.close_reason = ConnectionClosed(f"{self.name}: closing ({code.name}: {reason})")
         self.close_reason.code = code
-        self.send_frame(FrameKind.GOAWAY, 0, 0, encode_error_body(code, reason))
+        self.send_frame(FrameKind.GOAWAY, 0, 0, encode_error_body(code, reason, detail))
         self._flush()
         self._loop.create_task(self._close_when_idle())
 

@@ -6,7 +6,9 @@
 - it **dials** every peer that has an address and keeps redialing with jittered backoff
   while the peer is unreachable (one keeper task per peer);
 - it **accepts** inbound Noise-IK connections only from static keys in its peer directory
-  whose handshake payload matches the directory entry (role, authority, worker id);
+  whose handshake payload matches the directory entry (role, authority, worker id); until
+  their handshake completes they are half-open, capped and budgeted by its
+  :class:`~narwhal.net.admission.ListenerAdmission` (``admission``);
 - when two connections to one peer exist (both dialed at once) it keeps the one dialed by
   the endpoint with the smaller static key, as the other side does (``wire_spec.md`` §1),
   and closes the other with GOAWAY ``DUPLICATE_CONNECTION``.
@@ -32,9 +34,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import attrs
-
 from narwhal import messages
+from narwhal.config.network import NetworkConfig, PeerInfo, RetryConfig
 from narwhal.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -45,17 +46,12 @@ from narwhal.errors import (
     PeerUnknown,
     SendCancelled,
 )
-from narwhal.net.connection import BudgetExceeded, Connection, ConnectionConfig, close_connections
+from narwhal.net.admission import ListenerAdmission
+from narwhal.net.connection import BudgetExceeded, Connection, close_connections
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.metrics import PeerMetrics
-from narwhal.net.retry import Backoff, RetryConfig
-from narwhal.net.rpc import (
-    DEFAULT_REQUEST_TIMEOUT,
-    MAX_CONCURRENT_HANDLERS,
-    Router,
-    RouteStats,
-    RpcChannel,
-)
+from narwhal.net.retry import Backoff
+from narwhal.net.rpc import Router, RouteStats, RpcChannel
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 __all__ = [
@@ -68,50 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Redial backoff: quick first retries (a restarting peer is back within a second or two),
-#: capped low so a recovered peer is found soon; a refused dial costs almost nothing.
-DEFAULT_DIAL_RETRY = RetryConfig(initial_interval=0.1, max_interval=2.0, multiplier=1.5,
-                                 randomization_factor=0.3)
-
-
-@attrs.frozen
-class PeerInfo:
-    """A directory entry: who a peer is and where to reach it."""
-
-    #: Human-readable name for logs and metrics, e.g. ``"v2/primary"``.
-    name: str
-    #: The peer's X25519 network public key: its identity on the wire.
-    static_key: bytes
-    #: ``"primary"`` or ``"worker"``.
-    role: str
-    authority: bytes | None = None
-    worker_id: int | None = None
-    #: Where to dial it; None means we only accept its connections.
-    address: tuple[str, int] | None = None
-
-    def matches(self, payload: HandshakePayload) -> bool:
-        return (payload.role, payload.authority, payload.worker_id) == (
-            self.role, self.authority, self.worker_id)
-
-
-@attrs.frozen
-class NetworkConfig:
-    """Knobs of the peer manager and the two networks (defaults as in ``wire_spec.md``)."""
-
-    connection: ConnectionConfig = attrs.field(factory=ConnectionConfig)
-    #: Backoff of reliable sends (MystenLabs defaults: 500 ms, x1.5, 15 s, +-30%).
-    retry: RetryConfig = attrs.field(factory=RetryConfig)
-    dial_retry: RetryConfig = DEFAULT_DIAL_RETRY
-    #: Requests in flight to one peer at once.
-    pool_capacity: int = 128
-    #: Jobs one peer's executor may hold (running + waiting + backing off); beyond it
-    #: ``send`` waits (backpressure) and ``unreliable_send`` refuses.
-    max_pending: int = 20_000
-    connect_timeout: float = 5.0
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    #: Handlers one connection runs at once; more requests are answered OVERLOADED.
-    max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS
 
 
 class _Peer:
@@ -143,7 +95,7 @@ class PeerManager:
         network_id: bytes,
         peers: Iterable[PeerInfo],
         router: Router | None = None,
-        config: NetworkConfig = NetworkConfig(),
+        config: NetworkConfig = NetworkConfig(),  # noqa: B008 -- frozen attrs: immutable
         name: str = "node",
     ) -> None:
         self._local_static = local_static
@@ -156,6 +108,8 @@ class PeerManager:
         self._peers = {p.static_key: _Peer(p, config) for p in peers}
         self._server: asyncio.Server | None = None
         self._handshaking: set[Connection] = set()
+        #: Caps and handshake budget of the connections our listener accepts.
+        self.admission = ListenerAdmission(config.connection.admission)
         self._running = False
         #: Requests served per message type, with handler latency (for metrics).
         self.routes = RouteStats()
@@ -218,10 +172,11 @@ class PeerManager:
         start dialing every peer that has an address; return the listening port."""
         loop = asyncio.get_running_loop()
         self._running = True
+        backlog = self.config.connection.admission.listen_backlog
         if sock is not None:
-            self._server = await loop.create_server(self._inbound_connection, sock=sock)
+            self._server = await loop.create_server(self._inbound_connection, sock=sock, backlog=backlog)
         else:
-            self._server = await loop.create_server(self._inbound_connection, host, port)
+            self._server = await loop.create_server(self._inbound_connection, host, port, backlog=backlog)
         bound = self._server.sockets[0].getsockname()[1]
         for peer in self._peers.values():
             if peer.info.address is not None:
@@ -250,7 +205,8 @@ class PeerManager:
 
     # -- connecting ---------------------------------------------------------------------
 
-    def _new_connection(self, handshake: NoiseHandshake, name: str, expected: _Peer | None) -> Connection:
+    def _new_connection(self, handshake: NoiseHandshake, name: str, expected: _Peer | None,
+                        admission: ListenerAdmission | None = None) -> Connection:
         conn = Connection(
             handshake,
             local_payload=self._payload,
@@ -262,6 +218,7 @@ class PeerManager:
             name=name,
             on_open=self._connection_opened,
             on_close=self._connection_closed,
+            admission=admission,
         )
         self._handshaking.add(conn)
         return conn
@@ -270,7 +227,7 @@ class PeerManager:
         handshake = NoiseHandshake.responder(
             network_id=self._network_id, local_static=self._local_static,
             accepted_patterns=(Pattern.IK,))
-        return self._new_connection(handshake, f"{self.name}<-?", None)
+        return self._new_connection(handshake, f"{self.name}<-?", None, self.admission)
 
     def _identify(self, key: bytes | None, payload: HandshakePayload, expected: _Peer | None) -> _Peer:
         peer = self._peers.get(key) if key is not None else None
@@ -285,7 +242,7 @@ class PeerManager:
 
     async def _dial(self, peer: _Peer) -> Connection:
         assert peer.info.address is not None
-        host, port = peer.info.address
+        host, port = self.config.dial_overrides.get(peer.info.address, peer.info.address)
         handshake = NoiseHandshake.initiator(
             pattern=Pattern.IK, network_id=self._network_id, remote_static=peer.info.static_key,
             local_static=self._local_static)
@@ -411,10 +368,23 @@ class PeerManager:
                 "pending": ex.pending,
                 "pool_capacity": ex.capacity,
                 **{k: v for k, v in m.as_dict().items() if not k.startswith("closed_")},
+                "errors": _with_live_rpc_errors(m.errors, conn),
                 "budget_throttles": m.budget_throttles + (live.budget_throttles if live else 0),
                 "read_pauses": m.read_pauses + (live.read_pauses if live else 0),
+                "rate_limited": self.router.limited_count(peer.info.name),
             })
         return rows
+
+
+def _with_live_rpc_errors(errors: dict[str, int], conn: Connection | None) -> dict[str, int]:
+    """A peer's error counts with its live connection's RPC rejections (``rpc_<kind>``) added:
+    those are folded into the peer's counters only when the connection closes, so without
+    this a peer sending malformed or unauthorized requests on a link it keeps open would
+    show nothing in ``/status`` and ``/metrics``."""
+    out = dict(errors)
+    for kind, count in (getattr(conn.sink, "errors", None) or {}).items() if conn else ():
+        out[f"rpc_{kind}"] = out.get(f"rpc_{kind}", 0) + count
+    return out
 
 
 class CancelHandle:

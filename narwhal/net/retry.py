@@ -17,21 +17,29 @@ Guarantees:
   type), with a note (``BaseException.add_note``) saying how many attempts were made.
 
 The defaults are those of MystenLabs narwhal's ``RetryConfig`` (500 ms, x1.5, 15 s, ±30%).
+:class:`RetryConfig` and its defaults are configuration values, defined in
+:mod:`narwhal.config.network` and re-exported here for the callers of :func:`retry`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
-import attrs
-
+from narwhal.config.network import (
+    DEFAULT_INITIAL_INTERVAL,
+    DEFAULT_MAX_ELAPSED_TIME,
+    DEFAULT_MAX_INTERVAL,
+    DEFAULT_MULTIPLIER,
+    DEFAULT_RANDOMIZATION_FACTOR,
+    RetryConfig,
+)
 from narwhal.errors import NarwhalError
+from narwhal.ports import RandomSource
 
 __all__ = [
     "DEFAULT_INITIAL_INTERVAL",
@@ -60,87 +68,6 @@ Sleep = Callable[[float], Awaitable[object]]
 #: A monotonic clock in seconds (injectable for tests).
 Clock = Callable[[], float]
 
-#: First nominal delay, seconds: long enough that a peer restarting is not hammered,
-#: short enough that a dropped connection is redialled within a round.
-DEFAULT_INITIAL_INTERVAL = 0.5
-#: Cap on the nominal delay, seconds: a peer that comes back after hours of downtime is
-#: retried within this long (plus jitter), without unbounded growth.
-DEFAULT_MAX_INTERVAL = 15.0
-#: Growth factor of the nominal delay per failed attempt.
-DEFAULT_MULTIPLIER = 1.5
-#: Jitter: each delay is uniform over ``nominal * (1 ± factor)``, which spreads the
-#: retries of many senders so a recovering peer is not hit by a synchronized burst.
-DEFAULT_RANDOMIZATION_FACTOR = 0.3
-#: Total time budget for one operation, seconds; ``None`` retries forever (until the
-#: error turns permanent or the caller cancels).
-DEFAULT_MAX_ELAPSED_TIME: float | None = None
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (_is_real(value) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
-def _optional_positive(
-    instance: object, attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
-    if value is not None and not (_is_real(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be None or a positive number, got {value!r}")
-
-
-def _at_least_initial(
-    instance: RetryConfig, attribute: attrs.Attribute[float], value: float
-) -> None:
-    if value < instance.initial_interval:
-        raise ValueError(
-            f"max_interval ({value!r}) must be >= initial_interval ({instance.initial_interval!r})"
-        )
-
-
-def _multiplier(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (_is_real(value) and math.isfinite(value) and value >= 1):
-        raise ValueError(f"multiplier must be a finite number >= 1, got {value!r}")
-
-
-def _factor(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (_is_real(value) and 0 <= value < 1):
-        raise ValueError(f"randomization_factor must be in [0, 1), got {value!r}")
-
-
-@attrs.frozen
-class RetryConfig:
-    """How one operation is retried. Every default is a documented module constant.
-
-    Validation: both intervals positive and finite, ``max_interval >= initial_interval``,
-    ``multiplier >= 1``, ``0 <= randomization_factor < 1``, ``max_elapsed_time`` None or > 0.
-    """
-
-    initial_interval: float = attrs.field(
-        default=DEFAULT_INITIAL_INTERVAL, validator=_positive_finite
-    )
-    max_interval: float = attrs.field(
-        default=DEFAULT_MAX_INTERVAL, validator=[_positive_finite, _at_least_initial]
-    )
-    multiplier: float = attrs.field(default=DEFAULT_MULTIPLIER, validator=_multiplier)
-    randomization_factor: float = attrs.field(
-        default=DEFAULT_RANDOMIZATION_FACTOR, validator=_factor
-    )
-    max_elapsed_time: float | None = attrs.field(
-        default=DEFAULT_MAX_ELAPSED_TIME, validator=_optional_positive
-    )
-
-    def nominal_interval(self, n: int) -> float:
-        """The n-th (0-based) delay before jitter: ``min(initial * multiplier**n, max)``."""
-        try:
-            grown = self.initial_interval * self.multiplier**n
-        except OverflowError:
-            return self.max_interval
-        return min(grown, self.max_interval)
-
 
 class Backoff(Iterator[float]):
     """The delays of one operation, in order; stateful, not thread-safe.
@@ -155,11 +82,11 @@ class Backoff(Iterator[float]):
         self,
         config: RetryConfig,
         *,
-        rng: random.Random | None = None,
+        rng: RandomSource | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._config = config
-        self._rng = rng if rng is not None else random.Random()
+        self._rng: RandomSource = rng if rng is not None else random.Random()
         self._clock = clock
         self._n = 0
         self._start = clock()
@@ -222,7 +149,7 @@ async def retry(
     config: RetryConfig,
     *,
     sleep: Sleep = asyncio.sleep,
-    rng: random.Random | None = None,
+    rng: RandomSource | None = None,
     clock: Clock = time.monotonic,
     on_retry: OnRetry | None = None,
 ) -> T:

@@ -7,6 +7,16 @@ finds the handler in the :class:`Router`, runs it as a task, and answers with it
 value (or ``Ack``) or a typed ERROR frame. Any number of requests may be outstanding in
 both directions on one connection.
 
+Inbound checks, cheapest first, each answered with its own typed ERROR (a one-way message
+is dropped and counted instead): a REQUEST with id 0 is a protocol error (GOAWAY
+``PROTOCOL_ERROR``: the peer's request state is broken); an unregistered tag is
+``UNKNOWN_TYPE``; a registered type this router has no handler for, or that the router's
+``allow`` refuses from this peer, is ``UNAUTHORIZED`` (it is a real message, just not one
+this link carries); a frame over the (peer, route) rate limit is ``RATE_LIMITED``
+(:mod:`narwhal.net.rate_limit`). Only then is the body decoded (``MALFORMED`` /
+``TOO_LARGE``) and the handler run. Every check before decoding depends on the frame
+header alone, so a flood of refused frames never costs a decode.
+
 Bounds: at most ``max_concurrent_handlers`` handlers run per connection. A request beyond
 that is answered ``OVERLOADED`` at once (transient: the sender's retrier backs off) and a
 one-way message beyond it is dropped and counted. We never pause reading for that: a
@@ -32,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from narwhal import messages
+from narwhal.config.network import DEFAULT_REQUEST_TIMEOUT, MAX_CONCURRENT_HANDLERS
 from narwhal.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -41,16 +52,18 @@ from narwhal.errors import (
     RequestRejected,
     RequestTimeout,
 )
-from narwhal.wire.frames import Frame, FrameKind, decode_error_body, encode_error_body
+from narwhal.net.rate_limit import RateLimiter
+from narwhal.wire.frames import Frame, FrameKind, decode_error, encode_error_body
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Handler", "Router", "RpcChannel", "channel_of"]
+__all__ = ["Handler", "Router", "RpcChannel", "channel_of", "rate_limited"]
 
 log = logging.getLogger(__name__)
 
-#: Requests without an explicit deadline give up after this long (seconds).
-DEFAULT_REQUEST_TIMEOUT = 30.0
-#: Handlers running at once per connection; bounds the memory one peer can make us use.
-MAX_CONCURRENT_HANDLERS = 512
+#: Large answers (routes marked ``bulk``: catch-up reads) produced at once per connection.
+#: Each may be a frame (4 MiB answers in practice) held until the outbound budget takes it,
+#: so this bounds what a peer that never reads costs beyond its budget; an honest
+#: catching-up peer asks one such request at a time per source, and each is read in ms.
+BULK_ANSWERS_PER_CONNECTION = 1
 
 #: ``handler(peer, message) -> response | None`` (None answers a request with ``Ack``); the
 #: response is a message or a ``messages.Encoded`` (a message already in wire form).
@@ -96,21 +109,42 @@ class Router:
     """Message class -> handler, shared by every connection of a server or peer manager.
 
     ``allow(peer, message_class) -> bool`` (optional) refuses message types on links where
-    they do not belong (answered ``UNAUTHORIZED``).
+    they do not belong (answered ``UNAUTHORIZED``, as is a registered type without a
+    handler here). ``limiter`` (optional) rate-limits each (peer, route).
     """
 
-    def __init__(self, allow: Callable[[Any, type], bool] | None = None) -> None:
+    def __init__(self, allow: Callable[[Any, type], bool] | None = None, *,
+                 limiter: RateLimiter | None = None) -> None:
         self._handlers: dict[int, Handler] = {}
+        self._bulk: set[int] = set()
         self._allow = allow
+        self.limiter = limiter
 
-    def route(self, message_class: type, handler: Handler) -> None:
-        self._handlers[messages.tag_of(message_class)] = handler
+    def route(self, message_class: type, handler: Handler, *, bulk: bool = False) -> None:
+        """``bulk``: the answer may be large (catch-up reads, up to a frame): at most
+        BULK_ANSWERS_PER_CONNECTION of them are produced at once per connection, the slot
+        held until its answer is queued (see :meth:`RpcChannel._run_handler`)."""
+        tag = messages.tag_of(message_class)
+        self._handlers[tag] = handler
+        if bulk:
+            self._bulk.add(tag)
+
+    def is_bulk(self, tag: int) -> bool:
+        return tag in self._bulk
 
     def handler_for(self, tag: int) -> Handler | None:
         return self._handlers.get(tag)
 
     def allowed(self, peer: Any, message_class: type) -> bool:
         return self._allow is None or self._allow(peer, message_class)
+
+    def admit(self, peer: Any, tag: int, nbytes: int) -> bool:
+        """Within ``peer``'s rate limit on route ``tag`` (and charged), or not."""
+        return self.limiter is None or self.limiter.admit(peer, tag, nbytes)
+
+    def limited_count(self, label: str) -> int:
+        """Frames refused ``RATE_LIMITED`` from the peer named ``label`` (all routes)."""
+        return 0 if self.limiter is None else self.limiter.limited_for(label)
 
 
 class RpcChannel:
@@ -131,6 +165,7 @@ class RpcChannel:
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
+        self._bulk_answers = asyncio.Semaphore(BULK_ANSWERS_PER_CONNECTION)
         self._closed: BaseException | None = None
         self._goaway = False
         #: Errors by kind, for metrics ("decode", "unknown_type", "overloaded", ...).
@@ -160,6 +195,13 @@ class RpcChannel:
 
     async def request_raw(self, tag: int, body: bytes, *, timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> Any:
         """Like :meth:`request` with an already encoded body (encode once, send to many)."""
+        response_tag, response_body = await self.exchange(tag, body, timeout=timeout)
+        return self._decode_response(tag, response_tag, response_body)
+
+    async def exchange(self, tag: int, body: bytes, *,
+                       timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> tuple[int, bytes]:
+        """Like :meth:`request_raw`, but the response's ``(tag, body)`` undecoded: for a
+        caller that forwards the bytes it asked for (the ordered output splices batches)."""
         self._check_open()
         await self._conn.wait_writable()
         self._check_open()
@@ -175,7 +217,7 @@ class RpcChannel:
             raise RequestTimeout(f"{self._conn.name}: no answer within {timeout}s") from None
         finally:
             self._pending.pop(request_id, None)
-        return self._decode_response(tag, response_tag, response_body)
+        return response_tag, response_body
 
     async def notify(self, message: Any) -> None:
         """Send ``message`` one-way (no answer, no delivery guarantee)."""
@@ -217,8 +259,7 @@ class RpcChannel:
             if kind is FrameKind.RESPONSE:
                 future.set_result((frame.tag, frame.body))
             else:
-                code, text = decode_error_body(frame.body)
-                future.set_exception(RemoteError(code, text))
+                future.set_exception(RemoteError(*decode_error(frame.body)))
         elif kind is FrameKind.REQUEST:
             self._serve(frame, reply=True)
         elif kind is FrameKind.ONEWAY:
@@ -227,43 +268,65 @@ class RpcChannel:
     def _serve(self, frame: Frame, *, reply: bool) -> None:
         """Decode, route and start the handler; answer errors at once."""
         if frame.request_id == 0 and reply:
+            # 0 is never a request id (wire_spec.md section 6): the sender's request state
+            # is broken and nothing we answer could reach it. Close the link gracefully.
             self.errors["bad_request_id"] += 1
+            self._conn.close(ErrorCode.PROTOCOL_ERROR, "REQUEST with request id 0")
             return
         if len(self._handlers) >= self._max_handlers or self._closed is not None:
             self._reject(frame, reply, ErrorCode.OVERLOADED, "too many requests in flight", "overloaded")
             return
-        handler = self._router.handler_for(frame.tag)
-        if handler is None:
-            self._reject(frame, reply, ErrorCode.UNKNOWN_TYPE, f"no handler for type 0x{frame.tag:04x}",
+        cls = messages.REGISTRY.get(frame.tag)
+        if cls is None:
+            self._reject(frame, reply, ErrorCode.UNKNOWN_TYPE, f"unknown message type 0x{frame.tag:04x}",
                          "unknown_type")
+            return
+        peer = self._conn.peer
+        handler = self._router.handler_for(frame.tag)
+        if handler is None or not self._router.allowed(peer, cls):
+            self._reject(frame, reply, ErrorCode.UNAUTHORIZED,
+                         f"{cls.__name__} is not allowed on this link", "unauthorized")
+            return
+        if not self._router.admit(peer, frame.tag, len(frame.body)):
+            self._reject(frame, reply, ErrorCode.RATE_LIMITED,
+                         f"rate limit of {cls.__name__} exceeded, back off", "rate_limited")
             return
         try:
             message = messages.decode(frame.tag, frame.body)
         except MessageError as exc:
             self._reject(frame, reply, exc.code, str(exc), "malformed")
             return
-        if not self._router.allowed(self._conn.peer, type(message)):
-            self._reject(frame, reply, ErrorCode.UNAUTHORIZED,
-                         f"{type(message).__name__} is not allowed on this link", "unauthorized")
-            return
         task = asyncio.get_running_loop().create_task(
-            self._run_handler(handler, message, frame.request_id if reply else 0)
+            self._run_handler(handler, message, frame.request_id if reply else 0,
+                              bulk=self._router.is_bulk(frame.tag))
         )
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
-    async def _run_handler(self, handler: Handler, message: Any, request_id: int) -> None:
+    async def _run_handler(self, handler: Handler, message: Any, request_id: int, *,
+                           bulk: bool = False) -> None:
         started = time.monotonic()
         ok = False
         try:
-            if request_id and self._conn.throttled:
-                # Owing the peer more than its outbound budget already: do not produce
-                # another answer (and hold it in memory) before the peer reads.
-                await self._conn.wait_budget()
-            ok = await self._handle(handler, message, request_id)
+            if request_id and bulk:
+                # A large answer is held in memory until the peer's budget lets it be
+                # queued: a burst of such requests, each passing the check below before any
+                # answer is queued, would hold one answer each (a peer that never reads made
+                # a victim hold ~110 MiB; with one at a time, ~51-55 MiB in all).
+                async with self._bulk_answers:
+                    ok = await self._answer_within_budget(handler, message, request_id)
+            else:
+                ok = await self._answer_within_budget(handler, message, request_id)
         finally:
             if self._routes is not None:
                 self._routes.record(type(message).__name__, time.monotonic() - started, ok)
+
+    async def _answer_within_budget(self, handler: Handler, message: Any, request_id: int) -> bool:
+        if request_id and self._conn.throttled:
+            # Owing the peer more than its outbound budget already: do not produce
+            # another answer (and hold it in memory) before the peer reads.
+            await self._conn.wait_budget()
+        return await self._handle(handler, message, request_id)
 
     async def _handle(self, handler: Handler, message: Any, request_id: int) -> bool:
         """Run the handler and answer; False when the answer is an ERROR."""
@@ -284,7 +347,7 @@ class RpcChannel:
             response = await handler(self._conn.peer, message)
         except RequestRejected as exc:
             self.errors["rejected"] += 1
-            return False, FrameKind.ERROR, 0, encode_error_body(exc.code, exc.text)
+            return False, FrameKind.ERROR, 0, encode_error_body(exc.code, exc.text, exc.detail)
         except NarwhalError as exc:
             self.errors[type(exc).__name__] += 1
             return False, FrameKind.ERROR, 0, encode_error_body(exc.code, str(exc))
@@ -342,3 +405,16 @@ def channel_of(conn: Any) -> RpcChannel:
     sink = conn.sink
     assert isinstance(sink, RpcChannel), f"{conn.name}: its sink is not an RpcChannel"
     return sink
+
+
+def rate_limited(*routers: Router) -> dict[str, dict[str, int]]:
+    """Frames refused ``RATE_LIMITED`` by the routers of one role (validator port, client
+    port), JSON-ready: ``{peer label: {route: count}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for router in routers:
+        if router.limiter is not None:
+            for peer, routes in router.limiter.snapshot().items():
+                merged = out.setdefault(peer, {})
+                for route, count in routes.items():
+                    merged[route] = merged.get(route, 0) + count
+    return out

@@ -7,7 +7,9 @@ Subcommands (each has ``--help``):
                      network (keys, committee, parameters) with ``--local N``;
 - ``run``            one authority: its primary and workers in one process (or one role);
 - ``testnet``        a local network of N validator processes plus a load client, with a
-                     live table, stopped by Ctrl-C or after ``--duration``.
+                     live table, stopped by Ctrl-C or after ``--duration``;
+- ``evidence list``  the equivocation evidence a primary's store holds, each piece
+                     checked against the committee when ``--committee`` is given.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, ports in use),
 130 interrupted twice.
@@ -16,10 +18,13 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, ports i
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from narwhal.config import Committee, ConfigError, Parameters
 from narwhal.crypto import AuthorityKeys
@@ -34,7 +39,8 @@ from narwhal.node.arguments import (
     run_until_signal,
     setup_logging,
 )
-from narwhal.store import StoreError
+from narwhal.node.dial_map import load_dial_map
+from narwhal.store import StoreError, read_family
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +50,17 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
                              " repeatable")
 
 
+def _command_group(sub: Any, name: str, help_: str, description: str) -> Any:
+    """A subcommand made of actions (``narwhal NAME ACTION``): its actions' subparsers."""
+    group = sub.add_parser(name, help=help_, description=description)
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="narwhal", description="narwhal-py validator node")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keys = sub.add_parser("keys", help="key files", description="Manage key files.")
-    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys_sub = _command_group(sub, "keys", "key files", "Manage key files.")
     gen = keys_sub.add_parser("generate", help="write a new key file for one authority",
                               description="Generate the signing key and the network keys of "
                                           "an authority's primary and workers (mode 0600).")
@@ -57,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True, help="key file to write")
     gen.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    committee = sub.add_parser("committee", help="committee files",
-                               description="Manage committee files.")
-    committee_sub = committee.add_subparsers(dest="action", required=True, metavar="ACTION")
+    committee_sub = _command_group(sub, "committee", "committee files", "Manage committee files.")
     new = committee_sub.add_parser(
         "new", help="write a committee (or a whole local network)",
         description="Either from key files (--keys, with --hosts and --base-port), or "
@@ -99,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what to run (default all)")
     run.add_argument("--worker-id", type=non_negative_int, default=None,
                      help="which worker, with --role worker")
+    run.add_argument("--dial-map", type=Path, default=None, metavar="FILE",
+                     help="JSON object 'committee host:port' -> 'host:port to dial': reach "
+                          "those peers through a relay (link emulator, tunnel); node-local, "
+                          "changes neither the committee nor the network id")
     add_logging(run)
 
     testnet = sub.add_parser(
@@ -124,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="first port (default: free ports chosen by the kernel)")
     _add_overrides(testnet)
     add_logging(testnet)
+
+    evidence_sub = _command_group(sub, "evidence", "equivocation evidence",
+                                  "Equivocation evidence kept by a primary.")
+    listing = evidence_sub.add_parser(
+        "list", help="print the evidence a primary's store holds",
+        description="Print each piece of equivocation evidence the primary's store holds: the "
+                    "equivocating authority, the round, and the digests of its two conflicting "
+                    "signed headers (or of the two headers one voter voted for). With "
+                    "--committee each piece is verified (both signatures, by a member, on "
+                    "conflicting messages) and the exit code is 1 if one fails. Safe while "
+                    "the node runs (read-only, no lock).")
+    listing.add_argument("--store", type=Path, required=True, metavar="DIR",
+                         help="the node's store folder (as given to run --store), or its "
+                              "primary.db file")
+    listing.add_argument("--committee", type=Path, default=None,
+                         help="committee file: verify the signatures")
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON array instead of text lines")
     return parser
 
 
@@ -168,9 +199,11 @@ def _run(args: argparse.Namespace) -> int:
     keys = AuthorityKeys.load(args.keys)
     committee = Committee.load(args.committee)
     parameters = Parameters.load(args.parameters) if args.parameters else Parameters()
+    dial_map = load_dial_map(args.dial_map, committee) if args.dial_map else None
     last_error = setup_logging(args.log_level, args.log_file)
     runner = AuthorityRunner(keys, committee, parameters, args.store, role=args.role,
-                             worker_id=args.worker_id, last_error=last_error)
+                             worker_id=args.worker_id, last_error=last_error,
+                             dial_overrides=dial_map)
 
     async def main(stop) -> int:  # type: ignore[no-untyped-def]
         return 0 if await runner.run(stop) else 1
@@ -201,8 +234,44 @@ def _testnet(args: argparse.Namespace) -> int:
     return testnet.run(duration=args.duration, rate=args.rate, tx_size=args.tx_size)
 
 
+def _evidence_list(args: argparse.Namespace) -> int:
+    from narwhal.primary.evidence import FAMILY, EvidenceError, read_evidence, verify
+
+    committee = Committee.load(args.committee) if args.committee is not None else None
+    path = args.store / "primary.db" if args.store.is_dir() else args.store
+    pieces = read_evidence(read_family(path, FAMILY))
+    rows: list[dict[str, Any]] = []
+    for piece in pieces:
+        if isinstance(piece, EvidenceError):
+            rows.append({"error": str(piece), "signatures_valid": False if committee else None})
+        else:
+            rows.append({**piece.summary(),
+                         "signatures_valid": None if committee is None else verify(piece, committee)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(_evidence_line(row))
+        print(f"{len(rows)} pieces of equivocation evidence in {path}")
+    return 1 if any(row["signatures_valid"] is False for row in rows) else 0
+
+
+def _evidence_line(row: dict[str, Any]) -> str:
+    check = {None: "", True: "  signatures valid", False: "  SIGNATURES INVALID"}[
+        row["signatures_valid"]]
+    if "error" in row:
+        return f"undecodable: {row['error']}{check}"
+    when = datetime.datetime.fromtimestamp(row["detected_at"], datetime.UTC).isoformat(
+        timespec="seconds")
+    origin = f" of {row['origin']}" if "origin" in row else ""
+    first, second = row["digests"]
+    return (f"{row['kind']:6} author {row['author']} round {row['round']}{origin}: "
+            f"{first} vs {second}  detected {when}{check}")
+
+
 COMMANDS = {("keys", "generate"): _keys_generate, ("committee", "new"): _committee_new,
-            ("run", None): _run, ("testnet", None): _testnet}
+            ("run", None): _run, ("testnet", None): _testnet,
+            ("evidence", "list"): _evidence_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from narwhal.config import Committee, ConfigError, Parameters
-from narwhal.crypto import AuthorityKeys, AuthorityPublicKeys
+from narwhal.config import AuthorityPublicKeys, Committee, ConfigError, Parameters
+from narwhal.crypto import AuthorityKeys
 
 __all__ = ["LocalNetwork", "committee_from_keys", "create_local", "generate_keys",
            "parameters_with", "parse_overrides", "write_keys"]

@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ class AuthorityRunner:
     def __init__(self, keys: AuthorityKeys, committee: Committee, parameters: Parameters,
                  store_dir: Path, *, role: str = "all", worker_id: int | None = None,
                  last_error: LastError | None = None,
-                 status_interval: float = STATUS_INTERVAL) -> None:
+                 status_interval: float = STATUS_INTERVAL,
+                 dial_overrides: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> None:
         if role not in ROLES:
             raise ConfigError(f"role: must be one of {ROLES}, got {role!r}")
         committee.check_keys(keys.public())
@@ -125,6 +127,8 @@ class AuthorityRunner:
         self.status_path = store_dir / status_file_name(role, worker_id)
         self.last_error = last_error
         self.status_interval = status_interval
+        #: Where this node dials peers instead of their committee address (``--dial-map``).
+        self.dial_overrides = dict(dial_overrides or {})
         self.started_at = time.time()
         self._roles: list[_Role] = []
         self.watchdog = LoopWatchdog()
@@ -186,12 +190,15 @@ class AuthorityRunner:
 
     async def _start(self, role: _Role) -> None:
         filename = "primary.db" if role.kind == "primary" else f"worker-{role.worker_id}.db"
-        role.store = Store.open(self.store_dir / filename,
-                                synchronous=self.parameters.store_sync.upper())  # type: ignore[arg-type]
+        sync = self.parameters.store_sync
+        role.store = Store.open(self.store_dir / filename, synchronous="FULL" if sync == "full" else "NORMAL",
+                                fsync_durable=sync != "process",
+                                segment_bytes=self.parameters.store_segment_bytes)
         args = (self.keys, self.committee, self.parameters)
         cls = role_class(role.kind)
-        role.instance = (cls(*args, role.store) if role.kind == "primary"
-                         else cls(*args, role.worker_id, role.store))
+        extra = {"dial_overrides": self.dial_overrides} if self.dial_overrides else {}
+        role.instance = (cls(*args, role.store, **extra) if role.kind == "primary"
+                         else cls(*args, role.worker_id, role.store, **extra))
         await role.instance.start(**role.sockets)
         role.started = True
         log.info("%s started", role.name)

@@ -48,6 +48,10 @@ class PeerRow:
     errors: int
     last_error: str | None
     retrying: bool = False
+    #: Frames of this peer refused RATE_LIMITED (or dropped, one-way) so far, and whether
+    #: that count grew since the previous sample (the peer is being limited right now).
+    rate_limited: int = 0
+    limiting: bool = False
 
     @property
     def id(self) -> str:
@@ -65,6 +69,8 @@ class PeerRow:
             out.append("rtt high")
         if self.pool_capacity and (self.in_flight >= self.pool_capacity or self.queued):
             out.append("pool full")
+        if self.limiting:
+            out.append("rate limited")
         return out
 
     def as_json(self) -> dict[str, Any]:
@@ -138,12 +144,14 @@ class Tracker:
             p.get("bytes_in", 0), p.get("bytes_out", 0), None, None,
             p.get("in_flight", 0), p.get("queued", 0), p.get("pool_capacity", 0),
             p.get("retries", 0), p.get("dial_failures", 0), sum(errors.values()),
-            p.get("last_error"), retrying=bool(p.get("backing_off")))
+            p.get("last_error"), retrying=bool(p.get("backing_off")),
+            rate_limited=p.get("rate_limited", 0))
         if before is not None and elapsed > 0:
             row.in_rate = max(0, row.bytes_in - before.bytes_in) / elapsed
             row.out_rate = max(0, row.bytes_out - before.bytes_out) / elapsed
             row.retrying |= (row.retries + row.dial_failures
                              > before.retries + before.dial_failures)
+            row.limiting = row.rate_limited > before.rate_limited
         history = self.history.setdefault(row.id, _History())
         history.rtt.append(row.rtt_ms or 0.0)
         history.throughput.append((row.in_rate or 0.0) + (row.out_rate or 0.0))

@@ -57,6 +57,7 @@ COLUMNS: list[tuple[str, Callable[[PeerRow], Any], Callable[[PeerRow], str]]] = 
     ("retries", lambda r: r.retries + r.dial_failures,
      lambda r: f"{r.retries}+{r.dial_failures}d" if r.dial_failures else str(r.retries)),
     ("errors", lambda r: r.errors, lambda r: str(r.errors)),
+    ("limited", lambda r: r.rate_limited, lambda r: str(r.rate_limited)),
     ("last error", lambda r: r.last_error or "", lambda r: (r.last_error or "")[:60]),
 ]
 

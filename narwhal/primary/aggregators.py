@@ -11,7 +11,13 @@ from typing import Protocol
 
 from narwhal.messages import Certificate, Header, Vote
 
-__all__ = ["CertificatesAggregator", "VotesAggregator"]
+__all__ = ["CertificatesAggregator", "VotesAggregator", "signed_vote"]
+
+
+def signed_vote(header: Header, voter: bytes, signature: bytes) -> Vote:
+    """The vote ``voter`` signed for ``header`` (as a certificate or an aggregator keeps it:
+    the voter and the signature)."""
+    return Vote(header.digest(), header.round, header.author, voter, signature)
 
 
 class Stakes(Protocol):
@@ -33,6 +39,11 @@ class VotesAggregator:
     @property
     def weight(self) -> int:
         return self._weight
+
+    def vote_of(self, voter: bytes) -> Vote | None:
+        """The validated vote ``voter`` cast for our header, if any."""
+        signature = self._votes.get(voter)
+        return None if signature is None else signed_vote(self.header, voter, signature)
 
     def append(self, vote: Vote) -> Certificate | None:
         """Add a validated vote; the certificate when this vote reaches the quorum.

@@ -6,7 +6,9 @@ Rules kept here (``docs/protocol.md``, "Primary"):
 - **Vote at most once per (author, round), for ever.** The choice is reserved in memory
   *before* the first ``await`` (so two concurrent deliveries cannot both vote) and written
   durably before the vote leaves. A different header for an already-voted (author, round)
-  is equivocation: counted, never voted for.
+  is equivocation: counted, never voted for, and both signed headers are kept once as
+  evidence (:mod:`narwhal.primary.evidence`), as are two certificates of one (author,
+  round) and a voter's two votes for different headers of ours.
 - **Vote only for valid, complete headers**: member author who sent it himself, signature,
   round above the GC round, parents that are certificates of the previous round carrying a
   quorum of stake (fetched when missing), payload stored at our workers (asked to sync when
@@ -27,18 +29,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
 
-from narwhal import messages
+from narwhal import crypto, messages
 from narwhal.messages import Certificate, Cleanup, Header, Synchronize, Vote
-from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
+from narwhal.ports import MONOTONIC_CLOCK, Clock
+from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator, signed_vote
 from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
 from narwhal.primary.dag import Dag
+from narwhal.primary.evidence import VOTE, EvidenceRecorder
 from narwhal.primary.parked import Parked, ParkedHeaders
 
 __all__ = ["Core", "PrimaryNetworkLike", "round_key", "vote_key"]
@@ -74,9 +77,11 @@ class PrimaryNetworkLike(Protocol):
 
 
 class StoreLike(Protocol):
-    async def write(self, ops: list[tuple[str, bytes, bytes | None]]) -> None: ...
+    async def write(self, ops: list[tuple[str, bytes, bytes | None]], *, durable: bool = False) -> None: ...
 
     def get(self, family: str, key: bytes) -> bytes | None: ...
+
+    def items(self, family: str) -> list[tuple[bytes, bytes]]: ...
 
 
 class Core:
@@ -92,8 +97,10 @@ class Core:
         on_parents: Callable[[int, tuple[bytes, ...]], None],
         on_certificate: Callable[[Certificate], None] = lambda c: None,
         worker_ids: Iterable[int] = (0,),
+        clock: Clock = MONOTONIC_CLOCK,
     ) -> None:
         self.name = name
+        self._clock = clock
         self.committee = committee
         self._signer = signer
         self._store = store
@@ -131,6 +138,8 @@ class Core:
         #: Seconds from proposing each of our recent headers to its certificate (metrics).
         self.certificate_latencies: collections.deque[float] = collections.deque(maxlen=200)
         self._unrounded: set[Any] = set()  # handles of sends not tied to a round (Cleanup)
+        #: Proofs of equivocation, kept in the store (``restore`` loads what it holds).
+        self.evidence = EvidenceRecorder(store)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -138,6 +147,7 @@ class Core:
                 available: Iterable[tuple[bytes, int]], gc_round: int) -> None:
         """Rebuild memory from the store after a restart (certificates in round order)."""
         self.gc_round = gc_round
+        self.evidence.load()
         for author, round_, digest in votes:
             self.voted[(author, round_)] = digest
         for certificate in sorted(certificates, key=lambda c: c.header.round):
@@ -185,9 +195,8 @@ class Core:
         prior = self.voted.get(key)
         if prior is not None:
             if prior != header.digest():
-                self.counters["equivocation"] += 1
-                log.warning("equivocation: %s sent a second header for round %d",
-                            header.author.hex()[:16], header.round)
+                self._parked_headers.remove(header)  # never voted for: not retried again
+                await self._header_equivocation(header, prior)
             elif header.author != self.name and key not in self._revoted:
                 # The same header again: its author restarted and lost our vote. Signing
                 # the same vote again is not equivocation; answer once per header.
@@ -197,7 +206,7 @@ class Core:
         missing_parents = self._missing_parents(header)
         missing_payload = self.missing_payload(header.payload)
         if missing_parents or missing_payload:
-            self._park_header(header, missing_parents, missing_payload)
+            await self._park_header(header, missing_parents, missing_payload)
             return
         self._check_parents(header, [self.dag.get(p) for p in header.parents])
         self._parked_headers.remove(header)
@@ -222,13 +231,11 @@ class Core:
             self.counters["header_parents_no_quorum"] += 1
             raise Invalid("parents_no_quorum", "the parents do not carry a quorum of stake")
 
-    def _park_header(self, header: Header, missing_parents: list[bytes],
-                     missing_payload: list[tuple[bytes, int]]) -> None:
+    async def _park_header(self, header: Header, missing_parents: list[bytes],
+                           missing_payload: list[tuple[bytes, int]]) -> None:
         parked = self._parked_headers.add(header)
         if parked is Parked.CONFLICT:
-            self.counters["equivocation"] += 1
-            log.warning("equivocation: %s sent a second header for round %d",
-                        header.author.hex()[:16], header.round)
+            await self._header_equivocation(header, self._parked_headers.get(header.author, header.round))
             return
         if parked is Parked.ADDED:
             self.counters["header_parked"] += 1
@@ -237,6 +244,21 @@ class Core:
             self._fetch(missing_parents, header.author, header.round - 1)
         if missing_payload:
             self._request_payload(header.author, missing_payload, header.round)
+
+    async def _header_equivocation(self, header: Header, other: Header | bytes | None) -> None:
+        """``header`` conflicts with ``other`` (a parked header, or the digest of the one we
+        voted for): counted every time, kept as evidence once."""
+        self.counters["equivocation"] += 1
+        if other is None or self.evidence.known(header.author, header.round):
+            return
+        if isinstance(other, bytes):  # stored with our vote; read once per (author, round)
+            blob = self._store.get("headers", other)
+            if blob is None:
+                log.warning("equivocation: %s sent a second header for round %d; the first "
+                            "is not stored", header.author.hex()[:16], header.round)
+                return
+            other = messages.decode_as(Header, blob)
+        await self.evidence.headers(other, header)
 
     def missing_payload(self, payload: Iterable[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
         """The batches of ``payload`` (a header's) not (known to be) stored at our workers.
@@ -261,7 +283,7 @@ class Core:
     def _request_payload(self, author: bytes, missing: list[tuple[bytes, int]], round_: int) -> None:
         """Ask our workers to fetch batches we lack: once per digest, again after
         ``SYNC_REPEAT_AFTER`` if it is still missing (the worker may have given up)."""
-        now = time.monotonic()
+        now = self._clock.now()
         by_worker: dict[int, list[bytes]] = {}
         for digest, worker_id in missing:
             asked = self._sync_requested.get(digest)
@@ -280,7 +302,7 @@ class Core:
         await self._store.write([
             ("headers", digest, messages.encode(header)),
             ("votes", vote_key(header.author, header.round), digest),
-        ])
+        ], durable=True)  # on the disk before the vote leaves: no second vote after a power cut
         self.counters["votes_cast"] += 1
         await self._send_vote(header)
 
@@ -309,7 +331,7 @@ class Core:
     async def propose(self, header: Header) -> None:
         """Our proposer made ``header`` (already signed and persisted): broadcast, vote."""
         self._current = VotesAggregator(header, self.committee)
-        self._proposed_at = time.monotonic()
+        self._proposed_at = self._clock.now()
         self._track(header.round, await self._network.broadcast(header))
         if self.voted.get((self.name, header.round)) == header.digest():
             await self._send_vote(header)  # re-proposed after a restart: count our vote again
@@ -325,6 +347,8 @@ class Core:
             if vote.origin == self.name and current is not None and vote.round < current.header.round:
                 self.counters["vote_stale"] += 1  # for an older header of ours: harmless
                 return
+            if current is not None and await self._vote_equivocation(vote, current):
+                raise Invalid("equivocation", "a second vote for another header of ours")
             self.counters["vote_unexpected"] += 1
             raise Invalid("unexpected_vote", "vote for a header we did not send")
         try:
@@ -335,9 +359,35 @@ class Core:
         certificate = current.append(vote)
         if certificate is not None:
             self.counters["certificates_formed"] += 1
-            self.certificate_latencies.append(time.monotonic() - self._proposed_at)
+            self.certificate_latencies.append(self._clock.now() - self._proposed_at)
             self._track(certificate.header.round, await self._network.broadcast(certificate))
             await self.accept_certificate(certificate)
+
+    async def _vote_equivocation(self, vote: Vote, current: VotesAggregator) -> bool:
+        """``vote`` is for another header of our current round, by a voter who voted for
+        ours: with a valid signature, that voter signed two conflicting votes. Verified
+        only then (what a vote for our header costs anyway), and once per voter and round."""
+        header = current.header
+        held = current.vote_of(vote.author)
+        if (held is None or vote.origin != self.name or vote.round != header.round
+                or self.evidence.known(vote.author, vote.round, VOTE, self.name)
+                or not crypto.verify(vote.author, vote.digest(), vote.signature)):
+            return False
+        self.counters["vote_equivocation"] += 1
+        await self.evidence.votes(held, vote)
+        return True
+
+    async def _certificate_equivocation(self, held: Certificate, other: Certificate) -> None:
+        """Two valid certificates of one (author, round): its author signed two headers,
+        and every voter in both quorums (at least one with < 1/3 faulty stake: impossible
+        unless more are faulty) signed two votes."""
+        self.counters["certificate_conflict"] += 1
+        await self.evidence.headers(held.header, other.header)
+        theirs = dict(other.votes)
+        for voter, signature in held.votes:
+            if voter in theirs:
+                await self.evidence.votes(signed_vote(held.header, voter, signature),
+                                          signed_vote(other.header, voter, theirs[voter]))
 
     # -- certificates --------------------------------------------------------------------
 
@@ -383,7 +433,8 @@ class Core:
         if digest in self._accepting or digest in self.dag:
             return
         if self.dag.has_author_round(header.author, header.round):
-            self.counters["certificate_conflict"] += 1  # impossible with < 1/3 faulty stake
+            await self._certificate_equivocation(self.dag.round(header.round)[header.author],
+                                                 certificate)
             return
         self._accepting.add(digest)
         try:
@@ -449,7 +500,9 @@ class Core:
     async def batch_available(self, digest: bytes, worker_id: int,
                               also: Sequence[tuple[str, bytes, bytes | None]] = ()) -> None:
         """A worker stored a batch (ours or another authority's); ``also`` are ops to commit
-        atomically with its payload record. Returns once that record is durable.
+        atomically with its payload record. Returns once that record is durable (with
+        ``also``, durable against power loss too: the worker forgets a batch of ours once
+        we acknowledge its report).
 
         Parked headers are retried while the record is being written, not after: a vote
         needs the batch stored at our worker, which it is, not our record of it (after a
@@ -460,7 +513,7 @@ class Core:
         self.available[(digest, worker_id)] = self.frontier
         self._sync_requested.pop(digest, None)
         record = asyncio.ensure_future(self._store.write(
-            [("payload", digest + worker_id.to_bytes(4, "big"), b""), *also]))
+            [("payload", digest + worker_id.to_bytes(4, "big"), b""), *also], durable=bool(also)))
         try:
             if self._parked_headers:
                 await self.retry_parked_headers()
@@ -483,6 +536,7 @@ class Core:
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
         self.available = {k: r for k, r in self.available.items() if r > gc_round}
         self._revoted = {k for k in self._revoted if k[1] > gc_round}
+        self.evidence.garbage_collect(gc_round)
         self._parked_headers.drop_through(gc_round)
         for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:
             del self._parked_certificates[digest]

@@ -36,6 +36,7 @@ from narwhal.messages import (
     FetchCertificates,
 )
 from narwhal.net.retry import Backoff, RetryConfig
+from narwhal.ports import LOOP_CLOCK, Clock, RandomSource
 
 __all__ = ["CertificateFetcher"]
 
@@ -82,7 +83,11 @@ class CertificateFetcher:
         deliver: Callable[[Certificate, bytes], Awaitable[None]],
         have: Callable[[bytes], bool],
         behind: Callable[[], int | None] = lambda: None,
+        clock: Clock = LOOP_CLOCK,
+        rng: RandomSource | None = None,
     ) -> None:
+        self._clock = clock
+        self._rng: RandomSource = rng if rng is not None else random.Random()
         self._others = others
         self._behind = behind
         self._request = request
@@ -138,7 +143,7 @@ class CertificateFetcher:
                 del self._per_source[want.source]
 
     async def _run(self) -> None:
-        backoff = Backoff(FETCH_BACKOFF)
+        backoff = Backoff(FETCH_BACKOFF, rng=self._rng)
         while self._wanted:
             for digest in [d for d in self._wanted if self._have(d)]:
                 self._forget(digest)
@@ -146,7 +151,7 @@ class CertificateFetcher:
                 return
             after = self._behind()
             if after is not None and after > self._bulk_after and await self._ask_bulk(
-                    random.choice(self._others), after):
+                    self._rng.choice(self._others), after):
                 backoff.reset()
                 continue  # the loop's first step drops what arrived
             chunks: dict[bytes | None, list[bytes]] = {}
@@ -159,12 +164,12 @@ class CertificateFetcher:
             if any(got):
                 backoff.reset()
             else:
-                await asyncio.sleep(backoff.next_delay() or FETCH_BACKOFF.max_interval)
+                await self._clock.sleep(backoff.next_delay() or FETCH_BACKOFF.max_interval)
 
     async def _fetch_chunk(self, preferred: bytes | None, chunk: list[bytes]) -> bool:
         """Ask ``preferred``, then every other peer, for ``chunk``; True if any came."""
         sources = [preferred] if preferred in self._others else []
-        sources += random.sample(self._others, len(self._others))
+        sources += self._rng.sample(self._others, len(self._others))
         progress = False
         for source in dict.fromkeys(sources):
             if await self._ask(source, chunk):

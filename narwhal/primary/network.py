@@ -4,7 +4,8 @@ Maps an authority's name to its primary's network key (and our worker ids to our
 keys), and offers what the core, proposer and fetcher need: reliable ``broadcast`` and
 ``send`` (retried until acknowledged, cancellable), reliable ``to_workers``, and
 single-try ``request`` (to another primary, for fetching) and ``request_worker`` (to one of
-our workers, e.g. ``RequestBatches`` for the ordered output).
+our workers; ``request_worker_bytes`` leaves the answer undecoded: the ordered output
+splices the batches it gets).
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class PrimaryNetwork:
     async def request_worker(self, worker_id: int, message: Any, timeout: float) -> Any:
         """One try to our worker ``worker_id``: its response, or an error."""
         return await self._request_once(self._workers[worker_id], message, timeout)
+
+    async def request_worker_bytes(self, worker_id: int, tag: int, body: bytes,
+                                   timeout: float) -> tuple[int, bytes]:
+        """:meth:`request_worker` with an encoded request; the response undecoded."""
+        conn = await self.manager.connection(self._workers[worker_id], timeout=timeout)
+        return await channel_of(conn).exchange(tag, body, timeout=timeout)
 
     async def _request_once(self, key: bytes, message: Any, timeout: float) -> Any:
         conn = await self.manager.connection(key, timeout=timeout)

@@ -23,11 +23,16 @@ from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import Certificate, CertificatesResponse, Encoded, Header, Vote
+from narwhal.net.retry import RetryConfig, retry
+from narwhal.ports import RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
-from narwhal.primary.core import Core, PrimaryNetworkLike, round_key
+from narwhal.primary.core import Core, PrimaryNetworkLike, round_key, vote_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
+from narwhal.primary.history import PRUNE_INTERVAL as HISTORY_PRUNE_INTERVAL
+from narwhal.primary.history import HistoryRetention
 from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
+from narwhal.serving_reads import ServingReads
 
 __all__ = ["PrimaryNode"]
 
@@ -36,6 +41,18 @@ log = logging.getLogger(__name__)
 #: Bytes of certificates in one catch-up response (well below the 8 MiB frame limit).
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 CONSENSUS_STATE_KEY = b"state"
+#: Output records read per step when a restart looks back through recent commits.
+RESTORE_OUTPUT_CHUNK = 1_000
+#: A round above any real one: the end of a key range over every round.
+ROUND_END = 2**64 - 1
+#: How a failed write of the ordered output is retried: for ever (no max_elapsed_time),
+#: 0.1 s doubling to 5 s, so that writes resume within seconds of the disk having room.
+OUTPUT_WRITE_RETRY = RetryConfig(initial_interval=0.1, max_interval=5.0, multiplier=2.0,
+                                 randomization_factor=0.1, max_elapsed_time=None)
+#: Longest wait before the proposer is restarted after failures in a row (0.1 s doubling).
+PROPOSER_MAX_BACKOFF = 5.0
+#: Seconds ``close`` waits for queued output writes before it gives up on them.
+OUTPUT_CLOSE_GRACE = 5.0
 #: Batch sizes remembered for the committed-transactions count; beyond it (batches that
 #: never commit, e.g. below the GC horizon) new ones are not tracked: metrics only.
 MAX_TRACKED_BATCH_SIZES = 1_000_000
@@ -80,14 +97,17 @@ class NodeNetwork(PrimaryNetworkLike, Protocol):
 
 class PrimaryNode:
     def __init__(self, *, name: bytes, signer: Any, committee: Any, parameters: Any, store: Any,
-                 network: NodeNetwork) -> None:
+                 network: NodeNetwork, rng: RandomSource | None = None) -> None:
+        """``rng`` draws the peers the certificate fetcher asks (seed it for a replayable
+        run; None: an unseeded ``random.Random``)."""
         self.name = name
         self.committee = committee
         self.parameters = parameters
         self.store = store
         self.fetcher = CertificateFetcher(
             others=network.others, request=network.request, have=lambda d: d in self.core.dag,
-            deliver=lambda c, source: self.core.handle_certificate(c, None), behind=self._behind)
+            deliver=lambda c, source: self.core.handle_certificate(c, None), behind=self._behind,
+            rng=rng)
         self.core = Core(
             name=name, committee=committee, signer=signer, store=store, network=network,
             fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,
@@ -106,6 +126,10 @@ class PrimaryNode:
         self.consensus_index = 0
         self.committed: list[Certificate] = []  # the last RECENT_COMMITTED of this run
         self._commit_writes: asyncio.Future[None] | None = None
+        #: Failed attempts to write the ordered output (each retried until it succeeds).
+        self.output_write_failures = 0
+        #: Indexes computed but not yet on disk because the store refuses writes.
+        self.output_write_failing = False
         #: Payload of each of our headers not (yet) seen committed, by round. A header whose
         #: round falls below the consensus GC horizon uncommitted can never be committed
         #: any more: its batches are proposed again (exactly once: see _take_orphans).
@@ -118,32 +142,36 @@ class PrimaryNode:
         #: Batches of committed certificates our workers lack: fetched whatever the GC round.
         self.committed_batches = CommittedBatches(request_worker=network.request_worker)
         self._committed_batches_task: asyncio.Task[None] | None = None
+        #: Catch-up requests of peers are read from the store here, off the event loop.
+        self.reads = ServingReads(store, name="primary")
+        #: Deletes what is older than retain_seconds (rounds, output) from the store.
+        self.history = HistoryRetention(store, retain_seconds=parameters.retain_seconds,
+                                        authorities=committee.authorities)
+        self._history_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def restore(self) -> None:
-        certificates = [messages.decode_as(Certificate, value)
-                        for _, value in self.store.items("certificates")]
-        votes = [(key[:32], int.from_bytes(key[32:], "big"), value)
-                 for key, value in self.store.items("votes")]
-        available = [(key[:32], int.from_bytes(key[32:], "big")) for key in self.store.keys("payload")]
-        highest = max((c.header.round for c in certificates), default=0)
-        gc_round = max(0, highest - self.parameters.gc_depth)
+        """Rebuild memory from the store after a restart, reading only the rounds that can
+        still matter (see :meth:`_restore_window`): restart time does not grow with history."""
         blob = self.store.get("consensus", CONSENSUS_STATE_KEY)
         if blob is not None:
             self.consensus_index = decode_consensus_state(blob, self.consensus.state)
+        highest, gc_round, start = self._restore_window()
+        digests = [digest for _, digest in self.store.items("certificates_by_round", start=round_key(start))]
+        certificates = [messages.decode_as(Certificate, value)
+                        for value in self.store.get_many("certificates", digests) if value is not None]
+        votes = [(key[:32], int.from_bytes(key[32:], "big"), value)
+                 for author in self.committee.authorities
+                 for key, value in self.store.items("votes", start=vote_key(author, gc_round + 1),
+                                                    end=vote_key(author, ROUND_END))]
+        available = [(key[:32], int.from_bytes(key[32:], "big")) for key in self.store.keys("payload")]
         self.core.restore(certificates=certificates, votes=votes, available=available, gc_round=gc_round)
         self.fetcher.garbage_collect(gc_round)
-        settled_rounds = set()
-        for index, rnd, author, _, payload in map(
-                decode_output_record, (v for _, v in self.store.items("output"))):
-            if author == self.name:
-                settled_rounds.add(rnd)
-            self._want_committed_payload(index, author, payload)
+        settled_rounds = self._restore_committed_payload(start)
         settled_rounds.update(int.from_bytes(k, "big") for k in self.store.keys("reproposed"))
-        for _, blob in self.store.items("headers"):
-            header = messages.decode_as(Header, blob)
-            if header.author == self.name and header.payload and header.round not in settled_rounds:
+        for header in self._our_headers(max(0, start - self.parameters.gc_depth)):
+            if header.payload and header.round not in settled_rounds:
                 self._uncommitted[header.round] = header.payload
         for certificate in sorted(certificates, key=lambda c: c.header.round):
             committed = self.consensus.process_certificate(certificate)
@@ -153,8 +181,51 @@ class PrimaryNode:
         for digest, worker_id in ours:  # acknowledged to our workers, not yet in a header
             self.proposer.add_digest(digest, worker_id)
         if certificates:
-            log.info("restored %d certificates up to round %d, %d votes, gc round %d",
-                     len(certificates), highest, len(votes), gc_round)
+            log.info("restored %d certificates of rounds %d..%d, %d votes, gc round %d",
+                     len(certificates), start, highest, len(votes), gc_round)
+
+    def _restore_window(self) -> tuple[int, int, int]:
+        """``(highest round stored, gc round, first round to read)``. Below the first round
+        nothing can change what we do: the core forgets rounds <= the GC round, and
+        consensus ignores certificates below its last committed round - gc_depth (both
+        garbage-collect exactly so while running), so reading them would only cost time."""
+        last = self.store.items("certificates_by_round", limit=1, reverse=True)
+        highest = int.from_bytes(last[0][0][:8], "big") if last else 0
+        depth = self.parameters.gc_depth
+        gc_round = max(0, highest - depth)
+        start = max(0, min(gc_round, self.consensus.state.last_committed_round - depth))
+        return highest, gc_round, start
+
+    def _restore_committed_payload(self, start: int) -> set[int]:
+        """From the newest output records back to those of rounds below ``start``: have our
+        workers fetch the committed batches they lack (a wish that must survive restarts;
+        older ones come back when the output service misses them), and return the rounds of
+        our own committed headers."""
+        settled: set[int] = set()
+        end: bytes | None = None
+        while True:
+            rows = self.store.items("output", end=end, limit=RESTORE_OUTPUT_CHUNK, reverse=True)
+            for _, value in rows:
+                index, rnd, author, _, payload = decode_output_record(value)
+                if author == self.name:
+                    settled.add(rnd)
+                self._want_committed_payload(index, author, payload)
+            if len(rows) < RESTORE_OUTPUT_CHUNK or min(
+                    decode_output_record(v)[1] for _, v in rows) < start:
+                return settled
+            end = rows[-1][0]
+
+    def _our_headers(self, start: int) -> list[Header]:
+        """Our own headers from round ``start`` on: each one we proposed we also voted for,
+        and the last proposed one (a crash may have come between the two writes). Why from
+        a GC depth below the window: a header of ours orphaned just before the crash, and
+        not yet proposed again, still has its batches proposed again after the restart."""
+        digests = {bytes(digest) for _, digest in self.store.items(
+            "votes", start=vote_key(self.name, start), end=vote_key(self.name, ROUND_END))}
+        if self._last_header_digest is not None:
+            digests.add(self._last_header_digest)
+        blobs = self.store.get_many("headers", sorted(digests))
+        return [messages.decode_as(Header, blob) for blob in blobs if blob is not None]
 
     async def run(self) -> None:
         """Run the proposer for ever (restarting it after an unexpected failure), and
@@ -162,15 +233,27 @@ class PrimaryNode:
         self.core.resync_payload()
         if self._committed_batches_task is None:
             self._committed_batches_task = asyncio.ensure_future(self.committed_batches.run())
+        if self._history_task is None:
+            self._history_task = asyncio.ensure_future(self._prune_history())
         await self._repropose_last_header()
+        failures, loop = 0, asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self.proposer.run()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let one failure stop our proposals for good
-                log.exception("proposer failed; restarting it")
-                await asyncio.sleep(0.1)
+            except Exception as exc:  # never let one failure stop our proposals for good
+                # e.g. the store refuses writes (disk full): back off, and log the
+                # traceback once per streak rather than ten times a second
+                failures = 1 if loop.time() - started > 30 * PROPOSER_MAX_BACKOFF else failures + 1
+                delay = min(PROPOSER_MAX_BACKOFF, 0.1 * 2 ** min(failures - 1, 10))
+                if failures == 1:
+                    log.exception("proposer failed; restarting it in %.1f s", delay)
+                else:
+                    log.error("proposer failed again (%d in a row): %r; restarting it in %.1f s",
+                              failures, exc, delay)
+                await asyncio.sleep(delay)
 
     async def _propose(self, header: Header) -> None:
         if header.payload:
@@ -225,13 +308,15 @@ class PrimaryNode:
             await self.core.propose(header)
 
     async def close(self) -> None:
-        if self._committed_batches_task is not None:
-            self._committed_batches_task.cancel()
-            await asyncio.gather(self._committed_batches_task, return_exceptions=True)
+        for task in (self._committed_batches_task, self._history_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.fetcher.close()
         await self.core.close()
         if self._commit_writes is not None:
-            await asyncio.gather(self._commit_writes, return_exceptions=True)
+            await self._finish_commit_writes()
+        await self.reads.close()
 
     # -- inbound messages (the sender is an authenticated authority) -------------------------
 
@@ -260,12 +345,21 @@ class PrimaryNode:
         if ours:
             self.proposer.add_digest(digest, worker_id)
 
-    def certificates_by_digest(self, digests: list[bytes]) -> Encoded:
-        return _bounded_response(self.store.get_many("certificates", digests))
+    async def certificates_by_digest(self, digests: list[bytes], source: Any = None) -> Encoded:
+        """The stored certificates of ``digests`` (a peer's ``CertificatesRequest``), read
+        off the event loop (:mod:`narwhal.serving_reads`)."""
+        return await self.reads.run(source, lambda reader: _bounded_response(
+            reader.get_many("certificates", digests)))
 
-    def certificates_after(self, after_round: int, max_items: int) -> Encoded:
-        rows = self.store.items("certificates_by_round", start=round_key(after_round + 1), limit=max_items)
-        return _bounded_response(self.store.get_many("certificates", [digest for _, digest in rows]))
+    async def certificates_after(self, after_round: int, max_items: int,
+                                 source: Any = None) -> Encoded:
+        """Stored certificates of rounds > ``after_round``, oldest first (a peer's
+        ``FetchCertificates``), read off the event loop."""
+        def read(reader: Any) -> Encoded:
+            rows = reader.items("certificates_by_round", start=round_key(after_round + 1),
+                                limit=max_items)
+            return _bounded_response(reader.get_many("certificates", [d for _, d in rows]))
+        return await self.reads.run(source, read)
 
     # -- callbacks from the core -------------------------------------------------------------
 
@@ -282,9 +376,22 @@ class PrimaryNode:
         if gc_round > self.core.gc_round:
             self.fetcher.garbage_collect(gc_round)
             self.core.spawn_send(self.core.garbage_collect(gc_round), None)
+            self.core.spawn_send(self.history.note(gc_round, self.consensus_index), None)
         orphans, payload = self._take_orphans(certificate.header.round, gc_round)
         if orphans:
             self.core.spawn_send(self._repropose(orphans, payload), None)
+
+    async def _prune_history(self) -> None:
+        """Every PRUNE_INTERVAL: delete the history older than retain_seconds."""
+        while True:
+            await asyncio.sleep(HISTORY_PRUNE_INTERVAL)
+            try:
+                await self.history.prune(lambda read: self.reads.run(None, read))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed pass (disk error) is tried again at the next one
+                log.exception("retention: deleting old history failed; trying again in %.0f s",
+                              HISTORY_PRUNE_INTERVAL)
 
     def _record_commits(self, committed: list[Certificate]) -> None:
         """Number the newly committed certificates and persist them with the consensus
@@ -310,15 +417,50 @@ class PrimaryNode:
         ops.append(("consensus", CONSENSUS_STATE_KEY,
                     encode_consensus_state(self.consensus.state, self.consensus_index)))
         previous = self._commit_writes
+        first, last = self.consensus_index - len(committed) + 1, self.consensus_index
 
         async def write() -> None:
             if previous is not None:
-                await asyncio.gather(previous, return_exceptions=True)
-            await self.store.write(ops)
+                await previous  # in order: a later state never lands before an earlier one
+            await retry(lambda: self.store.write(ops), OUTPUT_WRITE_RETRY,
+                        on_retry=lambda n, exc, delay: self._output_write_failed(first, last, n, exc, delay))
+            if self.output_write_failing:
+                self.output_write_failing = False
+                log.warning("ordered output indexes %d..%d written: the store accepts writes again",
+                            first, last)
             self.commit_written.set()
             self.commit_written.clear()
 
         self._commit_writes = asyncio.ensure_future(write())
+
+    def _output_write_failed(self, first: int, last: int, attempt: int, error: BaseException,
+                             delay: float) -> None:
+        """A write of the ordered output failed (disk full, I/O error): it is retried, never
+        skipped, and every later write waits behind it, so the output stays contiguous (a
+        skipped write followed by a later consensus state would leave a hole for ever)."""
+        self.output_write_failures += 1
+        if not self.output_write_failing or attempt % 20 == 0:
+            log.error("cannot write the ordered output (indexes %d..%d, attempt %d): %s; "
+                      "output is held back and retried in %.1f s until the store accepts writes "
+                      "(check free disk space)", first, last, attempt, error, delay)
+        self.output_write_failing = True
+
+    async def _finish_commit_writes(self) -> None:
+        """At shutdown: give the queued output writes OUTPUT_CLOSE_GRACE seconds, then stop
+        retrying (what is not written is recomputed from the stored certificates at restart)."""
+        chain = self._commit_writes
+        assert chain is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(chain), OUTPUT_CLOSE_GRACE)
+        except TimeoutError:
+            chain.cancel()
+            log.error("stopping with ordered output up to index %d not written (the store refused "
+                      "writes); it is recomputed from the stored certificates at restart",
+                      self.consensus_index)
+        except Exception as exc:  # noqa: BLE001 -- a permanent error (a bug): no retry helps
+            log.error("stopping with ordered output up to index %d not written: %r",
+                      self.consensus_index, exc)
+        await asyncio.gather(chain, return_exceptions=True)
 
     def _want_committed_payload(self, index: int, author: bytes,
                                 payload: Iterable[tuple[bytes, int]]) -> None:
@@ -347,9 +489,16 @@ class PrimaryNode:
             "certificates_formed": core.counters["certificates_formed"],
             "certificate_latency_ms": _median_ms(core.certificate_latencies),
             "pending_digests": self.proposer.pending_digests,
+            # batches of our headers not yet seen committed (proposed again if orphaned)
+            "uncommitted_batches": sum(len(p) for p in self._uncommitted.values()),
             "fetching": self.fetcher.wanted, "certificates_fetched": self.fetcher.fetched,
             "bulk_fetches": self.fetcher.bulk_requests,
             "committed_batches": self.committed_batches.status(),
+            "output_write_failures": self.output_write_failures,
+            "output_write_failing": int(self.output_write_failing),
+            "evidence": core.evidence.status(),
+            "history": self.history.status(),
+            "serving_reads": self.reads.status(),
             "counters": dict(core.counters),
         }
 

@@ -44,6 +44,9 @@ class ParkedHeaders:
     def __iter__(self) -> Iterator[Header]:
         return iter(list(self._by_key.values()))
 
+    def get(self, author: bytes, round_: int) -> Header | None:
+        return self._by_key.get((author, round_))
+
     def holds(self, header: Header) -> bool:
         parked = self._by_key.get((header.author, header.round))
         return parked is not None and parked.digest() == header.digest()

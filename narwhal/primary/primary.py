@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Mapping
 from typing import Any
+
+import attrs
 
 from narwhal.config import parse_address
 from narwhal.errors import ErrorCode, RequestRejected
@@ -35,10 +38,12 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.net.network import PeerManager
-from narwhal.net.rpc import Router
+from narwhal.net.rate_limit import validator_limiter
+from narwhal.net.rpc import Router, rate_limited
 from narwhal.primary.network import PrimaryNetwork
 from narwhal.primary.node import PrimaryNode
-from narwhal.primary.output import DEFAULT_SLOW_TIMEOUT, OutputService
+from narwhal.primary.output import DEFAULT_SLOW_TIMEOUT, OutputLimits, OutputService
+from narwhal.serving_reads import source_of
 from narwhal.store import store_size
 from narwhal.wire.noise import HandshakePayload
 
@@ -52,17 +57,20 @@ _FROM_OUR_WORKERS = (OurBatch, OthersBatch)
 
 class Primary:
     def __init__(self, keys: Any, committee: Any, parameters: Any, store: Any, *,
-                 slow_subscriber_timeout: float = DEFAULT_SLOW_TIMEOUT) -> None:
+                 slow_subscriber_timeout: float = DEFAULT_SLOW_TIMEOUT,
+                 dial_overrides: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> None:
         self.name: bytes = keys.name
         self.committee = committee
         self.store = store
-        router = Router(allow=self._allowed)
+        router = Router(allow=self._allowed,
+                        limiter=validator_limiter(parameters, committee, self.name))
         payload = HandshakePayload("primary", authority=self.name,
                                    max_frame_size=parameters.max_frame_size)
         self.manager = PeerManager(
             local_static=keys.primary.private, local_public=keys.primary.public,
             local_payload=payload, network_id=committee.network_id(), peers=committee.primary_peers(self.name),
-            router=router, config=parameters.network_config(), name=f"{self.name.hex()[:8]}/primary")
+            router=router, config=attrs.evolve(parameters.network_config(), dial_overrides=dial_overrides or {}),
+            name=f"{self.name.hex()[:8]}/primary")
         self.network = PrimaryNetwork(
             self.manager,
             primaries={a: committee.authorities[a].primary.network_key for a in committee.others(self.name)},
@@ -70,10 +78,11 @@ class Primary:
         self.node = PrimaryNode(name=self.name, signer=keys.signing, committee=committee,
                                 parameters=parameters, store=store, network=self.network)
         self.output = OutputService(
-            node=self.node, request_worker=self.network.request_worker,
+            node=self.node, request_worker=self.network.request_worker_bytes,
             local_static=keys.primary.private, network_id=committee.network_id(),
-            local_payload=payload, config=parameters.network_config().connection, name=f"{self.name.hex()[:8]}/output",
-            slow_timeout=slow_subscriber_timeout)
+            local_payload=payload, config=parameters.network_config().connection,
+            name=f"{self.name.hex()[:8]}/output",
+            limits=OutputLimits.of(parameters, slow_subscriber_timeout))
         self._task: asyncio.Task[None] | None = None
         node = self.node
         for cls, handler in (
@@ -85,7 +94,7 @@ class Primary:
             (OurBatch, lambda peer, m: self._on_batch(peer, m, ours=True)),
             (OthersBatch, lambda peer, m: self._on_batch(peer, m, ours=False)),
         ):
-            router.route(cls, handler)
+            router.route(cls, handler, bulk=cls in (CertificatesRequest, FetchCertificates))
 
     async def start(self, *, primary_sock: socket.socket | None = None,
                     client_sock: socket.socket | None = None) -> None:
@@ -120,11 +129,16 @@ class Primary:
                                  transactions=report.transactions)
 
     async def _on_certificates_request(self, peer: Any, request: CertificatesRequest) -> Encoded:
-        return self.node.certificates_by_digest(list(request.digests))
+        return await self.node.certificates_by_digest(list(request.digests), source_of(peer))
 
     async def _on_fetch_certificates(self, peer: Any, request: FetchCertificates) -> Encoded:
-        return self.node.certificates_after(request.after_round, request.max_items)
+        return await self.node.certificates_after(request.after_round, request.max_items,
+                                                  source_of(peer))
 
     def status(self) -> dict[str, Any]:
         return {**self.node.status(), "output": self.output.status(), "peers": self.manager.snapshot(),
-                "routes": self.manager.routes.snapshot(), "store_bytes": store_size(self.store)}
+                "routes": self.manager.routes.snapshot(),
+                "rate_limited": rate_limited(self.manager.router),
+                "store_bytes": store_size(self.store),
+                "admission": {"validators": self.manager.admission.snapshot(),
+                              "output": self.output.server.admission.snapshot()}}

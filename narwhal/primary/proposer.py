@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from narwhal import messages
 from narwhal.messages import Header
+from narwhal.ports import LOOP_CLOCK, Clock, Signer, StoreWriter
 
 __all__ = ["Proposer"]
 
@@ -46,8 +46,8 @@ class Proposer:
         self,
         *,
         name: bytes,
-        signer: Any,
-        store: Any,
+        signer: Signer,
+        store: StoreWriter,
         propose: Callable[[Header], Awaitable[None]],
         header_size: int,
         max_header_delay: float,
@@ -57,8 +57,10 @@ class Proposer:
         frontier: Callable[[], int] = lambda: 0,
         certificates_coming: Callable[[int], int] = lambda round_: 0,
         parents_grace: float | None = None,
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         self.name = name
+        self._clock = clock
         self._signer = signer
         self._store = store
         self._propose = propose
@@ -113,8 +115,7 @@ class Proposer:
         return until - now if held < self._coming(self._parents_round) else None
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_delay
+        deadline = self._clock.now() + self._max_delay
         due_since: float | None = None  # when the next header became due
         while True:
             # A header is useful only at the DAG's frontier: while we catch up (others have
@@ -123,19 +124,19 @@ class Proposer:
             enough_parents = (self._parents is not None and self._parents_round + 1 > self.last_proposed
                               and self._frontier() <= self._parents_round + 1)
             enough_digests = len(self._digests) * DIGEST_SIZE >= self._header_size
-            expired = loop.time() >= deadline
+            expired = self._clock.now() >= deadline
             wait = None
             if enough_parents and (enough_digests or expired):
-                now = loop.time()
+                now = self._clock.now()
                 due_since = now if due_since is None else due_since
                 wait = self._waiting_for_parents(now, due_since)
                 if wait is None:
                     await self._make_header()
-                    deadline, due_since = loop.time() + self._max_delay, None
+                    deadline, due_since = self._clock.now() + self._max_delay, None
                     continue
             self._wake.clear()
             timeout = wait if wait is not None else (
-                max(0.0, deadline - loop.time()) if enough_parents else None)
+                max(0.0, deadline - self._clock.now()) if enough_parents else None)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -161,7 +162,7 @@ class Proposer:
             ("headers", header.digest(), messages.encode(header)),
             # these batches are now carried by a header: no longer pending after a restart
             *(("our_batches", d + w.to_bytes(4, "big"), None) for d, w in payload),
-        ])
+        ], durable=True)
         self.last_proposed = round_
         if self._parents_round == parents_round:
             # consumed; but parents of a later round that arrived during the await above

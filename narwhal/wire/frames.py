@@ -25,6 +25,7 @@ from typing import Final, NamedTuple, NoReturn
 import cbor2
 
 from narwhal.errors import ErrorCode, FrameError, FrameTooLarge
+from narwhal.limits import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -34,15 +35,12 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "FrameKind",
+    "decode_error",
     "decode_error_body",
     "encode_error_body",
     "encode_frame",
     "frame_header",
 ]
-
-#: Largest accepted value of the length field (8 MiB, as in both reference Narwhals).
-#: Protects against a peer declaring a huge frame to make us buffer it.
-DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
 
 #: ``length`` (u32), ``kind`` (u8), ``request id`` (u32), ``type tag`` (u16).
 FRAME_HEADER: Final = struct.Struct(">IBIH")
@@ -233,9 +231,13 @@ class FrameDecoder:
 MAX_ERROR_TEXT: Final = 1024
 
 
-def encode_error_body(code: int, text: str) -> bytes:
-    """Body of an ERROR or GOAWAY frame: CBOR ``[code, text]``."""
-    return cbor2.dumps([int(code), _truncate_utf8(text, MAX_ERROR_TEXT)], canonical=True)
+def encode_error_body(code: int, text: str, detail: int | None = None) -> bytes:
+    """Body of an ERROR or GOAWAY frame: CBOR ``[code, text]``, or ``[code, text, detail]``
+    for the codes that define a detail (``PRUNED``: the earliest index kept)."""
+    value: list[int | str] = [int(code), _truncate_utf8(text, MAX_ERROR_TEXT)]
+    if detail is not None:
+        value.append(int(detail))
+    return cbor2.dumps(value, canonical=True)
 
 
 def _truncate_utf8(text: str, limit: int) -> str:
@@ -248,16 +250,24 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 def decode_error_body(body: bytes) -> tuple[int, str]:
     """Parse an ERROR/GOAWAY body; malformed bodies become ``(PROTOCOL_ERROR, description)``."""
+    code, text, _ = decode_error(body)
+    return code, text
+
+
+def decode_error(body: bytes) -> tuple[int, str, int | None]:
+    """``(code, text, detail)`` of an ERROR/GOAWAY body (``detail`` None when absent);
+    malformed bodies become ``(PROTOCOL_ERROR, description, None)``."""
     try:
         value = cbor2.loads(body)
     except Exception:  # noqa: BLE001 -- cbor2 raises assorted types on garbage: all mean malformed
-        return int(ErrorCode.PROTOCOL_ERROR), "malformed error body"
+        return int(ErrorCode.PROTOCOL_ERROR), "malformed error body", None
     if (
         isinstance(value, list)
-        and len(value) == 2
+        and len(value) in (2, 3)
         and type(value[0]) is int
         and 0 <= value[0] < 2**32
         and isinstance(value[1], str)
+        and (len(value) == 2 or (type(value[2]) is int and 0 <= value[2] < 2**64))
     ):
-        return value[0], _truncate_utf8(value[1], MAX_ERROR_TEXT)
-    return int(ErrorCode.PROTOCOL_ERROR), "malformed error body"
+        return value[0], _truncate_utf8(value[1], MAX_ERROR_TEXT), value[2] if len(value) == 3 else None
+    return int(ErrorCode.PROTOCOL_ERROR), "malformed error body", None

@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import struct
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -51,6 +51,7 @@ from narwhal.errors import (
     PeerRejected,
     VersionMismatch,
 )
+from narwhal.limits import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
     "MAX_NOISE_MESSAGE",
@@ -125,7 +126,7 @@ class HandshakePayload:
     role: str
     authority: bytes | None = None
     worker_id: int | None = None
-    max_frame_size: int = 8 * 1024 * 1024
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     features: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
@@ -241,6 +242,10 @@ class NoiseHandshake:
         self.remote_static: bytes | None = None
         self.remote_payload: HandshakePayload | None = None
         self.handshake_hash: bytes | None = None
+        #: Responder: called with message 1 before any Diffie-Hellman operation; it may
+        #: raise ``HandshakeError`` to refuse it cheaply (a listener's handshake budget and
+        #: replay check, ``narwhal/net/admission.py``).
+        self.before_message1: Callable[[bytes], None] | None = None
 
     # -- construction -------------------------------------------------------------------
 
@@ -358,6 +363,8 @@ class NoiseHandshake:
                 if self._initiator:
                     self._read_msg2(message)
                 else:
+                    if self.before_message1 is not None:
+                        self.before_message1(message)
                     self._read_msg1(message)
         except HandshakeError:
             self._step = HandshakeStep.FAILED

@@ -38,30 +38,12 @@ from typing import Any
 from narwhal.config import short_hex
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import Batch, OthersBatch, encode
+from narwhal.net.token_bucket import TokenBucket
 from narwhal.worker.metrics import WorkerMetrics
 
 __all__ = ["BatchReceiver", "TokenBucket"]
 
 log = logging.getLogger(__name__)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` held; starts full."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self.tokens, self._last = float(burst), clock()
-
-    def take(self, amount: float) -> bool:
-        """Take ``amount`` tokens if the bucket holds them; False (and nothing taken) if not."""
-        now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
 
 
 class BatchReceiver:
@@ -130,7 +112,8 @@ class BatchReceiver:
         future = asyncio.get_running_loop().create_future()
         self._writing[digest] = future
         try:
-            await self._store.write([("batches", digest, encode(batch))])
+            # durable (power loss too) before the ack: an ack promises the batch is held
+            await self._store.write([("batches", digest, encode(batch))], durable=True)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
             future.exception()  # retrieved: nobody need be waiting on it

@@ -9,6 +9,10 @@ every digest we do not hold are listed in ``missing``, so the requester asks aga
 asks someone else) for those. Reading stops at the budget: a request for a thousand 500 KB
 batches costs us one response's worth of reads, not 500 MB.
 
+The reads run on a reader thread (:mod:`narwhal.serving_reads`), never on the event loop,
+and a peer has at most a few admitted at once: up to 4 MiB of reads per request would
+otherwise stall the loop for as long as the peer likes.
+
 The budget defaults to 4 MiB, and to at most half the frame limit: a response must fit in
 one frame together with up to a thousand ``missing`` digests. A single batch larger than
 the budget (possible only with a budget below ``batch_size``) is still sent alone if it fits
@@ -20,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from narwhal.messages import BatchesResponse, Encoded, RequestBatches, splice
+from narwhal.serving_reads import ServingReads, source_of
 from narwhal.worker.metrics import WorkerMetrics
 
 __all__ = ["MAX_RESPONSE_BYTES", "BatchServer", "response_budget"]
@@ -37,17 +42,29 @@ def response_budget(max_frame_size: int) -> tuple[int, int]:
 
 
 class BatchServer:
-    def __init__(self, *, store: Any, max_frame_size: int, metrics: WorkerMetrics) -> None:
-        self._store = store
+    def __init__(self, *, store: Any, max_frame_size: int, metrics: WorkerMetrics,
+                 authority: bytes | None = None) -> None:
+        self.reads = ServingReads(store, name="batches")
+        self._authority = authority  # ours: our primary is bound by the total only
         self.max_response_bytes, self.max_single_batch = response_budget(max_frame_size)
         self.metrics = metrics
 
     async def handle(self, peer: Any, request: RequestBatches) -> Encoded:
+        response, served = await self.reads.run(source_of(peer, self._authority),
+                                                lambda reader: self._pack(reader, request.digests))
+        self.metrics.batches_served += served
+        return response
+
+    async def close(self) -> None:
+        await self.reads.close()
+
+    def _pack(self, reader: Any, digests: tuple[bytes, ...]) -> tuple[Encoded, int]:
+        """Reader thread: the response, and how many batches it carries."""
         batches: list[bytes] = []  # stored bodies, spliced into the response as they are
         missing: list[bytes] = []
         size, full = 0, False
-        for digest in dict.fromkeys(request.digests):  # a repeated digest is served once
-            body = None if full else self._store.get("batches", digest)
+        for digest in dict.fromkeys(digests):  # a repeated digest is served once
+            body = None if full else reader.get("batches", digest)
             if body is not None and size + len(body) > self.max_response_bytes and (
                     batches or len(body) > self.max_single_batch):
                 full, body = True, None
@@ -56,5 +73,4 @@ class BatchServer:
                 continue
             batches.append(body)
             size += len(body)
-        self.metrics.batches_served += len(batches)
-        return splice(BatchesResponse, batches, tuple(missing))
+        return splice(BatchesResponse, batches, tuple(missing)), len(batches)

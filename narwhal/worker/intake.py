@@ -18,7 +18,9 @@ batch that never reaches a quorum is dropped. Clients that need inclusion watch 
 ordered output.
 
 A submission is accepted or refused as a whole: any empty transaction (``INVALID``) or any
-transaction over ``max_transaction_size`` (``TOO_LARGE``) refuses all of it.
+transaction over ``max_transaction_size`` (``TOO_LARGE``) refuses all of it. While the
+worker's store refuses writes (disk full, I/O error), every submission is refused
+``STORAGE_FAILED``: its batch could not be stored, so accepting it would only lose it.
 """
 
 from __future__ import annotations
@@ -111,12 +113,15 @@ class TransactionIntake:
         deliver: Callable[[Sequence[bytes], Sequence[int]], None],
         metrics: WorkerMetrics,
         admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+        storage_failing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.max_transaction_size = max_transaction_size
         self.pending = pending
         self._deliver = deliver
         self.metrics = metrics
         self.admission_timeout = admission_timeout
+        #: True while our store refuses writes: transactions we take would be lost.
+        self._storage_failing = storage_failing
 
     async def handle(self, peer: Any, message: SubmitTransactions) -> TransactionsAccepted:
         txs = message.transactions
@@ -130,6 +135,10 @@ class TransactionIntake:
         if min(lengths) == 0:
             self.metrics.error("tx_empty")
             raise RequestRejected(ErrorCode.INVALID, "empty transaction")
+        if self._storage_failing():
+            self.metrics.error("storage_failed")
+            raise RequestRejected(ErrorCode.STORAGE_FAILED, "this worker cannot store batches "
+                                  "(disk full or I/O error): not accepting transactions")
         nbytes = sum(lengths)
         if self.pending.must_wait(nbytes):
             self.metrics.submissions_slowed += 1

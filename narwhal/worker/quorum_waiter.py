@@ -65,7 +65,8 @@ class QuorumWaiter:
             _, handles = await asyncio.gather(
                 # "our_batches" marks it ours until our primary acknowledges its report,
                 # so a restarted worker replicates and reports it again (see resume())
-                self._store.write([("batches", digest, encode(batch)), ("our_batches", digest, b"")]),
+                self._store.write([("batches", digest, encode(batch)), ("our_batches", digest, b"")],
+                                  durable=True),
                 self._network.broadcast(list(self.peers), batch))
             self.metrics.txs_stored += len(batch.transactions)
             if not await self._quorum(handles):

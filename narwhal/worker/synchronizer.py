@@ -53,6 +53,7 @@ from narwhal.messages import (
     batch_length,
 )
 from narwhal.net.retry import Backoff, RetryConfig
+from narwhal.ports import LOOP_CLOCK, Clock, RandomSource
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.late_sends import CleanupEpoch
 from narwhal.worker.metrics import WorkerMetrics
@@ -84,7 +85,11 @@ class Synchronizer:
     def __init__(self, *, peers: dict[bytes, bytes], worker_id: int, network: Any, store: Any,
                  receiver: BatchReceiver, report: Any, epoch: CleanupEpoch,
                  metrics: WorkerMetrics, retry_delay: float, retry_nodes: int,
-                 max_wanted: int | None = None, max_per_target: int | None = None) -> None:
+                 max_wanted: int | None = None, max_per_target: int | None = None,
+                 clock: Clock = LOOP_CLOCK, rng: RandomSource | None = None) -> None:
+        self._clock = clock
+        #: Draws the peers asked in later rounds; pass a seeded one for a replayable run.
+        self._rng: RandomSource = rng if rng is not None else random.Random()
         self.peers = peers  # other authority -> network key of its worker with our id
         self.worker_id = worker_id
         self._network, self._store = network, store  # ReliableNetwork, Store
@@ -144,8 +149,7 @@ class Synchronizer:
         sync.task = asyncio.get_running_loop().create_task(self._fetch(sync))
 
     async def _fetch(self, sync: _Sync) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = Backoff(self.retry)
+        backoff = Backoff(self.retry, rng=self._rng)
         first = sync.target is not None
         peers = [sync.target] if sync.target is not None else self._lucky_peers()
         try:
@@ -153,12 +157,12 @@ class Synchronizer:
                 sync.wanted = {d for d in sync.wanted if not self._store.contains("batches", d)}
                 if not sync.wanted:
                     return
-                started, delay = loop.time(), backoff.next_delay() or self.retry.max_interval
+                started, delay = self._clock.now(), backoff.next_delay() or self.retry.max_interval
                 answered = await self._ask(peers, sync, delay)
                 if not sync.wanted:
                     return
                 if not (first and answered):
-                    await asyncio.sleep(max(0.0, started + delay - loop.time()))
+                    await self._clock.sleep(max(0.0, started + delay - self._clock.now()))
                 first, peers = False, self._lucky_peers()
         except Exception:  # a store failure: the node is in trouble, but say so here
             self.metrics.error("sync_failed")
@@ -168,7 +172,7 @@ class Synchronizer:
 
     def _lucky_peers(self) -> list[bytes]:
         keys = list(self.peers.values())
-        return random.sample(keys, min(self.retry_nodes, len(keys)))
+        return self._rng.sample(keys, min(self.retry_nodes, len(keys)))
 
     async def _ask(self, peers: list[bytes], sync: _Sync, timeout: float) -> bool:
         """Ask ``peers`` for what ``sync`` still wants; use answers as they come, for at

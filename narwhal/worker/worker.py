@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -38,7 +39,8 @@ from narwhal.messages import (
 )
 from narwhal.net.clients import ClientServer
 from narwhal.net.network import PeerManager, ReliableNetwork
-from narwhal.net.rpc import Router
+from narwhal.net.rate_limit import client_limiter, validator_limiter
+from narwhal.net.rpc import Router, rate_limited
 from narwhal.store import store_size
 from narwhal.wire.noise import HandshakePayload
 from narwhal.worker.batch_maker import BatchMaker
@@ -49,6 +51,7 @@ from narwhal.worker.late_sends import CleanupEpoch, LateSends
 from narwhal.worker.metrics import WorkerMetrics
 from narwhal.worker.quorum_waiter import QuorumWaiter
 from narwhal.worker.reporter import PrimaryReporter
+from narwhal.worker.retention import BatchRetention
 from narwhal.worker.synchronizer import Synchronizer
 
 __all__ = ["Worker"]
@@ -78,7 +81,8 @@ class Worker:
 
     def __init__(self, keys: AuthorityKeys, committee: Committee, parameters: Parameters,
                  worker_id: int, store: Any, *,
-                 admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT) -> None:
+                 admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+                 dial_overrides: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> None:
         committee.check_keys(keys.public())
         me, p = keys.name, parameters
         self.name, self.worker_id, self.committee, self.parameters = me, worker_id, committee, p
@@ -92,12 +96,13 @@ class Worker:
         payload = HandshakePayload("worker", authority=me, worker_id=worker_id,
                                    max_frame_size=p.max_frame_size)
 
-        router = Router(allow=self._allow)
+        router = Router(allow=self._allow, limiter=validator_limiter(p, committee, me))
         self.manager = PeerManager(
             local_static=network_key.private, local_public=network_key.public,
             local_payload=payload, network_id=committee.network_id(),
             peers=committee.worker_peers(me, worker_id), router=router,
-            config=p.network_config(), name=f"{short_hex(me)}/worker{worker_id}")
+            config=attrs.evolve(p.network_config(), dial_overrides=dial_overrides or {}),
+            name=f"{short_hex(me)}/worker{worker_id}")
         reliable = ReliableNetwork(self.manager)
         peers = {a: committee.authorities[a].workers[worker_id].network_key
                  for a in committee.others(me)}
@@ -116,24 +121,27 @@ class Worker:
                                       on_sealed=self.quorum_waiter.submit, metrics=metrics)
         self.intake = TransactionIntake(
             max_transaction_size=p.max_transaction_size, pending=self.pending,
-            deliver=self.batch_maker.add, metrics=metrics, admission_timeout=admission_timeout)
+            deliver=self.batch_maker.add, metrics=metrics, admission_timeout=admission_timeout,
+            storage_failing=lambda: bool(getattr(store, "failing", False)))
         self.receiver = BatchReceiver(store=store, report=self.reporter.report,
                                       worker_id=worker_id,
                                       max_batch_bytes=p.batch_size + p.max_transaction_size,
                                       metrics=metrics, quota_rate=p.batch_quota_rate,
                                       quota_burst=p.batch_quota_burst,
                                       min_charge=p.batch_size // MIN_CHARGE_DIVISOR)
-        self.server = BatchServer(store=store, max_frame_size=p.max_frame_size, metrics=metrics)
+        self.server = BatchServer(store=store, max_frame_size=p.max_frame_size, metrics=metrics,
+                                  authority=me)
+        self.retention = BatchRetention(store, retain_seconds=p.retain_seconds, retain_bytes=p.retain_bytes)
         self.synchronizer = Synchronizer(
             peers=peers, worker_id=worker_id, network=reliable,
             store=store, receiver=self.receiver, report=self.reporter.report, epoch=epoch,
             metrics=metrics, retry_delay=p.sync_retry_delay, retry_nodes=p.sync_retry_nodes)
 
         router.route(Batch, self.receiver.handle)
-        router.route(RequestBatches, self.server.handle)
+        router.route(RequestBatches, self.server.handle, bulk=True)
         router.route(Synchronize, self.synchronizer.handle)
         router.route(Cleanup, self._cleanup)
-        client_router = Router()
+        client_router = Router(limiter=client_limiter(p, committee))
         client_router.route(SubmitTransactions, self.intake.handle)
         self.clients = ClientServer(
             local_static=network_key.private, network_id=committee.network_id(),
@@ -150,6 +158,7 @@ class Worker:
         await self.clients.start(*parse_address(self._info.transactions_address),
                                  sock=transactions_sock)
         self.reporter.start()
+        self.retention.start()
         resumed = self.quorum_waiter.resume()
         if resumed:
             log.info("worker %d: replicating %d unreported batches again", self.worker_id, resumed)
@@ -169,7 +178,9 @@ class Worker:
         self.late.close()
         await self.synchronizer.close()
         await self.reporter.close()
+        await self.retention.close()
         await self.manager.stop()
+        await self.server.close()
 
     # -- handlers ----------------------------------------------------------------------------
 
@@ -218,9 +229,16 @@ class Worker:
             "sync_wanted_by_target": self.synchronizer.wanted_by_target(),
             "reports_outstanding": self.reporter.outstanding,
             "cleanup_round": self.epoch.round,
-            "clients": {"connected": len(self.clients.connections),
+            "clients": {"connected": len(self.clients.authenticated),
+                        "half_open": self.clients.admission.half_open,
                         "accepted": self.clients.accepted, "refused": self.clients.refused},
+            "admission": {"validators": self.manager.admission.snapshot(),
+                          "transactions": self.clients.admission.snapshot()},
             "peers": self.manager.snapshot(),
             "routes": self.manager.routes.snapshot(),
+            "rate_limited": rate_limited(self.manager.router, self.clients.router),
             "store_bytes": store_size(self._store),
+            "store_corrupt_values": getattr(self._store, "corrupt_values", 0),
+            "retention": self.retention.status(),
+            "serving_reads": self.server.reads.status(),
         }

@@ -8,7 +8,8 @@ One scenario, in phases (starting four processes is the expensive part):
 4. it is restarted from its stores: it catches up and proposes again;
 5. every node's output is read through the subscription, as a client reads it, from
    index 1: all four serve the same indexes up to the highest any reached, within a bound,
-   with every submitted transaction (:mod:`tests.integration.output_check`);
+   with every submitted transaction (:mod:`tests.integration.output_check`); no node
+   rate-limited any of this honest traffic, the catch-up included;
 6. everything stops; the stores are then read directly and checked:
    - every submitted transaction is stored at every worker,
    - every certificate carries 2f+1 signers,
@@ -149,6 +150,14 @@ def test_four_validator_processes_replicate_certify_survive_a_crash_and_catch_up
         #    from index 1, with every submitted transaction (load still running)
         served = assert_output_live_and_agreeing(net, range(4))
         assert_acknowledged_served(served, submitted)
+
+        # honest traffic, the restarted node's catch-up and the others' flush of what they
+        # queued for it included, never hit a rate limit (wire_spec.md section 6)
+        limited = {(i, role): counts for i in range(4)
+                   for role, counts in (("primary", primary(net, i)["rate_limited"]),
+                                        ("worker", worker(net, i)["rate_limited"]))
+                   if counts}
+        assert limited == {}, limited
 
         codes = group.stop()
     assert all(code == 0 for name, code in codes.items() if name.startswith("node-")

@@ -49,6 +49,11 @@ class FakeConnection:
     def send_frame(self, kind, request_id, tag, body) -> None:
         self.sent.append(Frame(kind, request_id, tag, body))
 
+    closed_with = None
+
+    def close(self, code, reason="") -> None:
+        self.closed_with = code
+
 
 def channel_with(router: Router, **kwargs) -> tuple[RpcChannel, FakeConnection]:
     conn = FakeConnection()
@@ -122,13 +127,27 @@ async def test_handler_errors_become_typed_error_frames():
     assert by_id[4].kind is FrameKind.RESPONSE
 
 
-async def test_request_id_zero_is_ignored():
+async def test_request_id_zero_is_not_served_and_closes_the_link_with_protocol_error():
+    served = []
     router = Router()
-    router.route(messages.Cleanup, lambda peer, m: asyncio.sleep(0))
+    router.route(messages.Cleanup, lambda peer, m: asyncio.sleep(0, served.append(m)))
     channel, conn = channel_with(router)
     channel.frame_received(request(0, messages.Cleanup(1)))
     await settle()
-    assert conn.sent == [] and channel.errors["bad_request_id"] == 1
+    assert conn.sent == [] and served == [] and channel.errors["bad_request_id"] == 1
+    assert conn.closed_with is ErrorCode.PROTOCOL_ERROR
+
+
+async def test_a_registered_type_without_a_handler_here_is_unauthorized_not_unknown():
+    router = Router()  # routes nothing: every registered type is "not on this link"
+    channel, conn = channel_with(router)
+    channel.frame_received(request(1, messages.Cleanup(1)))
+    channel.frame_received(Frame(FrameKind.REQUEST, 2, 0x7777, b"\x80"))
+    # the link check comes before decoding: a bad body of a refused type is UNAUTHORIZED
+    channel.frame_received(Frame(FrameKind.REQUEST, 3, CLEANUP, b"\xff"))
+    await settle()
+    assert [(f.request_id, error_code(f)) for f in conn.sent] == [
+        (1, ErrorCode.UNAUTHORIZED), (2, ErrorCode.UNKNOWN_TYPE), (3, ErrorCode.UNAUTHORIZED)]
 
 
 async def test_wrong_response_type_fails_the_request():

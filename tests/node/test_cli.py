@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from narwhal.node.runner import bind_listener
 from .helpers import child_env, local_network
 
 SUBCOMMANDS = [[], ["keys"], ["keys", "generate"], ["committee"], ["committee", "new"], ["run"],
-               ["testnet"]]
+               ["testnet"], ["evidence"], ["evidence", "list"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "narwhal")
@@ -202,3 +203,46 @@ def test_bind_listener_falls_back_to_all_interfaces_for_a_foreign_address():
         port = probe.getsockname()[1]
     with bind_listener(f"192.0.2.1:{port}", "test") as sock:  # TEST-NET-1: never local
         assert sock.getsockname() == ("0.0.0.0", port)
+
+
+async def test_evidence_list_prints_and_verifies_what_a_primary_stored(net, tmp_path, capsys):
+    """Evidence a primary stored (two signed headers of one author for one round), listed
+    with ``narwhal evidence list``: in-process, and as a child process while the store is
+    still open (the node running: read-only, no lock)."""
+    import attrs
+
+    from narwhal.messages import Header
+    from narwhal.primary.evidence import FAMILY, EvidenceRecorder
+    from narwhal.store import Store
+
+    byzantine = AuthorityKeys.load(net.key_files[1])
+
+    def header(payload):
+        unsigned = Header(byzantine.name, 5, payload, (), bytes(64))
+        return attrs.evolve(unsigned, signature=byzantine.signing.sign(unsigned.digest()))
+
+    a, b = header(()), header(((b"\x01" * 32, 0),))
+    store_dir = tmp_path / "store"
+    argv = ["evidence", "list", "--store", str(store_dir), "--committee", str(net.committee_file)]
+    async with Store.open(store_dir / "primary.db", synchronous="NORMAL") as store:
+        await EvidenceRecorder(store).headers(a, b)
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "narwhal.node", *argv], capture_output=True,
+            text=True, timeout=60, env=child_env(), check=False)
+        assert result.returncode == 0, result.stderr
+        [line, total] = result.stdout.splitlines()
+        assert f"author {byzantine.name.hex()} round 5" in line and "signatures valid" in line
+        assert a.digest().hex() in line and b.digest().hex() in line
+        assert total.startswith("1 pieces of equivocation evidence")
+        [(key, value)] = store.items(FAMILY)
+        forged = value.replace(a.signature, bytes(64)) if a.signature in value else value.replace(
+            b.signature, bytes(64))
+        await store.put(FAMILY, key, forged)
+    assert main([*argv, "--json"]) == 1  # a piece that fails verification: exit code 1
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["author"] == byzantine.name.hex() and row["round"] == 5
+    assert row["signatures_valid"] is False and row["kind"] == "header"
+    assert main(["evidence", "list", "--store", str(store_dir / "primary.db")]) == 0
+    assert "signatures" not in capsys.readouterr().out  # nothing checked without a committee
+    assert main(["evidence", "list", "--store", str(tmp_path / "nowhere")]) == 2
+    assert "no store at" in capsys.readouterr().err

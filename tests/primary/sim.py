@@ -9,6 +9,7 @@ node. A node can be "down" (drops what it would receive and send).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from typing import Any
 
@@ -28,7 +29,7 @@ class MemoryStore:
         self.families: dict[str, dict[bytes, bytes]] = defaultdict(dict)
         self.log: list[tuple[str, bytes]] = []
 
-    async def write(self, ops):
+    async def write(self, ops, durable=False):
         for family, key, value in ops:
             self.log.append((family, key))
             if value is None:
@@ -98,10 +99,10 @@ class SimNetwork:
         if self.sim.down & {authority, self.me}:
             raise TimeoutError("peer down")
         if isinstance(message, FetchCertificates):
-            answer = target.node.certificates_after(message.after_round, message.max_items)
+            answer = await target.node.certificates_after(message.after_round, message.max_items)
         else:
             assert isinstance(message, CertificatesRequest)
-            answer = target.node.certificates_by_digest(list(message.digests))
+            answer = await target.node.certificates_by_digest(list(message.digests))
         return messages.decode(answer.tag, answer.body)  # what the requester's codec sees
 
 
@@ -116,7 +117,10 @@ class SimNode:
 
 
 class Simulation:
-    def __init__(self, n: int = 4, **parameters: Any) -> None:
+    def __init__(self, n: int = 4, seed: int = 0, **parameters: Any) -> None:
+        #: Seeds each node's random source (which peers its fetcher asks). Keys still come
+        #: from os.urandom and time is real, so a run is not replayable yet (issue 14).
+        self.seed = seed
         self.keys = [AuthorityKeys.generate(1) for _ in range(n)]
         self.committee = Committee.local([k.public() for k in self.keys], 1)
         self.parameters = Parameters(**{"max_header_delay": 0.02, **parameters})
@@ -129,8 +133,9 @@ class Simulation:
 
     def _make(self, keys: AuthorityKeys, store: MemoryStore) -> SimNode:
         network = SimNetwork(self, keys.name)
+        rng = random.Random(f"{self.seed}/{self.keys.index(keys)}")
         node = PrimaryNode(name=keys.name, signer=keys.signing, committee=self.committee,
-                           parameters=self.parameters, store=store, network=network)
+                           parameters=self.parameters, store=store, network=network, rng=rng)
         return SimNode(keys, store, network, node)
 
     async def deliver(self, sender: bytes, receiver: bytes, message: Any) -> None:

@@ -15,15 +15,6 @@ from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
 from .sim import Simulation
 
 
-@pytest.fixture
-async def sim():
-    simulation = Simulation(4)
-    try:
-        yield simulation
-    finally:
-        await simulation.stop()
-
-
 def signed_header(keys, round_, parents, payload=()):
     unsigned = Header(keys.name, round_, tuple(sorted(payload)), tuple(sorted(parents)), bytes(64))
     return attrs.evolve(unsigned, signature=keys.signing.sign(unsigned.digest()))
@@ -267,7 +258,7 @@ async def test_parents_arriving_while_a_header_is_being_stored_are_not_lost():
     from narwhal.primary.proposer import Proposer
 
     class SlowStore:
-        async def write(self, ops):
+        async def write(self, ops, durable=False):
             proposer.parents_ready(1, (b"\x01" * 32,))  # arrives during the durable write
             await asyncio.sleep(0)
 
@@ -311,7 +302,7 @@ async def test_a_due_header_waits_briefly_for_a_certificate_known_to_be_coming(c
     from narwhal.primary.proposer import Proposer
 
     class Store:
-        async def write(self, ops):
+        async def write(self, ops, durable=False):
             pass
 
     held = [b"\x01" * 32, b"\x02" * 32, b"\x03" * 32]
@@ -486,3 +477,36 @@ async def test_one_author_flooding_headers_cannot_push_out_another_authors_parke
     twin = signed_header(honest, 3, [os.urandom(32) for _ in range(3)])
     await core.handle_header(twin, honest.name)
     assert core.counters["equivocation"] == 3 * flood + 1 and core._parked_headers.holds(kept)
+
+
+async def test_catch_up_requests_are_read_on_a_reader_thread(tmp_path, monkeypatch):
+    """Issue 12: a peer's CertificatesRequest / FetchCertificates is read off the loop."""
+    import threading
+
+    from narwhal.store import Reader, Store
+
+    sim = Simulation(4)
+    served = sim.names[0]
+    store = Store.open(tmp_path / "primary.db", synchronous="NORMAL")
+    sim.nodes[served] = sim._make(sim.nodes[served].keys, store)
+    threads: list[int] = []
+    real_get_many = Reader.get_many
+
+    def spy(self, family, keys):
+        threads.append(threading.get_ident())
+        return real_get_many(self, family, keys)
+
+    try:
+        sim.start()
+        await sim.run_until(lambda: min(sim.rounds()) >= 5)
+        node = sim.nodes[served].node
+        monkeypatch.setattr(Reader, "get_many", spy)
+        after = await node.certificates_after(0, 100, source="peer")
+        digests = [c.digest() for c in node.core.dag.round(2).values()]
+        by_digest = await node.certificates_by_digest(digests, source="peer")
+        assert len(threads) == 2 and threading.get_ident() not in threads
+        assert len(by_digest.body) > 0 and len(after.body) > len(by_digest.body)
+        assert node.status()["serving_reads"]["served"] == 2
+    finally:
+        await sim.stop()
+        await store.close()

@@ -43,7 +43,8 @@ async def test_intake_slows_then_refuses_and_recovers(make_cluster):
     # A burst changes nothing: every submission is refused, nothing more is held.
     burst = await asyncio.gather(*(submit(client, [b"b" * 1_000] * 2) for _ in range(20)),
                                  return_exceptions=True)
-    assert all(isinstance(r, RemoteError) and r.code is ErrorCode.OVERLOADED for r in burst)
+    refusals = (ErrorCode.OVERLOADED, ErrorCode.RATE_LIMITED)  # a burst may also meet the rate limit
+    assert all(isinstance(r, RemoteError) and r.code in refusals for r in burst), burst
     assert worker0.status()["pending_tx_bytes"] == 4_000
     assert worker0.status()["submissions_waiting"] == 0
 

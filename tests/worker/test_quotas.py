@@ -36,7 +36,7 @@ class DictStore:
     def contains(self, table: str, key: bytes) -> bool:
         return key in self.rows
 
-    async def write(self, rows) -> None:
+    async def write(self, rows, durable: bool = False) -> None:
         for _, key, value in rows:
             self.rows[key] = value
 

@@ -183,3 +183,29 @@ async def refused_overloaded(call) -> None:
     with pytest.raises(RemoteError) as info:
         await call
     assert info.value.code is ErrorCode.OVERLOADED, info.value
+
+
+async def test_request_batches_is_read_on_a_reader_thread_not_the_event_loop(make_cluster,
+                                                                             monkeypatch):
+    """Issue 12: a peer's RequestBatches (up to 4 MiB of reads) is read off the loop."""
+    import threading
+
+    from narwhal.store import Reader
+
+    cluster = make_cluster()
+    digests = [await put_batch(cluster, [0], [bytes([i]) * 100_000] * 5) for i in range(4)]
+    _, workers = await cluster.up(workers=(0,))
+    peer = await cluster.start_fake_worker(1, Router())
+    threads: list[int] = []
+    real_get = Reader.get
+
+    def spy(self, family, key):
+        if family == "batches":
+            threads.append(threading.get_ident())
+        return real_get(self, family, key)
+
+    monkeypatch.setattr(Reader, "get", spy)
+    answer = await peer.request(0, messages.RequestBatches(digests))
+    assert [b.digest() for b in answer.batches] == digests
+    assert len(threads) == 4 and threading.get_ident() not in threads
+    assert workers[0].status()["serving_reads"]["served"] == 1
