@@ -96,7 +96,13 @@ class ByzantinePeer:
         self._votes: dict[bytes, dict[bytes, bytes]] = {}
         self._own_headers: dict[bytes, Header] = {}
         self._certified: dict[bytes, asyncio.Future[Certificate]] = {}
-        self.managers: dict[str | int, PeerManager] = {}
+        self.managers: dict[str | int, PeerManager] = self._new_managers()
+
+    def _new_managers(self) -> dict[str | int, PeerManager]:
+        """One PeerManager per role, not started (a stopped one cannot start again: a
+        stopped peer gets new ones, so an attack can run more than once)."""
+        keys, committee, parameters, name = self.keys, self.committee, self.parameters, self.label
+        managers: dict[str | int, PeerManager] = {}
         network = parameters.network_config()
         primary_router = Router()
         for cls, handler in ((Header, self._on_header), (Vote, self._on_vote),
@@ -104,7 +110,7 @@ class ByzantinePeer:
                              (CertificatesRequest, self._nothing_to_give),
                              (FetchCertificates, self._nothing_to_give)):
             primary_router.route(cls, handler)
-        self.managers[PRIMARY] = PeerManager(
+        managers[PRIMARY] = PeerManager(
             local_static=keys.primary.private, local_public=keys.primary.public,
             local_payload=HandshakePayload("primary", authority=self.name,
                                            max_frame_size=parameters.max_frame_size),
@@ -114,7 +120,7 @@ class ByzantinePeer:
             worker_router = Router()
             worker_router.route(Batch, self._on_batch)
             worker_router.route(RequestBatches, self._no_batches)
-            self.managers[worker_id] = PeerManager(
+            managers[worker_id] = PeerManager(
                 local_static=keys.workers[worker_id].private,
                 local_public=keys.workers[worker_id].public,
                 local_payload=HandshakePayload("worker", authority=self.name, worker_id=worker_id,
@@ -122,6 +128,7 @@ class ByzantinePeer:
                 network_id=committee.network_id(),
                 peers=committee.worker_peers(self.name, worker_id), router=worker_router,
                 config=network, name=f"{name}/worker{worker_id}")
+        return managers
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,6 +148,7 @@ class ByzantinePeer:
 
     async def stop(self) -> None:
         await asyncio.gather(*(m.stop() for m in self.managers.values()), return_exceptions=True)
+        self.managers = self._new_managers()
 
     async def connected(self, timeout: float = 30.0) -> None:
         """Wait until every link to the honest nodes is up."""

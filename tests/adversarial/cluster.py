@@ -73,6 +73,14 @@ BYZANTINE = 3
 VICTIM = 0
 #: Seconds between two RSS samples.
 SAMPLE_EVERY = 0.2
+#: Liveness: an honest node under attack commits at >= LIVE_FRACTION of its attack-free
+#: rate. One 6-second pair of phases on this 2-core box (three or four node processes, the
+#: test's loop and the attacker's share two cores) lands below it now and then without any
+#: fault of the defence (seen: 0.67x once for an attack measured 0.82-0.98x otherwise). So a
+#: trial that misses is confirmed: after a miss, liveness is decided by a majority of
+#: LIVE_TRIALS (attack-free, attack) pairs. An attack that really costs >20% misses them.
+LIVE_FRACTION = 0.8
+LIVE_TRIALS = 3
 #: Client load per honest worker: transactions a second, and their size.
 LOAD_RATE = 100
 LOAD_TX_SIZE = 64
@@ -186,6 +194,12 @@ class AttackResult:
     first_index: int  # the lowest consensus index the honest nodes held at the start
     byzantine: bytes  # the Byzantine authority (its rows in the victim's peers)
     outcome: Any = None  # what the attack's coroutine answered (its own findings)
+    #: Further (attack-free, attack) pairs run to confirm a miss (see LIVE_TRIALS).
+    retrials: tuple[AttackResult, ...] = ()
+
+    @property
+    def trials(self) -> tuple[AttackResult, ...]:
+        return (self, *self.retrials)
 
     def rate_ratio(self, node: int) -> float:
         base = self.baseline.rates[node]
@@ -205,21 +219,44 @@ class AttackResult:
     def counter_increase(self) -> int:
         return self.counted(self.after) - self.counted(self.before)
 
-    def assert_live(self, fraction: float = 0.8) -> None:
-        """Every honest node commits at >= ``fraction`` of its attack-free rate."""
-        for node in HONEST:
-            assert self.baseline.rates[node] > 0, f"node {node}: no commits without the attack"
-            assert self.rate_ratio(node) >= fraction, (
-                f"{self.attack.name}: node {node} committed {self.under_attack.rates[node]:.1f}/s "
-                f"under attack, {self.baseline.rates[node]:.1f}/s before "
-                f"({self.rate_ratio(node):.0%} < {fraction:.0%})")
+    def min_rate_ratio(self) -> float:
+        """This trial's worst honest node: its attack rate over its attack-free rate."""
+        return min(self.rate_ratio(node) for node in HONEST)
+
+    def is_live(self, fraction: float = LIVE_FRACTION) -> bool:
+        """Every honest node committed at >= ``fraction`` of its attack-free rate."""
+        return self.min_rate_ratio() >= fraction
+
+    def verdict(self) -> bool | None:
+        """Live if the first trial is; after a miss, what a majority of LIVE_TRIALS trials
+        says; None while more trials could still change it."""
+        if self.is_live():
+            return True
+        live = sum(t.is_live() for t in self.trials)
+        if live > LIVE_TRIALS // 2:
+            return True
+        if len(self.trials) - live > LIVE_TRIALS // 2:
+            return False
+        return None
+
+    def assert_live(self) -> None:
+        """(b) Live by :meth:`verdict` (see LIVE_TRIALS); no trial without commits."""
+        for trial in self.trials:
+            for node in HONEST:
+                assert trial.baseline.rates[node] > 0, f"node {node}: no commits without the attack"
+        live = sum(t.is_live() for t in self.trials)
+        assert self.verdict(), (
+            f"{self.attack.name}: worst honest commit rate under attack over the attack-free "
+            f"rate, per trial: {', '.join(f'{t.min_rate_ratio():.0%}' for t in self.trials)}; "
+            f"{live} of {len(self.trials)} trials >= {LIVE_FRACTION:.0%}")
 
     def assert_rss_bounded(self) -> None:
-        for node in HONEST:
-            growth = self.rss_growth(node)
-            assert growth <= self.attack.rss_bound, (
-                f"{self.attack.name}: node {node} RSS grew {growth / MiB:.1f} MiB over the "
-                f"baseline's peak (bound {self.attack.rss_bound / MiB:.0f} MiB)")
+        for trial in self.trials:
+            for node in HONEST:
+                growth = trial.rss_growth(node)
+                assert growth <= self.attack.rss_bound, (
+                    f"{self.attack.name}: node {node} RSS grew {growth / MiB:.1f} MiB over the "
+                    f"baseline's peak (bound {self.attack.rss_bound / MiB:.0f} MiB)")
 
     def assert_counted(self) -> None:
         assert self.counter_increase > 0, (
@@ -237,7 +274,8 @@ class AttackResult:
         """One line of the benchmark's table (JSON-ready)."""
         return {
             "attack": self.attack.name,
-            "rate_ratio": min(self.rate_ratio(n) for n in HONEST),
+            "rate_ratio": statistics.median(t.min_rate_ratio() for t in self.trials),
+            "rate_ratios": [round(t.min_rate_ratio(), 3) for t in self.trials],
             "latency_ratio": max((r for n in HONEST if (r := self.latency_ratio(n)) is not None),
                                  default=None),
             "baseline_rate": statistics.mean(self.baseline.rates.values()),
@@ -411,6 +449,17 @@ class AdversarialCluster:
                              [self.authorities[i] for i in HONEST], stop)
 
     def run_attack(self, attack: Attack, baseline: float = 8.0, duration: float = 8.0) -> AttackResult:
+        """A trial of ``attack`` (:meth:`trial`), and as many more as it takes to decide
+        liveness by a majority of LIVE_TRIALS."""
+        result = self.trial(attack, baseline, duration)
+        while result.verdict() is None:
+            log.info("%s: trial %d missed, confirming", attack.name, len(result.trials))
+            again = self.trial(attack, baseline, duration)
+            result = attrs.evolve(result, retrials=(*result.retrials, again))
+        log.info("%s: %s", attack.name, result.row())
+        return result
+
+    def trial(self, attack: Attack, baseline: float, duration: float) -> AttackResult:
         """An attack-free phase, then ``attack`` for ``duration`` seconds (see the module
         docstring); the attack is stopped (and must undo its links) before returning."""
         first = min(self.consensus_index(i) for i in HONEST) + 1
@@ -429,10 +478,8 @@ class AdversarialCluster:
                 running.cancel()
                 raise AssertionError(f"{attack.name}: the attack did not stop within 30 s") from None
         self.check_alive()
-        result = AttackResult(attack, quiet, attacked, before, after, first,
-                              self.authorities[BYZANTINE], outcome)
-        log.info("%s: %s", attack.name, result.row())
-        return result
+        return AttackResult(attack, quiet, attacked, before, after, first,
+                            self.authorities[BYZANTINE], outcome)
 
     def assert_agreement(self, first: int) -> None:
         """(a) Every honest node serves the same output, from ``first`` to the highest index
