@@ -275,7 +275,7 @@ class OutputService:
             log.info("%s: a subscriber fell behind retention at index %d", conn.name, index)
             conn.close(ErrorCode.PRUNED, f"index {index} was deleted by retention while you "
                        f"were reading; the earliest this node has is {exc.earliest}", exc.earliest)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a bug serving one subscriber must not end the service
             self._failed(conn, index)
 
     def _failed(self, conn: Connection, index: int) -> None:
