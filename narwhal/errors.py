@@ -181,6 +181,11 @@ class ConnectionClosed(NetworkError):
     code = ErrorCode.SHUTTING_DOWN
 
 
+class ConnectionStale(ConnectionClosed):
+    """Nothing arrived on a connection we were asked to verify (its peer dialed us again,
+    so it may have lost this one without our noticing): it was aborted."""
+
+
 class RequestTimeout(NetworkError):
     """No response arrived before the request's deadline."""
 

@@ -37,6 +37,11 @@ PEER_LABELS = ["local", "peer", "role"]
 PEER_COUNTERS = [
     ("narwhal_peer_reconnects", "Successful connections after the first one", "reconnects"),
     ("narwhal_peer_dial_failures", "Failed attempts to dial the peer", "dial_failures"),
+    ("narwhal_peer_duplicate_refusals",
+     "Our dials the peer refused as duplicates while we held no other connection",
+     "duplicate_refusals"),
+    ("narwhal_peer_stale_aborts", "Connections aborted: silent after the peer dialed again",
+     "stale_aborts"),
     ("narwhal_peer_retries", "Reliable sends retried after a transient failure", "retries"),
     ("narwhal_peer_received_bytes", "Bytes received from the peer", "bytes_in"),
     ("narwhal_peer_sent_bytes", "Bytes sent to the peer", "bytes_out"),

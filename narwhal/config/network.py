@@ -298,6 +298,9 @@ class NetworkConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     #: Handlers one connection runs at once; more requests are answered OVERLOADED.
     max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS
+    #: A peer dialed us while we keep an older connection to it (the duplicate tie-break):
+    #: that one is aborted if nothing arrives on it within this many seconds of a PING.
+    stale_check_timeout: float = 2.0
     #: Node-local dial addresses: a peer whose directory address is a key here is dialed
     #: at the value instead (a relay, a tunnel, a link emulator). Peers and the network id
     #: stay as the committee says; only where this node opens its TCP connection changes.

@@ -72,6 +72,7 @@ import attrs
 from narwhal.config.network import ConnectionConfig
 from narwhal.errors import (
     ConnectionClosed,
+    ConnectionStale,
     ErrorCode,
     FrameError,
     HandshakeClosed,
@@ -174,6 +175,8 @@ class ConnectionStats:
     read_pauses: int = 0
     #: ... and whether it was aborted for staying over budget (0 or 1).
     budget_disconnects: int = 0
+    #: Whether it was aborted by :meth:`Connection.verify_alive` (0 or 1).
+    stale_aborts: int = 0
     #: Most bytes ever queued toward the peer and not yet taken by the kernel.
     peak_queued_outbound: int = 0
     rtt: float | None = None
@@ -268,6 +271,7 @@ class Connection(asyncio.BufferedProtocol):
         self._last_received = time.monotonic()
         self._ping_id = 0
         self._pings: dict[int, float] = {}
+        self._verifying: asyncio.TimerHandle | None = None
         self.sink = sink_factory(self)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -659,6 +663,29 @@ class Connection(asyncio.BufferedProtocol):
             f"{self.name}: peer stayed over the outbound budget ({queued} > {self.outbound_budget} "
             f"bytes unread) for {seconds:.1f}s")
         self.abort()
+
+    def verify_alive(self, timeout: float) -> None:
+        """PING now and abort if *nothing* arrives within ``timeout`` seconds.
+
+        Why: our peer dialed us again while we hold this connection, so it may have lost
+        it without our noticing (a power cut, a crash behind a NAT or relay: no FIN ever
+        came). Waiting for ``idle_timeout`` would refuse the peer's new connections for
+        that long (``wire_spec.md`` section 1). A live connection answers within an RTT,
+        and any frame at all counts, so a busy but healthy link is never dropped."""
+        if self.state is not ConnectionState.OPEN or self._verifying is not None:
+            return
+        asked = time.monotonic()
+        self._send_ping()
+        self._verifying = self._loop.call_later(timeout, self._verified, asked, timeout)
+
+    def _verified(self, asked: float, timeout: float) -> None:
+        self._verifying = None
+        if self.state is ConnectionState.CLOSED or self._last_received >= asked:
+            return
+        self.stats.stale_aborts += 1
+        log.info("%s: nothing received for %.1fs after our peer dialed again: stale, aborting",
+                 self.name, timeout)
+        self.abort(ConnectionStale(f"{self.name}: no answer within {timeout}s to a liveness check"))
 
     def _send_ping(self) -> None:
         self._ping_id = (self._ping_id % 0xFFFF_FFFF) + 1

@@ -40,6 +40,11 @@ class PeerMetrics:
     budget_throttles: int = 0
     read_pauses: int = 0
     budget_disconnects: int = 0
+    #: Our dials the peer refused as a duplicate while we held no other connection (it
+    #: held a connection we had lost; see ``PeerManager._tie_break``), and connections to
+    #: it we aborted as stale (nothing came back to a check made when it dialed again).
+    duplicate_refusals: int = 0
+    stale_aborts: int = 0
     errors: Counter[str] = attrs.field(factory=Counter)
     last_error: str | None = None
     last_error_at: float | None = None

@@ -273,10 +273,16 @@ class PeerManager:
             conn = peer.usable()
             if conn is not None:
                 await asyncio.shield(conn.closed)
+                if not _lost_tie_break(conn) or peer.usable() is not None:
+                    backoff.reset()
+                    continue
+                # the peer kept a connection we do not hold (it checks that one: see
+                # _connection_opened); redialing at once would be refused again and again
+                peer.metrics.duplicate_refusals += 1
+                await asyncio.sleep(backoff.next_delay() or self.config.dial_retry.max_interval)
                 continue
             try:
                 await self._dial(peer)
-                backoff.reset()
                 continue
             except (OSError, TimeoutError, ConnectionClosed, HandshakeError) as exc:
                 peer.metrics.dial_failures += 1
@@ -291,9 +297,12 @@ class PeerManager:
             conn.name = f"{self.name}<-{peer.info.name}"
         current = peer.usable()
         if current is not None and current is not conn:
-            keep, drop = (current, conn) if self._preferred(current) else (conn, current)
+            keep, drop = self._tie_break(current, conn)
             drop.close(ErrorCode.DUPLICATE_CONNECTION, "duplicate connection")
             if keep is current:
+                # the peer dialed although we hold a connection: a simultaneous dial, or
+                # it lost this one without our noticing (then only a check ends it early)
+                current.verify_alive(self.config.stale_check_timeout)
                 return
         peer.connection = conn
         peer.metrics.connects += 1
@@ -303,6 +312,17 @@ class PeerManager:
         peer.connected.set()
         log.info("%s: connected to %s (%s)", self.name, peer.info.name,
                  "outbound" if conn.initiator else "inbound")
+
+    def _tie_break(self, current: Connection, new: Connection) -> tuple[Connection, Connection]:
+        """(keep, drop) of two connections to one peer (``wire_spec.md`` section 1).
+
+        Dialed by different endpoints (both dialed at once): the one dialed by the smaller
+        static key, as the other side decides too. Dialed by the same endpoint: the new
+        one, since an endpoint dials only when it holds no usable connection, so the
+        older one is dead at its end (a restart, a power cut) or closing."""
+        if current.initiator == new.initiator:
+            return new, current
+        return (current, new) if self._preferred(current) else (new, current)
 
     def _preferred(self, conn: Connection) -> bool:
         """Is ``conn`` the one both sides keep? The one dialed by the smaller static key."""
@@ -323,6 +343,7 @@ class PeerManager:
         m.closed_frames_in += conn.stats.frames_in
         m.closed_frames_out += conn.stats.frames_out
         m.budget_throttles += conn.stats.budget_throttles
+        m.stale_aborts += conn.stats.stale_aborts
         m.read_pauses += conn.stats.read_pauses
         if isinstance(conn.close_reason, BudgetExceeded):
             m.budget_disconnects += 1
@@ -464,6 +485,11 @@ class ReliableNetwork:
         task = await peer.executor.spawn_with_retries(attempt, self.retry, on_retry=on_retry)
         task.add_done_callback(lambda t: _count_outcome(metrics, t))
         return CancelHandle(task, peer_id)
+
+
+def _lost_tie_break(conn: Connection) -> bool:
+    """Did the peer close ``conn`` because it kept another connection to us?"""
+    return conn.goaway is not None and conn.goaway[0] == ErrorCode.DUPLICATE_CONNECTION
 
 
 def _count_outcome(metrics: PeerMetrics, task: asyncio.Task[Any]) -> None:
