@@ -96,6 +96,7 @@ class Core:
         fetch_certificates: Callable[[Iterable[bytes], bytes | None, int], None],
         on_parents: Callable[[int, tuple[bytes, ...]], None],
         on_certificate: Callable[[Certificate], None] = lambda c: None,
+        on_far_ahead: Callable[[], None] = lambda: None,
         worker_ids: Iterable[int] = (0,),
         clock: Clock = MONOTONIC_CLOCK,
     ) -> None:
@@ -108,6 +109,7 @@ class Core:
         self._fetch = fetch_certificates
         self._on_parents = on_parents
         self._on_certificate = on_certificate
+        self._on_far_ahead = on_far_ahead
         self._worker_ids = tuple(worker_ids)
         self.dag = Dag(Certificate.genesis(committee.authorities_sorted()))
         self.gc_round = 0
@@ -404,9 +406,29 @@ class Core:
                               highest_round=self.dag.highest_round)
         except Invalid as exc:
             self.counters[f"certificate_{exc.reason}"] += 1
+            if exc.reason == "too_far_ahead":
+                self._note_far_ahead(certificate)
             raise
         self.highest_seen = max(self.highest_seen, certificate.header.round)
         await self.accept_certificate(certificate, sender)
+
+    def _note_far_ahead(self, certificate: Certificate) -> None:
+        """A certificate too far ahead to accept: if it is otherwise valid, a quorum signed
+        it, so the committee really is there and we are far behind (a long outage). It is
+        still refused (we hold nothing for its round), but it moves our frontier and starts
+        a catch-up by round. Without this a node that was down for MAX_ROUNDS_AHEAD rounds
+        refused everything and never learnt it was behind. Each such check costs the
+        signatures once per higher round: a peer cannot make us repeat it for free."""
+        if certificate.header.round <= self.highest_seen:
+            return
+        try:
+            check_certificate(certificate, self.committee, gc_round=self.gc_round,
+                              highest_round=certificate.header.round)
+        except Invalid:
+            return
+        self.highest_seen = certificate.header.round
+        self.counters["far_behind"] += 1
+        self._on_far_ahead()
 
     async def accept_certificate(self, certificate: Certificate, hint: bytes | None = None) -> None:
         """Store and insert ``certificate`` once its parents are in; park it otherwise."""

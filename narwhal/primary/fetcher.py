@@ -103,7 +103,8 @@ class CertificateFetcher:
         self.bulk_requests = 0
         #: Wants refused because their source had used up its share.
         self.refused = 0
-        self._bulk_after = -1  # the last bulk request's round: never asked twice
+        #: The round after which the last bulk page brought something: never asked twice.
+        self._bulk_after = -1
 
     def fetch(self, digests: Iterable[bytes], source: bytes | None, round_: int) -> None:
         """Want the certificates ``digests`` of round ``round_``, named by ``source``."""
@@ -117,7 +118,16 @@ class CertificateFetcher:
                 continue
             self._wanted[digest] = _Want(source, round_)
             self._per_source[source] += 1
-        if self._wanted and (self._task is None or self._task.done()):
+        if self._wanted:
+            self._start()
+
+    def catch_up(self) -> None:
+        """Others are far ahead (a valid certificate of a round beyond what we accept said
+        so): fetch in bulk, by round, even though no digest is wanted."""
+        self._start()
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
     def garbage_collect(self, gc_round: int) -> None:
@@ -144,16 +154,16 @@ class CertificateFetcher:
 
     async def _run(self) -> None:
         backoff = Backoff(FETCH_BACKOFF, rng=self._rng)
-        while self._wanted:
+        while True:
             for digest in [d for d in self._wanted if self._have(d)]:
                 self._forget(digest)
-            if not self._wanted:
-                return
             after = self._behind()
-            if after is not None and after > self._bulk_after and await self._ask_bulk(
-                    self._rng.choice(self._others), after):
+            bulk = after is not None and after > self._bulk_after
+            if bulk and await self._ask_bulk(self._rng.choice(self._others), after):  # type: ignore[arg-type]
                 backoff.reset()
                 continue  # the loop's first step drops what arrived
+            if not self._wanted and not bulk:
+                return
             chunks: dict[bytes | None, list[bytes]] = {}
             for digest, want in self._wanted.items():
                 chunk = chunks.setdefault(want.source, [])
@@ -163,7 +173,7 @@ class CertificateFetcher:
                                          for source, chunk in chunks.items()))
             if any(got):
                 backoff.reset()
-            else:
+            else:  # nobody had them (or the bulk page was empty): again, after a pause
                 await self._clock.sleep(backoff.next_delay() or FETCH_BACKOFF.max_interval)
 
     async def _fetch_chunk(self, preferred: bytes | None, chunk: list[bytes]) -> bool:
@@ -192,13 +202,14 @@ class CertificateFetcher:
     async def _ask_bulk(self, source: bytes, after_round: int) -> int:
         """Every certificate ``source`` holds after ``after_round`` (a bounded page)."""
         self.bulk_requests += 1
-        self._bulk_after = after_round  # if what came cannot be accepted yet (a gap below it),
-        # walking back by digest fills the gap before the next page is asked for
         response = await self._try(source, FetchCertificates(after_round, MAX_CERTIFICATES_PER_RESPONSE))
         if response is None:
-            return 0
-        return await self._deliver_all(source, [c for c in response.certificates
-                                                if c.header.round > after_round and not self._have(c.digest())])
+            return 0  # a silent or failing source: asked again (of a random peer) after a pause
+        new = [c for c in response.certificates
+               if c.header.round > after_round and not self._have(c.digest())]
+        if new:  # if what came cannot be accepted yet (a gap below it), walking back by
+            self._bulk_after = after_round  # digest fills the gap before the next page
+        return await self._deliver_all(source, new)
 
     async def _try(self, source: bytes, request: Any) -> Any:
         try:

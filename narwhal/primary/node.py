@@ -111,7 +111,8 @@ class PrimaryNode:
         self.core = Core(
             name=name, committee=committee, signer=signer, store=store, network=network,
             fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,
-            on_certificate=self._certificate_accepted, worker_ids=committee.worker_ids)
+            on_certificate=self._certificate_accepted, on_far_ahead=self.fetcher.catch_up,
+            worker_ids=committee.worker_ids)
         genesis = tuple(sorted(c.digest() for c in Certificate.genesis(committee.authorities_sorted())))
         last = store.get("last_proposed", b"")
         self._last_header_digest = last[8:] if last else None

@@ -83,6 +83,31 @@ async def test_a_node_far_behind_catches_up_in_bulk_not_one_round_trip_per_round
         await sim.stop()
 
 
+async def test_a_node_behind_by_more_than_max_rounds_ahead_learns_it_and_catches_up(monkeypatch):
+    """Everything the others send is refused as too far ahead, yet a valid certificate
+    among it proves where the committee is: the node must catch up (it used to stay at its
+    round for ever: seen after 120 s down at 20,000 tx/s, bench/local.py --restart-down)."""
+    monkeypatch.setattr("narwhal.primary.checks.MAX_ROUNDS_AHEAD", 20)
+    # gc_depth 10: the others' sends to it of rounds it could still accept are cancelled
+    # (garbage-collected) long before it is back, as in a real long outage
+    sim = Simulation(4, gc_depth=10)
+    try:
+        sim.start()
+        down = sim.names[3]
+        sim.down.add(down)
+        await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= 60)
+        lagging = sim.nodes[down].node
+        assert lagging.core.dag.highest_round < 5
+        sim.down.discard(down)
+        await sim.run_until(lambda: lagging.core.dag.highest_round >= 60, timeout=30)
+        assert lagging.core.counters["certificate_too_far_ahead"] >= 1  # it was refusing them
+        assert lagging.core.counters["far_behind"] >= 1 and lagging.fetcher.bulk_requests >= 1
+        await sim.run_until(lambda: lagging.proposer.last_proposed >= 60, timeout=30)
+        assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
+    finally:
+        await sim.stop()
+
+
 async def test_equivocating_header_gets_no_second_vote(sim):
     node = sim.nodes[sim.names[0]].node
     author = sim.keys[1]
