@@ -11,6 +11,7 @@ import pytest
 from narwhal.errors import RequestRejected
 from narwhal.messages import Certificate, Header, Synchronize, Vote
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
+from narwhal.primary.node import PrimaryNode
 
 from .sim import Simulation
 
@@ -63,17 +64,23 @@ async def test_one_node_down_the_others_keep_advancing_then_it_catches_up(sim):
     await sim.run_until(lambda: sim.nodes[down].node.proposer.last_proposed >= 15, timeout=30)
 
 
+async def _down_until_others_reach(sim: Simulation, rounds: int) -> PrimaryNode:
+    """Node 3 down while the others reach ``rounds``, then up again until its DAG does."""
+    sim.start()
+    down = sim.names[3]
+    sim.down.add(down)
+    await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= rounds)
+    lagging = sim.nodes[down].node
+    assert lagging.core.dag.highest_round < 5
+    sim.down.discard(down)
+    await sim.run_until(lambda: lagging.core.dag.highest_round >= rounds, timeout=30)
+    return lagging
+
+
 async def test_a_node_far_behind_catches_up_in_bulk_not_one_round_trip_per_round():
     sim = Simulation(4)
     try:
-        sim.start()
-        down = sim.names[3]
-        sim.down.add(down)
-        await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= 60)
-        lagging = sim.nodes[down].node
-        assert lagging.core.dag.highest_round < 5
-        sim.down.discard(down)
-        await sim.run_until(lambda: lagging.core.dag.highest_round >= 60, timeout=30)
+        lagging = await _down_until_others_reach(sim, 60)
         fetcher = lagging.fetcher
         assert fetcher.bulk_requests >= 1
         # ~55 missing rounds: walking back would take ~55 requests, one page brings them
@@ -92,14 +99,7 @@ async def test_a_node_behind_by_more_than_max_rounds_ahead_learns_it_and_catches
     # (garbage-collected) long before it is back, as in a real long outage
     sim = Simulation(4, gc_depth=10)
     try:
-        sim.start()
-        down = sim.names[3]
-        sim.down.add(down)
-        await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= 60)
-        lagging = sim.nodes[down].node
-        assert lagging.core.dag.highest_round < 5
-        sim.down.discard(down)
-        await sim.run_until(lambda: lagging.core.dag.highest_round >= 60, timeout=30)
+        lagging = await _down_until_others_reach(sim, 60)
         assert lagging.core.counters["certificate_too_far_ahead"] >= 1  # it was refusing them
         assert lagging.core.counters["far_behind"] >= 1 and lagging.fetcher.bulk_requests >= 1
         await sim.run_until(lambda: lagging.proposer.last_proposed >= 60, timeout=30)
