@@ -220,14 +220,22 @@ class CertificateFetcher:
             return None
 
     async def _deliver_all(self, source: bytes, certificates: list[Certificate]) -> int:
-        """Hand ``certificates`` to the core oldest first (parents before children)."""
-        for certificate in sorted(certificates, key=lambda c: c.header.round):
-            digest = certificate.digest()
-            self._forget(digest)
-            self.fetched += 1
-            try:
-                await self._deliver(certificate, source)
-            except NarwhalError as exc:
-                log.info("fetched certificate %s from %s rejected: %s", digest.hex()[:16],
-                         source.hex()[:8], exc)
+        """Hand ``certificates`` to the core oldest round first (parents before children),
+        the certificates of one round at once: each waits for its store write, and one
+        round's writes share a commit (a page of 1,000 one by one took ~5 s)."""
+        by_round: dict[int, list[Certificate]] = {}
+        for certificate in certificates:
+            by_round.setdefault(certificate.header.round, []).append(certificate)
+        for round_ in sorted(by_round):
+            await asyncio.gather(*(self._deliver_one(source, c) for c in by_round[round_]))
         return len(certificates)
+
+    async def _deliver_one(self, source: bytes, certificate: Certificate) -> None:
+        digest = certificate.digest()
+        self._forget(digest)
+        self.fetched += 1
+        try:
+            await self._deliver(certificate, source)
+        except NarwhalError as exc:
+            log.info("fetched certificate %s from %s rejected: %s", digest.hex()[:16],
+                     source.hex()[:8], exc)
