@@ -460,15 +460,65 @@ class Core:
             return
         self._accepting.add(digest)
         try:
-            await self._store.write([
-                ("certificates", digest, messages.encode(certificate)),
-                ("certificates_by_round", round_key(header.round, header.author), digest),
-            ])
-            self._parked_certificates.pop(digest, None)
-            if header.round <= self.gc_round or not self.dag.insert(certificate):
-                return
+            await self._store.write(_certificate_rows(certificate))
         finally:
             self._accepting.discard(digest)
+        self._stored(certificate)
+
+    async def accept_page(self, certificates: list[Certificate]) -> None:
+        """A bulk page of certificates (catching up, :meth:`CertificateFetcher._ask_bulk`):
+        those whose parents are in the DAG or earlier in the page are checked like any
+        other, written in **one** store write and inserted in round order; the others take
+        the normal path. One write per certificate made a far-behind node wait for ~1,000
+        store commits per page: about 5 ms each, most of its catch-up time."""
+        ready: list[Certificate] = []
+        rest: list[Certificate] = []
+        in_page: set[bytes] = set()
+        taken: set[tuple[bytes, int]] = set()
+        for certificate in sorted(certificates, key=lambda c: c.header.round):
+            header, digest = certificate.header, certificate.digest()
+            if digest in self.dag or digest in self._accepting or header.round <= self.gc_round:
+                continue
+            parents_in = header.round - 1 <= self.gc_round or all(
+                p in self.dag or p in in_page for p in header.parents)
+            slot = (header.author, header.round)
+            if not parents_in or slot in taken or self.dag.has_author_round(*slot):
+                rest.append(certificate)
+                continue
+            try:
+                check_certificate(certificate, self.committee, gc_round=self.gc_round, highest_round=max(
+                    self.dag.highest_round, ready[-1].header.round if ready else 0))
+            except Invalid as exc:
+                self.counters[f"certificate_{exc.reason}"] += 1
+                log.info("fetched certificate %s rejected: %s", digest.hex()[:16], exc)
+                continue
+            ready.append(certificate)
+            in_page.add(digest)
+            taken.add(slot)
+            self.highest_seen = max(self.highest_seen, header.round)
+        if ready:
+            self._accepting.update(in_page)
+            try:
+                await self._store.write([row for c in ready for row in _certificate_rows(c)])
+            finally:
+                self._accepting.difference_update(in_page)
+            for certificate in ready:
+                self._stored(certificate)
+            for certificate in ready:
+                await self._release_children(certificate.digest())
+            await self.retry_parked_headers()
+        for certificate in rest:
+            try:
+                await self.handle_certificate(certificate, None)
+            except Invalid as exc:
+                log.info("fetched certificate %s rejected: %s", certificate.digest().hex()[:16], exc)
+
+    def _stored(self, certificate: Certificate) -> None:
+        """``certificate`` is in the store: into the DAG, then consensus and the rest."""
+        header = certificate.header
+        self._parked_certificates.pop(certificate.digest(), None)
+        if header.round <= self.gc_round or not self.dag.insert(certificate):
+            return
         self.counters["certificates_accepted"] += 1
         missing_payload = self.missing_payload(header.payload)
         if missing_payload and header.author != self.name:
@@ -610,3 +660,10 @@ class Core:
                 handle.cancel()
         self._sends.clear()
         self._unrounded.clear()
+
+
+def _certificate_rows(certificate: Certificate) -> list[tuple[str, bytes, bytes | None]]:
+    """The store rows of one certificate: its body, and its (round, author) index."""
+    header, digest = certificate.header, certificate.digest()
+    return [("certificates", digest, messages.encode(certificate)),
+            ("certificates_by_round", round_key(header.round, header.author), digest)]

@@ -83,6 +83,7 @@ class CertificateFetcher:
         deliver: Callable[[Certificate, bytes], Awaitable[None]],
         have: Callable[[bytes], bool],
         behind: Callable[[], int | None] = lambda: None,
+        deliver_page: Callable[[list[Certificate], bytes], Awaitable[None]] | None = None,
         clock: Clock = LOOP_CLOCK,
         rng: RandomSource | None = None,
     ) -> None:
@@ -92,6 +93,8 @@ class CertificateFetcher:
         self._behind = behind
         self._request = request
         self._deliver = deliver
+        #: A whole bulk page at once (the core writes it in one go); None: one by one.
+        self._deliver_page = deliver_page
         self._have = have
         self._wanted: dict[bytes, _Want] = {}
         self._per_source: Counter[bytes | None] = Counter()
@@ -209,7 +212,13 @@ class CertificateFetcher:
                if c.header.round > after_round and not self._have(c.digest())]
         if new:  # if what came cannot be accepted yet (a gap below it), walking back by
             self._bulk_after = after_round  # digest fills the gap before the next page
-        return await self._deliver_all(source, new)
+        if self._deliver_page is None:
+            return await self._deliver_all(source, new)
+        for certificate in new:
+            self._forget(certificate.digest())
+        self.fetched += len(new)
+        await self._deliver_page(new, source)
+        return len(new)
 
     async def _try(self, source: bytes, request: Any) -> Any:
         try:

@@ -107,7 +107,7 @@ class PrimaryNode:
         self.fetcher = CertificateFetcher(
             others=network.others, request=network.request, have=lambda d: d in self.core.dag,
             deliver=lambda c, source: self.core.handle_certificate(c, None), behind=self._behind,
-            rng=rng)
+            deliver_page=lambda page, source: self.core.accept_page(page), rng=rng)
         self.core = Core(
             name=name, committee=committee, signer=signer, store=store, network=network,
             fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -64,7 +65,9 @@ async def test_one_node_down_the_others_keep_advancing_then_it_catches_up(sim):
     await sim.run_until(lambda: sim.nodes[down].node.proposer.last_proposed >= 15, timeout=30)
 
 
-async def _down_until_others_reach(sim: Simulation, rounds: int) -> PrimaryNode:
+async def _down_until_others_reach(sim: Simulation, rounds: int,
+                                   before_up: Callable[[PrimaryNode], None] = lambda node: None,
+                                   ) -> PrimaryNode:
     """Node 3 down while the others reach ``rounds``, then up again until its DAG does."""
     sim.start()
     down = sim.names[3]
@@ -72,6 +75,7 @@ async def _down_until_others_reach(sim: Simulation, rounds: int) -> PrimaryNode:
     await sim.run_until(lambda: min(r for n, r in zip(sim.names, sim.rounds()) if n != down) >= rounds)
     lagging = sim.nodes[down].node
     assert lagging.core.dag.highest_round < 5
+    before_up(lagging)
     sim.down.discard(down)
     await sim.run_until(lambda: lagging.core.dag.highest_round >= rounds, timeout=30)
     return lagging
@@ -79,12 +83,25 @@ async def _down_until_others_reach(sim: Simulation, rounds: int) -> PrimaryNode:
 
 async def test_a_node_far_behind_catches_up_in_bulk_not_one_round_trip_per_round():
     sim = Simulation(4)
+    certificates_per_write: list[int] = []
+
+    def count_writes(node: PrimaryNode) -> None:
+        write = node.store.write
+
+        async def counting(ops, durable=False):
+            certificates_per_write.append(sum(1 for family, _, _ in ops if family == "certificates"))
+            await write(ops, durable)
+
+        node.store.write = counting
+
     try:
-        lagging = await _down_until_others_reach(sim, 60)
+        lagging = await _down_until_others_reach(sim, 60, count_writes)
         fetcher = lagging.fetcher
         assert fetcher.bulk_requests >= 1
         # ~55 missing rounds: walking back would take ~55 requests, one page brings them
         assert fetcher.bulk_requests <= 5 and fetcher.fetched >= 150
+        # ... and is written at once, not one store write (and wait) per certificate
+        assert max(certificates_per_write) >= 100
         assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
     finally:
         await sim.stop()
