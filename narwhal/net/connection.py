@@ -272,7 +272,23 @@ class Connection(asyncio.BufferedProtocol):
         self._ping_id = 0
         self._pings: dict[int, float] = {}
         self._verifying: asyncio.TimerHandle | None = None
-        self.sink = sink_factory(self)
+        self._sink_factory = sink_factory
+        self._sink: FrameSink | None = None
+
+    @property
+    def sink(self) -> FrameSink:
+        """What the connection's frames go to (its :class:`~narwhal.net.rpc.RpcChannel`),
+        made on first use: most connections a flood opens are refused or evicted in their
+        handshake and never need one, and making it was ~1/8 of what such a connection cost
+        the event loop."""
+        if self._sink is None:
+            self._sink = self._sink_factory(self)
+        return self._sink
+
+    @property
+    def existing_sink(self) -> FrameSink | None:
+        """:attr:`sink` if it was made, without making it (for metrics)."""
+        return self._sink
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -306,6 +322,10 @@ class Connection(asyncio.BufferedProtocol):
             self._ticket = None
         self.state = ConnectionState.CLOSED
         self._transport = None
+        # the handshake's message-1 hook is the ticket's, and the ticket's owner is us: break
+        # the cycle, so a connection that never finished its handshake is freed when closed,
+        # not by a full garbage collection (under a flood of them that took ~15% of the loop)
+        self._handshake = None
         self._writable.set()  # wake waiters; they will see CLOSED
         self._within_budget.set()
         self._backlog.clear()
@@ -327,7 +347,8 @@ class Connection(asyncio.BufferedProtocol):
         if not self.ready.done():
             self.ready.set_exception(reason)
             self.ready.exception()  # mark retrieved: a dial that was abandoned must not warn
-        self.sink.connection_lost(reason)
+        if self._sink is not None:
+            self._sink.connection_lost(reason)
         if not self.closed.done():
             self.closed.set_result(None)
         if self._on_close is not None:
@@ -715,7 +736,7 @@ class Connection(asyncio.BufferedProtocol):
 
     async def _close_when_idle(self) -> None:
         deadline = self._loop.time() + self.config.close_grace
-        while self.sink.outstanding and self._loop.time() < deadline and self._transport:
+        while self._sink is not None and self._sink.outstanding and self._loop.time() < deadline and self._transport:
             await asyncio.sleep(0.01)
         if self._transport is not None:
             self._flush()
@@ -738,8 +759,13 @@ class Connection(asyncio.BufferedProtocol):
         """The single exit for protocol failures: tell the peer if we can, then close."""
         if self.state is ConnectionState.CLOSED:
             return
-        log.info("%s: closing after error: %s", self.name, error)
-        self.close_reason = error
+        # a stranger failing its handshake (timed out, refused, garbage) is counted by the
+        # listener's admission stats: a flood of them must not also flood the log
+        quiet = self.state is ConnectionState.HANDSHAKE and not self.initiator
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s: closing after error: %s", self.name, error)
+        # the traceback's frames hold this connection, which holds the error: without it a
+        # failed connection is freed when it closes, not by a full garbage collection
+        self.close_reason = error.with_traceback(None)
         if self._cipher is not None and self._transport is not None and isinstance(error, WireError):
             try:
                 self.send_frame(FrameKind.ERROR, 0, 0, encode_error_body(error.code, str(error)))

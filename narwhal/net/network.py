@@ -51,7 +51,7 @@ from narwhal.net.connection import BudgetExceeded, Connection, close_connections
 from narwhal.net.executor import BoundedExecutor
 from narwhal.net.metrics import PeerMetrics
 from narwhal.net.retry import Backoff
-from narwhal.net.rpc import Router, RouteStats, RpcChannel
+from narwhal.net.rpc import Router, RouteStats, RpcChannel, rpc_errors_of
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 __all__ = [
@@ -348,7 +348,7 @@ class PeerManager:
         if isinstance(conn.close_reason, BudgetExceeded):
             m.budget_disconnects += 1
             m.record_error("outbound_budget", conn.close_reason)
-        m.errors.update({f"rpc_{kind}": n for kind, n in getattr(conn.sink, "errors", {}).items()})
+        m.errors.update({f"rpc_{kind}": n for kind, n in rpc_errors_of(conn).items()})
         if peer.connection is conn:
             peer.connection = None
             peer.connected_since = None
@@ -403,7 +403,7 @@ def _with_live_rpc_errors(errors: dict[str, int], conn: Connection | None) -> di
     this a peer sending malformed or unauthorized requests on a link it keeps open would
     show nothing in ``/status`` and ``/metrics``."""
     out = dict(errors)
-    for kind, count in (getattr(conn.sink, "errors", None) or {}).items() if conn else ():
+    for kind, count in rpc_errors_of(conn).items():
         out[f"rpc_{kind}"] = out.get(f"rpc_{kind}", 0) + count
     return out
 

@@ -407,6 +407,14 @@ def channel_of(conn: Any) -> RpcChannel:
     return sink
 
 
+def rpc_errors_of(conn: Any) -> dict[str, int]:
+    """The requests ``conn``'s channel refused so far, by kind (none if it never had a
+    channel: reading this must not make one for every half-open connection it is asked
+    about, see ``Connection.sink``)."""
+    sink = conn.existing_sink if conn is not None else None
+    return dict(getattr(sink, "errors", None) or {})
+
+
 def rate_limited(*routers: Router) -> dict[str, dict[str, int]]:
     """Frames refused ``RATE_LIMITED`` by the routers of one role (validator port, client
     port), JSON-ready: ``{peer label: {route: count}}``."""

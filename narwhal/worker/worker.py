@@ -40,7 +40,7 @@ from narwhal.messages import (
 from narwhal.net.clients import ClientServer
 from narwhal.net.network import PeerManager, ReliableNetwork
 from narwhal.net.rate_limit import client_limiter, validator_limiter
-from narwhal.net.rpc import Router, rate_limited
+from narwhal.net.rpc import Router, rate_limited, rpc_errors_of
 from narwhal.store import store_size
 from narwhal.wire.noise import HandshakePayload
 from narwhal.worker.batch_maker import BatchMaker
@@ -210,7 +210,7 @@ class Worker:
         connections = [*self.clients.connections,
                        *map(self.manager.connection_nowait, self.manager.peer_ids)]
         for conn in connections:
-            rpc_errors.update(getattr(getattr(conn, "sink", None), "errors", None) or {})
+            rpc_errors.update(rpc_errors_of(conn))
         counters = attrs.asdict(self.metrics)
         counters["errors"]["handshake_rejected"] = self.manager.rejected_handshakes
         counters["errors"]["handshake_failed"] = self.manager.failed_handshakes

@@ -1,0 +1,139 @@
+"""A connection that never completes its handshake is freed when it closes.
+
+Under a flood of silent or garbage connections (thousands a second) every one of them is
+accepted, admitted, and closed again. If a closed connection is part of a reference cycle,
+CPython frees it only in a garbage collection, and the flood's garbage then sits in the
+oldest generation until a *full* collection walks the whole heap: on a validator under the
+``silent`` attack that took ~15% of the event loop (gen-2 collections of ~180 ms each,
+``bench/attacks.py --only silent``) and cost the honest nodes a third of their commit rate.
+
+The cycles found (each is a regression case here): the handshake's message-1 hook belongs
+to the admission ticket whose owner is the connection; a failed handshake's error kept its
+traceback, whose frames hold the connection; and asking for the worker's or a peer's RPC
+error counts made an RPC channel (which points back at its connection) for every half-open
+connection.
+
+Each test disables the collector, runs the case, and checks that a collection finds
+nothing unreachable: with :data:`gc.DEBUG_SAVEALL` every object a collection would free is
+kept in :data:`gc.garbage` instead, so an empty list means reference counting already
+freed everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import gc
+from collections.abc import Iterator
+
+import attrs
+import pytest
+
+from narwhal.net.rpc import rpc_errors_of
+from tests.net.cluster import FAST, make_nodes, start_all, stop_all
+from tests.net.floods import SilentFlood
+from tests.net.test_admission import client_server
+
+#: A short handshake timeout, so the timed-out case takes a fraction of a second.
+QUICK = attrs.evolve(FAST.connection, handshake_timeout=0.2)
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def unreachable() -> collections.Counter[str]:
+    """What a collection now would free, by type (and then frees it)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+    return found
+
+
+async def settle(seconds: float = 0.3) -> None:
+    await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def client_port():
+    server, _ = client_server(QUICK)
+    port = await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.stop()
+
+
+async def test_silent_connections_evicted_or_timed_out_leave_no_cycles(client_port):
+    server, port = client_port
+    with collector_off():
+        flood = SilentFlood(port, hold=300, total=300).start()  # one source: most are evicted
+        await flood.done.wait()
+        await settle()  # the rest time out
+        await flood.stop()
+        await settle()
+        stats = server.admission.stats
+        assert stats.evicted_per_source > 0 and stats.timed_out + stats.abandoned > 0, stats
+        assert server.admission.half_open == 0
+        assert unreachable() == {}
+
+
+async def test_a_failed_handshake_leaves_no_cycles(client_port):
+    server, port = client_port
+    with collector_off():
+        for _ in range(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x00" * 200)  # not a handshake: the responder fails it
+            await writer.drain()
+            await settle(0.05)
+            writer.close()
+            await writer.wait_closed()
+            del writer
+        await settle()
+        stats = server.admission.stats
+        assert (stats.abandoned, stats.timed_out, stats.completed) == (5, 0, 0), stats
+        assert unreachable() == {}
+
+
+async def test_reading_rpc_errors_makes_no_channel_for_half_open_connections(client_port):
+    server, port = client_port
+    with collector_off():
+        flood = SilentFlood(port, hold=20, total=20).start()
+        await flood.done.wait()
+        await settle(0.05)
+        half_open = list(server.connections)
+        assert half_open
+        assert all(rpc_errors_of(conn) == {} for conn in half_open)
+        assert all(conn.existing_sink is None for conn in half_open)
+        del half_open
+        await flood.stop()
+        await settle()
+        assert unreachable() == {}
+
+
+async def test_a_validator_ports_flood_leaves_no_cycles():
+    nodes = make_nodes(2)
+    await start_all(nodes, attrs.evolve(FAST, connection=QUICK))
+    try:
+        await settle(0.5)  # the two peers' own connection is up before the collector stops
+        with collector_off():
+            flood = SilentFlood(nodes[0].info.address[1], hold=300, total=300).start()
+            await flood.done.wait()
+            await settle()
+            await flood.stop()
+            await settle()
+            assert unreachable() == {}
+    finally:
+        await stop_all(nodes)
