@@ -13,6 +13,9 @@ Errors are *transient* (the same request may succeed later: retry with backoff) 
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
+
+ErrorT = TypeVar("ErrorT", bound=BaseException)
 
 
 class ErrorCode(enum.IntEnum):
@@ -82,6 +85,22 @@ class NarwhalError(Exception):
     @property
     def transient(self) -> bool:
         return self.code.transient
+
+
+def without_tracebacks(error: ErrorT) -> ErrorT:
+    """``error``, its tracebacks and those of its causes and contexts dropped; for an error
+    kept after its handler returns (a connection's close reason). A traceback holds the
+    frames it passed through, and those hold their ``self``: a closed connection whose
+    reason kept them would be a reference cycle, freed only by a full garbage collection
+    (a flood of failed handshakes made millions of them). The text and the chain's types
+    stay; only the stack is gone."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
 
 
 # --- wire: what a peer sent was wrong -------------------------------------------------

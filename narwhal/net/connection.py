@@ -80,6 +80,7 @@ from narwhal.errors import (
     HandshakeTimeout,
     NarwhalError,
     WireError,
+    without_tracebacks,
 )
 from narwhal.net.admission import ListenerAdmission, Ticket
 from narwhal.wire.frames import (
@@ -325,7 +326,9 @@ class Connection(asyncio.BufferedProtocol):
         # the handshake's message-1 hook is the ticket's, and the ticket's owner is us: break
         # the cycle, so a connection that never finished its handshake is freed when closed,
         # not by a full garbage collection (under a flood of them that took ~15% of the loop)
-        self._handshake = None
+        if self._handshake is not None:
+            self._handshake.discard()
+            self._handshake = None
         self._writable.set()  # wake waiters; they will see CLOSED
         self._within_budget.set()
         self._backlog.clear()
@@ -343,7 +346,9 @@ class Connection(asyncio.BufferedProtocol):
             reason = ConnectionClosed(f"{self.name}: connection lost: {exc}")
         else:
             reason = ConnectionClosed(f"{self.name}: connection closed")
-        self.close_reason = reason
+        # kept after its handler returned: without the frames of its traceback (they hold
+        # this connection), a closed connection is freed at once, not by a full collection
+        self.close_reason = reason = without_tracebacks(reason)
         if not self.ready.done():
             self.ready.set_exception(reason)
             self.ready.exception()  # mark retrieved: a dial that was abandoned must not warn
@@ -763,9 +768,7 @@ class Connection(asyncio.BufferedProtocol):
         # listener's admission stats: a flood of them must not also flood the log
         quiet = self.state is ConnectionState.HANDSHAKE and not self.initiator
         log.log(logging.DEBUG if quiet else logging.INFO, "%s: closing after error: %s", self.name, error)
-        # the traceback's frames hold this connection, which holds the error: without it a
-        # failed connection is freed when it closes, not by a full garbage collection
-        self.close_reason = error.with_traceback(None)
+        self.close_reason = error
         if self._cipher is not None and self._transport is not None and isinstance(error, WireError):
             try:
                 self.send_frame(FrameKind.ERROR, 0, 0, encode_error_body(error.code, str(error)))

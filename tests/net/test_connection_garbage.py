@@ -31,8 +31,9 @@ import attrs
 import pytest
 
 from narwhal.net.rpc import rpc_errors_of
-from tests.net.cluster import FAST, make_nodes, start_all, stop_all
-from tests.net.floods import SilentFlood
+from narwhal.wire.noise import Pattern
+from tests.net.cluster import FAST, NETWORK_ID, make_nodes, start_all, stop_all
+from tests.net.floods import SilentFlood, garbage_message1, recorded_message1
 from tests.net.test_admission import client_server
 
 #: A short handshake timeout, so the timed-out case takes a fraction of a second.
@@ -68,16 +69,16 @@ async def settle(seconds: float = 0.3) -> None:
 
 @pytest.fixture
 async def client_port():
-    server, _ = client_server(QUICK)
+    server, public = client_server(QUICK)
     port = await server.start()
     try:
-        yield server, port
+        yield server, port, public
     finally:
         await server.stop()
 
 
 async def test_silent_connections_evicted_or_timed_out_leave_no_cycles(client_port):
-    server, port = client_port
+    server, port, _ = client_port
     with collector_off():
         flood = SilentFlood(port, hold=300, total=300).start()  # one source: most are evicted
         await flood.done.wait()
@@ -91,7 +92,7 @@ async def test_silent_connections_evicted_or_timed_out_leave_no_cycles(client_po
 
 
 async def test_a_failed_handshake_leaves_no_cycles(client_port):
-    server, port = client_port
+    server, port, _ = client_port
     with collector_off():
         for _ in range(5):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -108,7 +109,7 @@ async def test_a_failed_handshake_leaves_no_cycles(client_port):
 
 
 async def test_reading_rpc_errors_makes_no_channel_for_half_open_connections(client_port):
-    server, port = client_port
+    server, port, _ = client_port
     with collector_off():
         flood = SilentFlood(port, hold=20, total=20).start()
         await flood.done.wait()
@@ -137,3 +138,22 @@ async def test_a_validator_ports_flood_leaves_no_cycles():
             assert unreachable() == {}
     finally:
         await stop_all(nodes)
+
+
+async def test_a_garbage_message1_failing_in_the_noise_library_leaves_no_cycles(client_port):
+    """A message 1 with a valid preamble and random bytes fails inside noiseprotocol: the
+    handshake error's cause (``InvalidTag``) kept a traceback through our frames."""
+    server, port, public = client_port
+    template = recorded_message1(Pattern.NK, public, NETWORK_ID)
+    with collector_off():
+        for _ in range(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(garbage_message1(template)())
+            await writer.drain()
+            await settle(0.05)
+            writer.close()
+            await writer.wait_closed()
+            del writer
+        await settle()
+        assert server.admission.stats.handshakes == 5, server.admission.stats  # the DH ran
+        assert unreachable() == {}

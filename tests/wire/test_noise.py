@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 
@@ -145,6 +146,51 @@ def test_transport_only_when_complete_and_only_once() -> None:
     for hs in sides:
         hs.transport()
     raise_handshake_errors(*(hs.transport for hs in sides))
+
+
+def _unreachable_after(run: Callable[[], object]) -> list[str]:
+    """The types a garbage collection would free after ``run()`` (collector off meanwhile):
+    empty when reference counting alone freed everything ``run`` dropped."""
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+@BOTH
+def test_a_finished_handshake_leaves_no_reference_cycles(pattern: Pattern) -> None:
+    """noiseprotocol's objects point at each other; a handshake cuts those links when it is
+    done with them, so a flood of handshakes is freed as it goes (not by full collections)."""
+    def handshake() -> None:
+        pair = Pair(pattern, payload=WORKER if pattern is Pattern.IK else CLIENT)
+        pair.complete()
+    assert _unreachable_after(handshake) == []
+
+
+@BOTH
+def test_a_failed_or_abandoned_handshake_leaves_no_reference_cycles(pattern: Pattern) -> None:
+    def garbage_message1() -> None:
+        pair = Pair(pattern)
+        message1 = pair.initiator.data_to_send()
+        pair.initiator.discard()  # (its connection closes too)
+        hs = responder()
+        with pytest.raises(HandshakeError):
+            hs.receive_data(message1[:10] + os.urandom(len(message1) - 10))
+
+    def abandoned_after_message1() -> None:
+        pair = Pair(pattern)
+        pair.msg1()
+        pair.responder.discard()  # the connection closed before the responder answered
+        pair.initiator.discard()
+    assert _unreachable_after(garbage_message1) == []
+    assert _unreachable_after(abandoned_after_message1) == []
 
 
 def test_local_misuse_is_a_value_error() -> None:
