@@ -217,6 +217,10 @@ class RpcChannel:
             raise RequestTimeout(f"{self._conn.name}: no answer within {timeout}s") from None
         finally:
             self._pending.pop(request_id, None)
+            # An ERROR answer is raised out of ``future``, and its traceback holds this frame:
+            # with ``future`` still a local here, that is a reference cycle, and every refused
+            # request (with the body it sent) would wait for a full garbage collection.
+            del future
         return response_tag, response_body
 
     async def notify(self, message: Any) -> None:

@@ -30,9 +30,12 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
-from narwhal.net.rpc import rpc_errors_of
-from narwhal.wire.noise import Pattern
-from tests.net.cluster import FAST, NETWORK_ID, make_nodes, start_all, stop_all
+from narwhal import messages
+from narwhal.errors import ErrorCode, RemoteError, RequestRejected
+from narwhal.net.clients import ClientServer, connect_client
+from narwhal.net.rpc import Router, channel_of, rpc_errors_of
+from narwhal.wire.noise import HandshakePayload, Pattern
+from tests.net.cluster import FAST, NETWORK_ID, keypair, make_nodes, start_all, stop_all
 from tests.net.floods import SilentFlood, garbage_message1, recorded_message1
 from tests.net.test_admission import client_server
 
@@ -157,3 +160,31 @@ async def test_a_garbage_message1_failing_in_the_noise_library_leaves_no_cycles(
         await settle()
         assert server.admission.stats.handshakes == 5, server.admission.stats  # the DH ran
         assert unreachable() == {}
+
+
+async def test_a_refused_request_leaves_no_cycles():
+    """A request answered ERROR raises :class:`RemoteError` out of the response future; the
+    error's traceback holds the requester's frame, which held the future (a cycle keeping
+    the error, the frames and the request's body until a full collection: a worker whose
+    batches its peers refused OVERLOADED grew by 200 MiB in 10 s, ``bench/attacks.py --only
+    client_10x``)."""
+    async def refuse(peer, message):
+        raise RequestRejected(ErrorCode.OVERLOADED, "quota exceeded, retry later")
+
+    router = Router()
+    router.route(messages.SubmitTransactions, refuse)
+    private, public = keypair()
+    server = ClientServer(local_static=private, network_id=NETWORK_ID, router=router,
+                          local_payload=HandshakePayload("worker", authority=b"\x01" * 32, worker_id=0),
+                          config=QUICK)
+    port = await server.start()
+    conn = await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID)
+    try:
+        with collector_off():
+            for _ in range(5):
+                with pytest.raises(RemoteError):
+                    await channel_of(conn).request(messages.SubmitTransactions([b"x" * 1000]))
+            assert unreachable() == {}
+    finally:
+        await conn.aclose()
+        await server.stop()
