@@ -465,7 +465,11 @@ class ReliableNetwork:
 
     async def broadcast(self, peer_ids: Sequence[bytes], message: Any) -> list[CancelHandle]:
         """``send`` to each peer; the message is encoded once."""
-        tag, body = messages.tag_of(message), messages.encode(message)
+        return await self.broadcast_encoded(peer_ids, messages.tag_of(message), messages.encode(message))
+
+    async def broadcast_encoded(self, peer_ids: Sequence[bytes], tag: int, body: bytes) -> list[CancelHandle]:
+        """``broadcast`` of a message already encoded as ``(tag, body)``: for a sender that
+        keeps only the bytes (the quorum waiter drops a batch's decoded transactions)."""
         return [await self._send_encoded(p, tag, body) for p in peer_ids]
 
     async def _send_encoded(self, peer_id: bytes, tag: int, body: bytes) -> CancelHandle:

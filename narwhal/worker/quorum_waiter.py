@@ -4,7 +4,7 @@ For every sealed batch, in its own task (batches overlap; their number is bounde
 pending-bytes budget of the intake):
 
 1. store it durably in ``batches`` and, at the same time (the two latencies overlap),
-   ``ReliableNetwork.broadcast`` it, encoded once, to the same-id worker of every other
+   ``ReliableNetwork.broadcast_encoded`` it (its body, encoded once), to the same-id worker of every other
    authority. A peer answers only after storing it durably, so each completed send is a
    durable copy. If our own write fails, the send handles are dropped, which cancels them;
 2. once our write is durable (our copy counts towards the quorum), sum our stake and the
@@ -28,13 +28,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from narwhal.messages import Batch, OurBatch, decode_as, encode
+from narwhal.messages import Batch, OurBatch, decode_as, encode, tag_of
 from narwhal.worker.late_sends import CleanupEpoch, LateSends
 from narwhal.worker.metrics import WorkerMetrics
 
 __all__ = ["QuorumWaiter"]
 
 log = logging.getLogger(__name__)
+
+BATCH_TAG = tag_of(Batch)
 
 
 class QuorumWaiter:
@@ -54,21 +56,26 @@ class QuorumWaiter:
         return len(self._tasks)
 
     def submit(self, batch: Batch, nbytes: int) -> None:
-        """Replicate a freshly sealed batch of ``nbytes`` transaction bytes."""
-        task = asyncio.get_running_loop().create_task(self._replicate(batch, nbytes))
+        """Replicate a freshly sealed batch of ``nbytes`` transaction bytes.
+
+        Only the batch's encoded body is kept from here on, not its decoded transactions:
+        they would double the memory of every batch waiting for its quorum (up to the whole
+        pending budget), and nothing past this point reads them."""
+        digest, body, count = batch.digest(), encode(batch), len(batch.transactions)
+        task = asyncio.get_running_loop().create_task(self._replicate(digest, body, count, nbytes))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _replicate(self, batch: Batch, nbytes: int) -> None:
-        started, epoch, digest = time.monotonic(), self._epoch.value, batch.digest()
+    async def _replicate(self, digest: bytes, body: bytes, count: int, nbytes: int) -> None:
+        started, epoch = time.monotonic(), self._epoch.value
         try:
             _, handles = await asyncio.gather(
                 # "our_batches" marks it ours until our primary acknowledges its report,
                 # so a restarted worker replicates and reports it again (see resume())
-                self._store.write([("batches", digest, encode(batch)), ("our_batches", digest, b"")],
+                self._store.write([("batches", digest, body), ("our_batches", digest, b"")],
                                   durable=True),
-                self._network.broadcast(list(self.peers), batch))
-            self.metrics.txs_stored += len(batch.transactions)
+                self._network.broadcast_encoded(list(self.peers), BATCH_TAG, body))
+            self.metrics.txs_stored += count
             if not await self._quorum(handles):
                 self.metrics.error("quorum_failed")
                 log.warning("Batch %s failed to reach a quorum: peers refused it", digest.hex())
@@ -81,7 +88,7 @@ class QuorumWaiter:
             self._release(nbytes)
         self.metrics.quorums_reached += 1
         log.info("Batch %s reached quorum in %.0f ms", digest.hex(), (time.monotonic() - started) * 1e3)
-        self._report(OurBatch(digest, self.worker_id, len(batch.transactions)))
+        self._report(OurBatch(digest, self.worker_id, count))
         self._late.keep(digest, epoch, handles)
 
     def resume(self) -> int:

@@ -202,7 +202,9 @@ def stranger_attacks(stranger: Stranger, parameters: Parameters) -> dict[str, At
                "the pending budget bounds it) + submissions_slowed + errors.overloaded",
                total(_worker("pending_tx_bytes", "submissions_slowed"), worker_errors("overloaded")),
                # what the worker may hold of a client's transactions: the pending budget
-               rss_bound=parameters.max_pending_transactions_bytes + 16 * MiB, rate=10 * capacity),
+               # (accepted, not yet in a batch with a quorum) and as much again in the late
+               # sends of batches past their quorum (narwhal/worker/late_sends.py)
+               rss_bound=2 * parameters.max_pending_transactions_bytes + 16 * MiB, rate=10 * capacity),
         attack("stalled_subscribers", "9 subscribers from one address asking for the whole "
                "output and never reading (8 per address admitted)",
                "primary.output: pauses + refused.per_address", _output("pauses", "per_address"),

@@ -4,6 +4,8 @@ sends and the quorum rule."""
 from __future__ import annotations
 
 import asyncio
+import os
+import weakref
 
 import pytest
 
@@ -160,7 +162,9 @@ class FakeNetwork:
     def __init__(self, peers):
         self.handles = {p: None for p in peers}
 
-    async def broadcast(self, peers, batch):
+    async def broadcast_encoded(self, peers, tag, body):
+        assert tag == messages.Batch.TAG
+        messages.decode_as(messages.Batch, body)  # what the peers receive is a batch
         for p in peers:
             self.handles[p] = FakeHandle(p)
         return list(self.handles.values())
@@ -207,6 +211,23 @@ async def test_quorum_is_own_stake_plus_acked_stake():
     await asyncio.sleep(0.01)
     assert reports == [messages.OurBatch(batch.digest(), 0, 1)] and released == [2]
     assert qw.outstanding == 0 and qw.metrics.acks_received == 2
+
+
+async def test_a_batch_waiting_for_its_quorum_keeps_only_its_encoded_body():
+    """The decoded transactions would double the memory of every batch waiting for its
+    quorum (the pending budget's worth under a client at 10x capacity)."""
+    qw, network, store, reports, _released = waiter({b"p1": 1, b"p2": 1, b"p3": 1})
+    batch = messages.Batch(tuple(os.urandom(100) for _ in range(10)))
+    digest, body, decoded = batch.digest(), messages.encode(batch), weakref.ref(batch)
+    qw.submit(batch, 1000)
+    del batch
+    await asyncio.sleep(0.01)
+    assert qw.outstanding == 1 and decoded() is None  # waiting, without the Batch object
+    for peer in (b"p1", b"p2"):
+        network.handles[peer].ack()
+    await asyncio.sleep(0.01)
+    assert store.data[("batches", digest)] == body
+    assert reports == [messages.OurBatch(digest, 0, 10)]
 
 
 async def test_a_batch_every_peer_refuses_is_dropped_and_counted():
