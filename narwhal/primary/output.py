@@ -31,7 +31,8 @@ Off the consensus path (issue 12): a part is the stored batch body spliced into 
 fetched once for all subscribers (:class:`~narwhal.primary.output_batches.OutputBatches`:
 undecoded, digest checked in a thread, small shared cache), and every part waits for a
 turn of the :class:`~narwhal.primary.output_pacer.FairPacer`: turns in order of asking,
-``PACER_SLOTS`` at once, ``output_rate`` bytes/s for all subscribers together.
+``PACER_SLOTS`` at once, ``output_rate`` bytes/s (and ``OUTPUT_PARTS_RATE`` parts/s) for
+all subscribers together.
 
 Bounds: before each part a subscriber waits until the bytes queued toward it are below
 ``subscriber_buffer_bytes`` (its connection's high-water mark), so one holds at most that
@@ -82,6 +83,14 @@ FETCH_RETRY = RetryConfig(initial_interval=0.05, max_interval=2.0, max_elapsed_t
 POLL_INTERVAL = 1.0
 #: Parts being fetched and sent at once, for all subscribers together.
 PACER_SLOTS = 4
+#: Parts per second the pacer allows all streams together, besides ``output_rate`` bytes:
+#: each part is charged at least ``output_rate / OUTPUT_PARTS_RATE`` bytes (16 KiB with
+#: the defaults). A part's cost to the loop (a turn, a fetch, a frame encrypted) hardly
+#: shrinks with its size, and a history of small batches is many small parts: charged by
+#: their bytes alone, eight subscribers that never read had the victim replay ~5 MB of
+#: tiny parts to each (what their socket buffers took) as fast as its loop turned, and
+#: honest commits fell to 0.57-0.75x (tests/adversarial, ``stalled_subscribers``).
+OUTPUT_PARTS_RATE = 4096
 #: Frame header bytes on top of a part's body (wire_spec.md §5).
 FRAME_OVERHEAD = 7
 
@@ -154,6 +163,7 @@ class OutputService:
         # before the next turn)
         self.pacer = FairPacer(rate=limits.output_rate, slots=PACER_SLOTS,
                                burst=max(1, limits.output_rate // 4))
+        self._min_charge = limits.output_rate // OUTPUT_PARTS_RATE
         self._subscriptions: dict[int, _Subscription] = {}  # client id -> its subscription
         self._per_address: Counter[str] = Counter()
         #: subscriptions, items_sent, bytes_served, pauses (a subscriber's buffer was
@@ -293,7 +303,7 @@ class OutputService:
             async with self.pacer.turn() as turn:
                 body = EMPTY_BATCH_BODY if batch is None else await self.batches.get(*batch)
                 if body is not None:
-                    turn.spent = self._send(subscription.conn, fields, body)
+                    turn.spent = max(self._send(subscription.conn, fields, body), self._min_charge)
                     return
             index, _, author = fields[:3]
             self.stats["fetch_retries"] += 1

@@ -28,6 +28,7 @@ from narwhal.messages import Subscribe
 from narwhal.metrics import node_registry
 from narwhal.net.connection import FLUSH_THRESHOLD
 from narwhal.net.rpc import Router
+from narwhal.primary import output as output_module
 from narwhal.primary.output import PACER_SLOTS
 from narwhal.wire.frames import FrameKind
 
@@ -177,3 +178,25 @@ async def test_replaying_subscribers_are_held_to_the_output_rate_while_consensus
         assert served <= burst + rate * elapsed + PACER_SLOTS * largest_part
         assert served >= 0.3 * rate * elapsed  # they are being served
         assert during >= 0.5 * baseline, (during, baseline)
+
+
+async def test_small_parts_are_held_to_the_parts_rate(tmp_path, monkeypatch):
+    """Every part is charged at least ``output_rate / OUTPUT_PARTS_RATE`` bytes, so a history
+    of tiny parts (here: every index of an idle committee is one empty part of ~200 bytes)
+    is replayed at a bounded number of parts per second, not as fast as the loop turns.
+    The test lowers OUTPUT_PARTS_RATE to 20/s so the bound shows within seconds."""
+    monkeypatch.setattr(output_module, "OUTPUT_PARTS_RATE", 20)
+    rate = 256 * 1024  # bytes/s: ~1,300 parts of 200 bytes a second if charged by bytes
+    async with network(tmp_path, output_rate=rate) as net:
+        node, output = net.primaries[0].node, net.primaries[0].output
+        await eventually(lambda: node.consensus_index >= 60, timeout=30)  # a history of parts
+        conn = await net.output_conn(0)
+        conn.sink._router = Router()  # read and drop
+        sent_before, started = output.stats["items_sent"], time.monotonic()
+        await conn.sink.request(Subscribe(1), timeout=5)
+        await asyncio.sleep(3)
+        parts = output.stats["items_sent"] - sent_before
+        elapsed = time.monotonic() - started
+        burst_parts = output.pacer.burst // (rate // 20)
+        assert parts <= burst_parts + 20 * elapsed + PACER_SLOTS, parts
+        assert parts >= 0.5 * 20 * elapsed, parts  # still served at that rate
