@@ -162,7 +162,7 @@ class CertificateFetcher:
                 self._forget(digest)
             after = self._behind()
             bulk = after is not None and after > self._bulk_after
-            if bulk and await self._ask_bulk(self._rng.choice(self._others), after):  # type: ignore[arg-type]
+            if after is not None and bulk and await self._ask_bulk(self._rng.choice(self._others), after):
                 backoff.reset()
                 continue  # the loop's first step drops what arrived
             if not self._wanted and not bulk:
