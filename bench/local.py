@@ -47,6 +47,14 @@ last live validator S seconds into the load and starts it again ``--restart-down
 later: ``restart_s`` is the time from that restart to its first vote, ``rejoin_s`` until it
 commits the round the others had committed when it came back.
 
+**Audit**: ``--audit`` follows every node's ordered output from index 1 while the load runs
+(:mod:`narwhal.testing.audit`, a process of its own) and checks it as it arrives: indexes
+contiguous, no certificate twice, the nodes agreeing index by index, and no transaction a
+worker acknowledged to a load client missing from any node's output (``acked_lost``, exact
+per client: a bit per transaction). After the load it waits (up to a minute) for every node
+to serve what had been ordered; ``audit_violations`` lists what failed, and the exit code
+is 1 if anything did. For soak runs: ``--duration 1800 --audit --set retain_seconds=60``.
+
 **WAN**: ``--latency MS [--jitter MS]`` sends every validator-to-validator connection
 through the link emulator (:mod:`narwhal.testing.links`, one relay per dialer and peer
 endpoint, run on a thread of this process; each node gets ``--dial-map``), each direction
@@ -104,6 +112,7 @@ from narwhal.node.processes import (
 )
 from narwhal.node.status import read_status
 from narwhal.store import Store
+from narwhal.testing.audit import AuditRun
 from narwhal.testing.cluster import route_through
 from narwhal.testing.links import EmulatorThread
 
@@ -463,6 +472,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         disk = Sampler("disk", names, lambda i: store_mb(net.node_dir(running[i])), started)
         samplers = (memory, disk)
         restart = Restart(args, net, group, nodes, started) if args.restart_at is not None else None
+        audit = AuditRun(group, net, directory) if args.audit else None
+        watched = [audit.child] if audit is not None else []  # must not exit before the end
         for sampler in samplers:
             sampler.maybe_sample()
         # one client per live worker, the input rate split between them
@@ -473,14 +484,15 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
             clients.append(group.start(f"client-{i}-{w}", python_module(
                 "narwhal.client", "submit", "--committee", str(net.committee_file),
                 "--worker", f"{name}:{w}", "--rate", str(args.rate // len(targets)),
-                "--tx-size", str(args.tx_size), "--duration", str(args.duration)),
+                "--tx-size", str(args.tx_size), "--duration", str(args.duration),
+                *(audit.client_options(f"client-{i}-{w}", i) if audit is not None else [])),
                 directory / f"client-{i}-{w}.log"))
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"{args.rate:,} tx/s for {args.duration:.0f} s", total=args.duration)
             while (elapsed := time.time() - started) < args.duration:
                 if restart is not None:
                     restart.step(elapsed)
-                check(nodes, clients, f"during the run ({elapsed:.0f} s in)")
+                check(nodes, clients + watched, f"during the run ({elapsed:.0f} s in)")
                 for sampler in samplers:
                     sampler.maybe_sample()
                 progress.update(task, completed=elapsed)
@@ -488,8 +500,10 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         ended = time.time()
         settle = time.monotonic() + 2.0  # let the last batches commit
         while time.monotonic() < settle:
-            check(nodes, clients, "at the end of the run")
+            check(nodes, clients + watched, "at the end of the run")
             time.sleep(0.25)
+        audited = audit.finish(list(running), clients, killed=[restart.index] if restart else []) \
+            if audit is not None else {}
         codes = stop_all(group)
     if restart is not None:
         restart.settle()
@@ -531,6 +545,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         "restart_s": restart.restart_s() if restart is not None else None,
         "rejoin_s": restart.rejoin_s() if restart is not None else None,
         **({"restarted": restart.name} if restart is not None else {}),
+        **audited,
         "parameters": {name: getattr(parameters, name) for name in PROTOTYPE_PARAMETERS},
         "overrides": parse_overrides(args.overrides),
     }
@@ -598,6 +613,24 @@ def restart_line(result: dict[str, Any]) -> str:
             f"{took}, {caught_up}")
 
 
+def audit_lines(result: dict[str, Any]) -> str:
+    if "audit_violations" not in result:
+        return ""
+    served = result["audit_served"]
+    verdict = "\n   ".join(result["audit_violations"]) or (
+        f"every node served {min(served.values()):,}-{max(served.values()):,} indexes, "
+        "contiguous and agreed")
+    at_kill = (f" (and {result['acked_lost_at_kill']:,} of the killed validator's client, in its "
+               "worker's pipeline at the kill: acknowledged, not yet durable)"
+               if result.get("acked_lost_at_kill") else "")
+    return (f"\n Output audit: {verdict}\n Acknowledged transactions: {result['acked']:,}, "
+            f"not served by some node: {result['acked_lost']:,}{at_kill}")
+
+
+def failed_audit(result: dict[str, Any]) -> bool:
+    return bool(result.get("audit_violations") or result.get("acked_lost"))
+
+
 def _count(value: int | None) -> str:
     return "n/a" if value is None else f"{value:,}"
 
@@ -632,7 +665,7 @@ def summary(result: dict[str, Any]) -> str:
  Event-loop stalls (> 250 ms, start-up and shutdown included): {_count(result.get('loop_stalls'))}, longest lag {_count(result.get('loop_max_lag_ms'))} ms; garbage collector: {_count(result.get('gc_full_collections'))} full collection(s), longest pause {_count(result.get('gc_max_pause_ms'))} ms
 
  Node memory (RSS): {memory_line(result, 'rss')}
- Node store on disk: {memory_line(result, 'disk')}{restart_line(result)}
+ Node store on disk: {memory_line(result, 'disk')}{restart_line(result)}{audit_lines(result)}
 
  + VERSUS the Rust prototype's published fab-local figures (46,478 tx/s at 464 ms,
    end-to-end 557 ms; not measured here): {versus_prototype(result)}
@@ -665,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --restart-at: seconds the validator stays down (default 1)")
     parser.add_argument("--base-port", type=int, default=None,
                         help="the committee's ports from here on (default: free ports the kernel picks)")
+    parser.add_argument("--audit", action="store_true",
+                        help="follow and check every node's output: contiguous, agreed, no "
+                             "acknowledged transaction lost (exit 1 if not)")
     parser.add_argument("--latency", type=float, default=0.0, metavar="MS",
                         help="one-way latency of every validator-to-validator link, through the link "
                              "emulator (narwhal/testing/links.py); default 0: direct connections")
@@ -766,6 +802,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         several = args.sweep or args.compare
         args.json.write_text(json.dumps(results if several else results[0], indent=2))
+    if any(failed_audit(result) for result in results):
+        print("error: the output audit failed (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -356,11 +356,29 @@ REQUIRED = ["consensus_tps", "consensus_latency_ms", "e2e_tps", "e2e_latency_ms"
             "disk_mb_end", "disk_growth_mb_per_min", "restart_s"]
 
 
+def test_the_audit_follows_every_node_and_finds_nothing_lost(tmp_path: Path) -> None:
+    """``--audit`` on a healthy run: every node served the same contiguous output, holding
+    every transaction the workers acknowledged to the load clients (checked per client by
+    counter), and the audit process is gone afterwards."""
+    out = tmp_path / "out.json"
+    proc = bench(tmp_path, "--nodes", "4", "--rate", "800", "--duration", "5", "--warmup", "1",
+                 "--audit", "--json", str(out))
+    stdout, err = proc.communicate(timeout=150)
+    assert proc.returncode == 0, err
+    result = json.loads(out.read_text())
+    assert result["audit_violations"] == [] and result["acked_lost"] == 0
+    assert result["acked"] > 2000 and result["acked_lost_at_kill"] == 0
+    served = result["audit_served"]
+    assert sorted(served) == ["node-0", "node-1", "node-2", "node-3"] and min(served.values()) > 10
+    assert "Output audit: every node served" in stdout and "not served by some node: 0" in stdout
+    assert processes(tmp_path) == []
+
+
 @pytest.mark.long
 def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     proc = bench(tmp_path, "--nodes", "4", "--rate", "1000", "--duration", "8", "--warmup", "1",
-                 "--set", "max_header_delay=0.2", "--restart-at", "2", "--json", str(out))
+                 "--set", "max_header_delay=0.2", "--restart-at", "2", "--audit", "--json", str(out))
     stdout, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     result = json.loads(out.read_text())
@@ -373,6 +391,7 @@ def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     assert result["parameters"]["max_header_delay"] == 0.2
     assert result["restarted"] == "node-3" and 0 < result["restart_s"] < 6
     assert result["disk_mb_end"] > 0
+    assert result["audit_violations"] == [] and result["acked_lost"] == 0
     assert result["consensus_latency_p50_ms"] <= result["consensus_latency_p99_ms"] <= result["consensus_latency_max_ms"]
     assert result["e2e_latency_p50_ms"] <= result["e2e_latency_p99_ms"] <= result["e2e_latency_max_ms"]
     assert sorted(result["rss_samples"]) == ["node-0", "node-1", "node-2", "node-3"]

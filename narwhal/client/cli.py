@@ -252,12 +252,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     rate = args.rate if args.rate is not None else (None if stream else 1000.0)
 
+    client_ids: list[int] = []  # in the status file: a checker finds their transactions
+
     def report(stats: ClientStats) -> None:
         if args.status_file is not None:
-            write_status(args.status_file, {"pid": os.getpid(), **attrs.asdict(stats)})
+            write_status(args.status_file, {"pid": os.getpid(), "client_ids": client_ids,
+                                            **attrs.asdict(stats)})
 
     async def run(stop: asyncio.Event) -> int:
         clients = [TransactionClient(committee, name, wid) for name, wid in targets]
+        client_ids.extend(client.client_id for client in clients)
         started = time.monotonic()
         try:
             await until_stopped(stop, submit_load(
