@@ -396,8 +396,10 @@ class Core:
     async def handle_certificate(self, certificate: Certificate, sender: bytes | None) -> None:
         """A certificate from a peer (or a fetch): validate, then accept in causal order."""
         digest = certificate.digest()
-        if digest in self.dag or digest in self._accepting or digest in self._parked_certificates:
+        if digest in self.dag or digest in self._accepting:
             return
+        if digest in self._parked_certificates and not all(p in self.dag for p in certificate.header.parents):
+            return  # still waiting for a parent (one parked with every parent in: its write failed)
         if certificate.header.round <= self.gc_round:
             self.counters["certificate_too_old"] += 1
             return
@@ -455,6 +457,7 @@ class Core:
         if digest in self._accepting or digest in self.dag:
             return
         if self.dag.has_author_round(header.author, header.round):
+            self._parked_certificates.pop(digest, None)
             await self._certificate_equivocation(self.dag.round(header.round)[header.author],
                                                  certificate)
             return
@@ -546,7 +549,8 @@ class Core:
                 if child.header.round <= self.gc_round:
                     del self._parked_certificates[child_digest]
                 elif all(p in self.dag for p in child.header.parents):
-                    del self._parked_certificates[child_digest]
+                    # parked until stored: if the write fails (disk full), it stays parked
+                    # and is taken when it comes again (a child of it makes us fetch it)
                     await self._insert(child)
                     if child_digest in self.dag:
                         inserted.append(child_digest)

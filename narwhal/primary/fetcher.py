@@ -210,14 +210,21 @@ class CertificateFetcher:
             return 0  # a silent or failing source: asked again (of a random peer) after a pause
         new = [c for c in response.certificates
                if c.header.round > after_round and not self._have(c.digest())]
+        if self._deliver_page is None:
+            await self._deliver_all(source, new)
+        else:
+            for certificate in new:
+                self._forget(certificate.digest())
+            self.fetched += len(new)
+            try:
+                await self._deliver_page(new, source)
+            except NarwhalError as exc:  # our store refused the write (disk full): ask again
+                self.failures += 1
+                log.warning("a page of %d certificates from %s was not taken: %s; asking again "
+                            "after a pause", len(new), source.hex()[:8], exc)
+                return 0
         if new:  # if what came cannot be accepted yet (a gap below it), walking back by
             self._bulk_after = after_round  # digest fills the gap before the next page
-        if self._deliver_page is None:
-            return await self._deliver_all(source, new)
-        for certificate in new:
-            self._forget(certificate.digest())
-        self.fetched += len(new)
-        await self._deliver_page(new, source)
         return len(new)
 
     async def _try(self, source: bytes, request: Any) -> Any:
