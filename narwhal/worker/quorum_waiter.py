@@ -17,6 +17,14 @@ pending-bytes budget of the intake):
 If every send ends and the quorum is still short (peers refused the batch: permanent
 errors), the batch is dropped and counted ``quorum_failed``; its transactions were never
 promised to the client.
+
+If our own write fails (the disk is full: :class:`~narwhal.store.StorageFailed`), the
+batch is not dropped: its transactions were acknowledged to the client when they entered
+the batch. Its write is tried again every :data:`STORE_RETRY` seconds, its sends go on,
+and it keeps its bytes of the pending budget, so the batches waiting like this are bounded
+by that budget (the intake refuses new transactions while the store fails, anyway).
+Found with a real full tmpfs: the batch sealed as the disk filled was dropped, and the
+transactions the client had been told were accepted never reached the output.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from narwhal.messages import Batch, OurBatch, decode_as, encode, tag_of
+from narwhal.store import StorageFailed
 from narwhal.worker.late_sends import CleanupEpoch, LateSends
 from narwhal.worker.metrics import WorkerMetrics
 
@@ -37,6 +46,8 @@ __all__ = ["QuorumWaiter"]
 log = logging.getLogger(__name__)
 
 BATCH_TAG = tag_of(Batch)
+#: Seconds between two tries to store a sealed batch while our store refuses writes.
+STORE_RETRY = 0.5
 
 
 class QuorumWaiter:
@@ -70,10 +81,7 @@ class QuorumWaiter:
         started, epoch = time.monotonic(), self._epoch.value
         try:
             _, handles = await asyncio.gather(
-                # "our_batches" marks it ours until our primary acknowledges its report,
-                # so a restarted worker replicates and reports it again (see resume())
-                self._store.write([("batches", digest, body), ("our_batches", digest, b"")],
-                                  durable=True),
+                self._store_until_written(digest, body),
                 self._network.broadcast_encoded(list(self.peers), BATCH_TAG, body))
             self.metrics.txs_stored += count
             if not await self._quorum(handles):
@@ -90,6 +98,26 @@ class QuorumWaiter:
         log.info("Batch %s reached quorum in %.0f ms", digest.hex(), (time.monotonic() - started) * 1e3)
         self._report(OurBatch(digest, self.worker_id, count))
         self._late.keep(digest, epoch, handles)
+
+    async def _store_until_written(self, digest: bytes, body: bytes) -> None:
+        """Store the batch (durably), trying again while the disk is full or failing."""
+        # "our_batches" marks it ours until our primary acknowledges its report,
+        # so a restarted worker replicates and reports it again (see resume())
+        ops = [("batches", digest, body), ("our_batches", digest, b"")]
+        tries = 0
+        while True:
+            try:
+                await self._store.write(ops, durable=True)
+                if tries:
+                    log.info("batch %s stored after %d failed writes", digest.hex()[:16], tries)
+                return
+            except StorageFailed as exc:
+                tries += 1
+                self.metrics.error("store_retried")
+                log.log(logging.WARNING if tries == 1 else logging.DEBUG,
+                        "batch %s is not stored (%s): trying again every %.1f s until it is",
+                        digest.hex()[:16], exc, STORE_RETRY)
+            await asyncio.sleep(STORE_RETRY)
 
     def resume(self) -> int:
         """After a restart: replicate and report again every batch of ours whose report our

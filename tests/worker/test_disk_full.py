@@ -1,6 +1,7 @@
 """A worker whose disk fills up: it refuses transactions with a clear, permanent error
 (instead of accepting what it cannot store), answers peers' batches STORAGE_FAILED (so they
-do not retry at it for ever), and takes transactions again by itself once writes succeed.
+do not retry at it for ever), keeps the batch it had already acknowledged until it can
+store it, and takes transactions again by itself once writes succeed.
 Real sockets; the full disk is :class:`tests.faulty_store.FaultyStore`."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def test_a_full_disk_refuses_clients_and_peers_then_recovers(make_cluster,
 
     store.full = True
     await submit(client, [b"b" * 1_000] * 2)  # accepted: its batch is sealed, and not stored
+    await eventually(lambda: worker0.status()["errors"].get("store_retried", 0) >= 2)
     await eventually(lambda: store.failing)
     with pytest.raises(RemoteError) as refused:
         await submit(client, [b"c" * 1_000])
@@ -46,5 +48,8 @@ async def test_a_full_disk_refuses_clients_and_peers_then_recovers(make_cluster,
 
     store.full = False  # space is back: no operator action needed beyond that
     await eventually(lambda: not store.failing)
+    # the batch sealed as the disk filled was kept: stored now, replicated and reported
+    await eventually(lambda: worker0.status()["txs_stored"] == 4)
+    assert store.get("batches", messages.Batch([b"b" * 1_000] * 2).digest()) is not None
     assert await submit(client, [b"d" * 1_000] * 2) == messages.TransactionsAccepted(2)
     assert await peer.request(0, batch) == messages.Ack()
