@@ -140,6 +140,9 @@ async def test_overloaded_is_retried_and_a_permanent_refusal_raised(worker, comm
         with pytest.raises(RemoteError) as info:
             await c.submit(c.next_transactions(10, 32))
         assert info.value.code is ErrorCode.TOO_LARGE
+        # an audit knows exactly which counters were not acknowledged: the refused frame's
+        assert c.stats.unaccepted == [[10, 10]]
+        assert c.stats.accepted == 10 and c.stats.sent == 20
     assert len(worker.received) == 10
 
 

@@ -263,16 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         clients = [TransactionClient(committee, name, wid) for name, wid in targets]
         client_ids.extend(client.client_id for client in clients)
         started = time.monotonic()
+        stats = ClientStats()
         try:
             await until_stopped(stop, submit_load(
                 clients, rate, args.duration, tx_size=args.tx_size, report=report,
                 source=line_source(stream) if stream else None))
-        finally:
+        finally:  # the last counters are written even when a permanent error ends the load
             await asyncio.gather(*(c.close() for c in clients))
-        stats = ClientStats()
-        for client in clients:
-            stats.add(client.stats)
-        report(stats)
+            for client in clients:
+                stats.add(client.stats)
+            report(stats)
         elapsed = time.monotonic() - started
         print(f"accepted {stats.accepted} of {stats.sent} transactions in {elapsed:.1f}s "
               f"({stats.accepted / elapsed:.0f} tx/s); resent frames {stats.resent}, "

@@ -113,14 +113,21 @@ class ClientStats:
     lagged: int = 0  # skipped by the rate loop because the worker could not keep up
     abandoned: int = 0  # frames given up on at the end, still unanswered
     last_error: str | None = None
+    #: ``[first counter, count]`` of each frame of :func:`make_transaction` transactions that
+    #: ended without being accepted (refused for good, abandoned, cancelled): with ``sent``,
+    #: exactly which counters were acknowledged, for an audit of what was lost. Bounded:
+    #: a permanent refusal ends the load, so only the frames then in flight are added.
+    unaccepted: list[list[int]] = attrs.Factory(list)
 
     def add(self, other: ClientStats) -> None:
         for field in _COUNTERS:
             setattr(self, field, getattr(self, field) + getattr(other, field))
+        self.unaccepted.extend(other.unaccepted)
         self.last_error = other.last_error or self.last_error
 
 
-_COUNTERS = tuple(f.name for f in attrs.fields(ClientStats) if f.name != "last_error")
+_COUNTERS = tuple(f.name for f in attrs.fields(ClientStats)
+                  if f.name not in ("last_error", "unaccepted"))
 
 
 class TransactionClient:
@@ -233,6 +240,7 @@ class TransactionClient:
         return task
 
     async def _deliver(self, message: SubmitTransactions) -> int:
+        accepted = False
         try:
             self.stats.sent += len(message.transactions)
             backoff: Backoff | None = None  # made on the first failure: most frames have none
@@ -251,11 +259,22 @@ class TransactionClient:
                         await asyncio.sleep(backoff.next_delay() or self._retry.max_interval)
                     continue
                 assert isinstance(answer, TransactionsAccepted)
+                accepted = True
                 self.stats.accepted += answer.count
                 self.stats.frames += 1
                 return answer.count
         finally:
             self._window.release()
+            if not accepted:
+                self._note_unaccepted(message.transactions)
+
+    def _note_unaccepted(self, transactions: Sequence[bytes]) -> None:
+        """Remember the counters of a frame that was not accepted, if it is one of our
+        :meth:`next_transactions` frames (consecutive counters)."""
+        if transactions and len(transactions[0]) >= MIN_TRANSACTION_SIZE:
+            client_id, first, _ = parse_transaction(transactions[0])
+            if client_id == self.client_id:
+                self.stats.unaccepted.append([first, len(transactions)])
 
     async def submit(self, transactions: Sequence[bytes]) -> int:
         """Send ``transactions`` (in frames, within the window); return how many the worker

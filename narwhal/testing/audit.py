@@ -28,10 +28,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from narwhal.client import OutputItem, OutputPruned, OutputSubscriber, parse_transaction
 from narwhal.config import Committee, ConfigError
@@ -39,10 +42,13 @@ from narwhal.node.files import LocalNetwork
 from narwhal.node.processes import Child, ProcessGroup, python_module
 from narwhal.node.status import read_status
 
-__all__ = ["AuditRun", "ClientCounters", "NodeAudit", "OutputAudit", "acknowledged_lost", "main"]
+__all__ = ["Acknowledged", "AuditRun", "ClientCounters", "NodeAudit", "OutputAudit", "acknowledged_lost", "main"]
 
 #: Violations kept per node: the first ones tell the story; a broken run would flood.
 MAX_VIOLATIONS = 20
+#: Ranges of unserved counters listed per client and node; beyond, every hole counts as lost.
+MAX_MISSING_RANGES = 1_000
+_NOT_FULL = re.compile(rb"[^\xff]+")
 
 
 class ClientCounters:
@@ -70,9 +76,28 @@ class ClientCounters:
         """Counters below the highest served one that were never served."""
         return self.top + 1 - self.distinct
 
-    def summary(self) -> dict[str, int]:
+    def missing(self, limit: int = MAX_MISSING_RANGES) -> list[list[int]] | None:
+        """The holes as ``[first counter, count]`` ranges, at most ``limit`` of them (None if
+        there are more). The bitmap is scanned for bytes not all ones, in C."""
+        ranges: list[list[int]] = []
+        for run in _NOT_FULL.finditer(self.bits, 0, (self.top >> 3) + 1):
+            for byte in range(run.start(), run.end()):
+                value = self.bits[byte]
+                for bit in range(8):
+                    counter = (byte << 3) | bit
+                    if counter > self.top or value & (1 << bit):
+                        continue
+                    if ranges and ranges[-1][0] + ranges[-1][1] == counter:
+                        ranges[-1][1] += 1
+                    elif len(ranges) == limit:
+                        return None
+                    else:
+                        ranges.append([counter, 1])
+        return ranges
+
+    def summary(self) -> dict[str, Any]:
         return {"distinct": self.distinct, "top": self.top, "holes": self.holes,
-                "repeats": self.repeats}
+                "repeats": self.repeats, "missing": self.missing()}
 
 
 class NodeAudit:
@@ -152,21 +177,48 @@ class OutputAudit:
         }
 
 
-def acknowledged_lost(summary: Mapping[str, Any], accepted: Mapping[int, int]) -> dict[str, int]:
+@attrs.frozen
+class Acknowledged:
+    """What a load client was told was accepted: counters ``0 .. sent - 1`` but those of the
+    frames in ``unaccepted`` (``[first, count]`` ranges; see ``ClientStats.unaccepted``)."""
+
+    sent: int
+    unaccepted: Sequence[Sequence[int]] = ()
+
+    @property
+    def count(self) -> int:
+        return self.sent - sum(overlap(r, (0, self.sent)) for r in self.unaccepted)
+
+
+def overlap(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many counters two ``[first, count]`` ranges share."""
+    return max(0, min(a[0] + a[1], b[0] + b[1]) - max(a[0], b[0]))
+
+
+def acknowledged_lost(summary: Mapping[str, Any], acked: Mapping[int, Acknowledged]) -> dict[str, int]:
     """Per node, acknowledged transactions it did not serve: for every client (its id ->
-    the transactions its worker acknowledged), the holes in what the node served plus what
-    falls short of the acknowledged count above its highest served counter. Why this is
-    exact enough: a client numbers its transactions without gaps and stops at the end, so a
-    lost acknowledged transaction is a hole (a later one was served) or is missing from the
-    top; an unacknowledged one that was served anyway can hide the second kind only, and
-    only while its client's connection broke (its worker killed)."""
+    what it was told was accepted), the acknowledged counters among the node's holes (those
+    below its highest served counter) plus the acknowledged ones above that counter.
+
+    Exact while the audit lists a client's holes (:data:`MAX_MISSING_RANGES` ranges); past
+    that, every hole counts as lost (an overestimate: a failed audit, never a missed loss)."""
     lost: dict[str, int] = {}
     for name, node in summary["nodes"].items():
-        clients = node["clients"]
-        lost[name] = sum(
-            clients[str(client)]["holes"] + max(0, count - 1 - clients[str(client)]["top"])
-            if str(client) in clients else count
-            for client, count in accepted.items())
+        total = 0
+        for client, ack in acked.items():
+            served = node["clients"].get(str(client))
+            if served is None:
+                total += ack.count
+                continue
+            top = served["top"]
+            above = (top + 1, max(0, ack.sent - top - 1))
+            total += above[1] - sum(overlap(r, above) for r in ack.unaccepted)
+            missing = served.get("missing")
+            if missing is None:
+                total += served["holes"]
+            else:
+                total += sum(m[1] - sum(overlap(m, r) for r in ack.unaccepted) for m in missing)
+        lost[name] = total
     return lost
 
 
@@ -191,10 +243,15 @@ class AuditRun:
         self._client_files[path] = node
         return ["--status-file", str(path)]
 
+    def _primary(self, node: int, figure: str) -> int:
+        status = read_status(self.net.node_dir(node) / "status.json") or {}
+        return int((status.get("primary") or {}).get(figure, 0))
+
     def finish(self, nodes: Sequence[int], clients: Sequence[Child], killed: Sequence[int] = (),
-               timeout: float = 60.0) -> dict[str, Any]:
-        """Wait for the clients to exit and every node in ``nodes`` to have served what any of
-        them had ordered by then (at most ``timeout`` seconds), stop the audit, and return its
+               timeout: float = 120.0) -> dict[str, Any]:
+        """Wait for the clients to exit, two GC depths of commits, and every node in
+        ``nodes`` to have served what any of them had ordered by then (at most ``timeout``
+        seconds in all), stop the audit, and return its
         verdict: ``audit_violations`` (empty: contiguous, agreed), ``acked_lost`` (the most
         acknowledged transactions any node did not serve), per node figures, ``acked``.
 
@@ -205,9 +262,16 @@ class AuditRun:
         deadline = time.monotonic() + timeout
         while any(c.returncode is None for c in clients) and time.monotonic() < deadline:
             time.sleep(0.25)
-        time.sleep(3.0)  # the last acknowledged batches reach a certificate and a commit
-        target = max(int(((read_status(self.net.node_dir(i) / "status.json") or {}).get("primary") or {})
-                         .get("consensus_index", 0)) for i in nodes)
+        # The last acknowledged batches reach a certificate and a commit. A batch whose
+        # header was orphaned (certified, never referenced by a committed leader) is
+        # proposed again once the GC horizon has passed that header: wait for two GC depths
+        # of commits after the load, so that every acknowledged batch had its chance.
+        settle = max(self._primary(i, "committed_round") for i in nodes) \
+            + 2 * self.net.parameters.gc_depth + 10
+        while (min(self._primary(i, "committed_round") for i in nodes) < settle
+               and time.monotonic() < deadline):
+            time.sleep(0.25)
+        target = max(self._primary(i, "consensus_index") for i in nodes)
         names = [f"node-{i}" for i in nodes]
         while time.monotonic() < deadline:
             summary = read_status(self.out) or {"nodes": {}}
@@ -220,18 +284,19 @@ class AuditRun:
         violations = list(summary["violations"]) + [
             f"{n}: served {count:,} indexes of the {target:,} ordered when the load ended "
             f"(within {timeout:.0f} s)" for n, count in served.items() if count < target]
-        accepted: dict[int, int] = {}
-        at_kill: dict[int, int] = {}
+        accepted: dict[int, Acknowledged] = {}
+        at_kill: dict[int, Acknowledged] = {}
         for path, node in self._client_files.items():
             status = read_status(path) or {}
             ids = status.get("client_ids") or []
             if len(ids) != 1:
                 violations.append(f"{path.name}: no single client id ({ids})")
                 continue
-            (at_kill if node in killed else accepted)[ids[0]] = int(status.get("accepted", 0))
+            (at_kill if node in killed else accepted)[ids[0]] = Acknowledged(
+                int(status.get("sent", 0)), status.get("unaccepted") or ())
         lost = acknowledged_lost(summary, accepted)
         lost_at_kill = acknowledged_lost(summary, at_kill)
-        return {"audit_violations": violations, "acked": sum(accepted.values()) + sum(at_kill.values()),
+        return {"audit_violations": violations, "acked": sum(a.count for a in (*accepted.values(), *at_kill.values())),
                 "acked_lost": max((lost.get(n, 0) for n in names), default=0),
                 "acked_lost_by_node": lost,
                 "acked_lost_at_kill": max((lost_at_kill.get(n, 0) for n in names), default=0),

@@ -40,7 +40,7 @@ async def test_a_node_whose_disk_filled_votes_and_commits_again_once_space_retur
     victim = sim.names[3]
     store = FullDiskStore()
     sim.nodes[victim] = sim._make(sim.keys[3], store)
-    node = lambda: sim.nodes[victim].node  # noqa: E731
+    node = lambda: sim.nodes[victim].node
     others = [sim.nodes[name].node for name in sim.names[:3]]
     try:
         sim.start()

@@ -4,7 +4,7 @@ counts served transactions exactly per client, and passes prefixes."""
 from __future__ import annotations
 
 from narwhal.client import make_transaction
-from narwhal.testing.audit import ClientCounters, OutputAudit, acknowledged_lost
+from narwhal.testing.audit import Acknowledged, ClientCounters, OutputAudit, acknowledged_lost
 
 
 def item(index: int, cert: bytes | None = None, txs: list[bytes] | None = None):
@@ -36,16 +36,44 @@ def test_prefixes_are_safe_and_nothing_acknowledged_is_lost():
     assert summary["violations"] == []
     assert summary["nodes"]["node-0"]["served"] == 3
     # client 7 was acknowledged 4 transactions: node-0 served 6, node-1 served 4 (0..3)
-    assert acknowledged_lost(summary, {7: 4}) == {"node-0": 0, "node-1": 0}
-    assert acknowledged_lost(summary, {7: 5}) == {"node-0": 0, "node-1": 1}
-    assert acknowledged_lost(summary, {7: 1, 8: 3}) == {"node-0": 3, "node-1": 3}
+    assert acknowledged_lost(summary, {7: Acknowledged(4)}) == {"node-0": 0, "node-1": 0}
+    assert acknowledged_lost(summary, {7: Acknowledged(5)}) == {"node-0": 0, "node-1": 1}
+    assert acknowledged_lost(summary, {7: Acknowledged(1), 8: Acknowledged(3)}) == {"node-0": 3, "node-1": 3}
 
 
 def test_a_hole_below_the_top_is_lost_whatever_the_count():
     audit = OutputAudit(["node-0"])
     audit.add("node-0", item(1, txs=txs(1, 0, 1, 3, 4)))  # 2 never served
-    assert acknowledged_lost(audit.summary(), {1: 5}) == {"node-0": 1}
-    assert acknowledged_lost(audit.summary(), {1: 7}) == {"node-0": 3}
+    assert acknowledged_lost(audit.summary(), {1: Acknowledged(5)}) == {"node-0": 1}
+    assert acknowledged_lost(audit.summary(), {1: Acknowledged(7)}) == {"node-0": 3}
+
+
+def test_frames_refused_or_abandoned_are_not_counted_lost_and_the_rest_still_is():
+    # a worker whose disk filled refused frames 10..19 and 30..39 (unacknowledged) while
+    # frames in flight around them were accepted; 25 was acknowledged and never served
+    audit = OutputAudit(["node-0"])
+    served = [n for n in range(45) if not 10 <= n < 20 and not 30 <= n < 40 and n != 25]
+    audit.add("node-0", item(1, txs=txs(1, *served)))
+    summary = audit.summary()
+    assert summary["nodes"]["node-0"]["clients"]["1"]["missing"] == [[10, 10], [25, 1], [30, 10]]
+    ack = Acknowledged(50, [[10, 10], [30, 10], [45, 5]])  # 45..49: abandoned at the end
+    assert ack.count == 25
+    assert acknowledged_lost(summary, {1: ack}) == {"node-0": 1}
+    # without knowing what was refused, every hole would look lost
+    assert acknowledged_lost(summary, {1: Acknowledged(45)}) == {"node-0": 21}
+
+
+def test_missing_ranges_are_bounded_and_then_every_hole_counts():
+    seen = ClientCounters()
+    for n in range(0, 20, 2):  # holes at 1, 3, ..., 17: nine ranges
+        seen.add(n)
+    assert seen.missing(limit=9) == [[n, 1] for n in range(1, 18, 2)]
+    assert seen.missing(limit=8) is None
+    audit = OutputAudit(["node-0"])
+    audit.nodes["node-0"].clients[1] = seen
+    summary = audit.summary()
+    summary["nodes"]["node-0"]["clients"]["1"]["missing"] = None
+    assert acknowledged_lost(summary, {1: Acknowledged(19, [[1, 1]])}) == {"node-0": 9}
 
 
 def test_gap_repeat_double_certificate_and_disagreement_are_found():
