@@ -108,6 +108,11 @@ class CertificateFetcher:
         self.refused = 0
         #: The round after which the last bulk page brought something: never asked twice.
         self._bulk_after = -1
+        #: Peers whose bulk page began past a gap after the round we asked from: they
+        #: pruned the rounds we need (retention) -> the first round they still hold.
+        self.pruned_at: dict[bytes, int] = {}
+        #: Every peer pruned what we need: we cannot catch up by fetching (logged once).
+        self.beyond_retention = False
 
     def fetch(self, digests: Iterable[bytes], source: bytes | None, round_: int) -> None:
         """Want the certificates ``digests`` of round ``round_``, named by ``source``."""
@@ -162,7 +167,7 @@ class CertificateFetcher:
                 self._forget(digest)
             after = self._behind()
             bulk = after is not None and after > self._bulk_after
-            if after is not None and bulk and await self._ask_bulk(self._rng.choice(self._others), after):
+            if after is not None and bulk and await self._ask_bulk(self._bulk_source(), after):
                 backoff.reset()
                 continue  # the loop's first step drops what arrived
             if not self._wanted and not bulk:
@@ -208,8 +213,10 @@ class CertificateFetcher:
         response = await self._try(source, FetchCertificates(after_round, MAX_CERTIFICATES_PER_RESPONSE))
         if response is None:
             return 0  # a silent or failing source: asked again (of a random peer) after a pause
+        known_gap = source in self.pruned_at
+        gap = self._note_retention(source, after_round, response.certificates)
         new = [c for c in response.certificates
-               if c.header.round > after_round and not self._have(c.digest())]
+               if c.header.round > after_round and not self._have(c.digest()) and not known_gap]
         if self._deliver_page is None:
             await self._deliver_all(source, new)
         else:
@@ -223,9 +230,37 @@ class CertificateFetcher:
                 log.warning("a page of %d certificates from %s was not taken: %s; asking again "
                             "after a pause", len(new), source.hex()[:8], exc)
                 return 0
+        if gap:  # not progress: another peer may still hold the rounds we need
+            return 0
         if new:  # if what came cannot be accepted yet (a gap below it), walking back by
             self._bulk_after = after_round  # digest fills the gap before the next page
         return len(new)
+
+    def _bulk_source(self) -> bytes:
+        """A random peer, one that has not shown it pruned what we need if there is one."""
+        holding = [p for p in self._others if p not in self.pruned_at]
+        return self._rng.choice(holding or self._others)
+
+    def _note_retention(self, source: bytes, after_round: int, page: Iterable[Certificate]) -> bool:
+        """A page that starts past round ``after_round + 1`` says ``source`` no longer holds
+        the rounds right after ours. If every peer says so, nobody can give them to us:
+        the node was away longer than the others' ``retain_seconds``. Say so, once, in
+        words an operator can act on, instead of fetching in silence for ever."""
+        first = min((c.header.round for c in page), default=None)
+        if first is None or first <= after_round + 1:
+            self.pruned_at.pop(source, None)
+            self.beyond_retention = False
+            return False
+        self.pruned_at[source] = first
+        if not self.beyond_retention and set(self.pruned_at) >= set(self._others):
+            self.beyond_retention = True
+            log.error("this node holds the DAG up to round %d, and every peer has deleted the "
+                      "rounds after it (the first they hold: %s): it was away longer than their "
+                      "retain_seconds and cannot catch up (state transfer from peers is not "
+                      "built). A validator must come back within the peers' retain_seconds; "
+                      "raise it on every node to allow longer outages.",
+                      after_round, min(self.pruned_at.values()))
+        return True
 
     async def _try(self, source: bytes, request: Any) -> Any:
         try:

@@ -494,6 +494,7 @@ class PrimaryNode:
             "uncommitted_batches": sum(len(p) for p in self._uncommitted.values()),
             "fetching": self.fetcher.wanted, "certificates_fetched": self.fetcher.fetched,
             "bulk_fetches": self.fetcher.bulk_requests,
+            "beyond_retention": int(self.fetcher.beyond_retention),
             "committed_batches": self.committed_batches.status(),
             "output_write_failures": self.output_write_failures,
             "output_write_failing": int(self.output_write_failing),
