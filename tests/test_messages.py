@@ -127,7 +127,7 @@ LIST_CASES = [
 
 
 def test_registry_is_consistent() -> None:
-    assert len(CLASSES) == 19
+    assert len(CLASSES) == 21
     for tag, cls in m.REGISTRY.items():
         assert m.class_for(tag) is cls and m.tag_of(cls) == tag == cls.TAG
         assert m.tag_of(example(cls)) == tag

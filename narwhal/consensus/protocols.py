@@ -55,6 +55,18 @@ class ConsensusState:
         self.digests: dict[bytes, Certificate] = {}
         self.last_committed: dict[bytes, int] = {}
         self.last_committed_round = 0
+        #: Of the last :meth:`commit`, for each leader it committed: (outputs up to and
+        #: including that leader's sub-DAG, its round, ``last_committed`` right after it).
+        #: The state at a leader boundary is the same at every honest node (a checkpoint).
+        self.leader_ends: list[tuple[int, int, dict[bytes, int]]] = []
+
+    def reset(self, last_committed: dict[bytes, int], last_committed_round: int) -> None:
+        """Start again from a checkpoint (state transfer): forget every certificate."""
+        self.dag.clear()
+        self.digests.clear()
+        self.last_committed = dict(last_committed)
+        self.last_committed_round = last_committed_round
+        self.leader_ends = []
 
     def insert(self, certificate: Certificate) -> None:
         """Add a certificate (causal order). Already committed or GC'd ones are ignored;
@@ -93,10 +105,13 @@ class ConsensusState:
             if previous is not None and self.linked(leaders[-1], previous):
                 leaders.append(previous)
         output: list[Certificate] = []
+        self.leader_ends = []
         for committed_leader in reversed(leaders):
             for certificate in self._sub_dag(committed_leader):
                 self._mark_committed(certificate)
                 output.append(certificate)
+            self.leader_ends.append((len(output), committed_leader.header.round,
+                                     dict(self.last_committed)))
         self._prune()
         return output
 

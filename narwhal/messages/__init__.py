@@ -35,6 +35,8 @@ from narwhal.messages.definitions import (
     Certificate,
     CertificatesRequest,
     CertificatesResponse,
+    Checkpoint,
+    CheckpointRequest,
     Cleanup,
     FetchCertificates,
     Header,
@@ -65,7 +67,7 @@ from narwhal.messages.schema import Scalar as Scalar
 
 __all__ = [
     "REGISTRY", "Ack", "Batch", "BatchesResponse", "Certificate", "CertificatesRequest",
-    "CertificatesResponse", "Cleanup", "Encoded", "EncodedField", "FetchCertificates", "Header",
+    "CertificatesResponse", "Checkpoint", "CheckpointRequest", "Cleanup", "Encoded", "EncodedField", "FetchCertificates", "Header",
     "Link", "Message", "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
     "SubmitTransactions", "Subscribe", "SubscribeAccepted", "Synchronize",
     "TransactionsAccepted", "Vote", "batch_body_digest", "batch_length", "class_for", "decode",

@@ -40,7 +40,8 @@ __all__ = [
     "BATCH_DOMAIN", "MAX_BATCHES_PER_RESPONSE", "MAX_BATCH_TRANSACTIONS",
     "MAX_CERTIFICATES_PER_RESPONSE", "MAX_COMMITTEE_SIZE", "MAX_DIGESTS_PER_REQUEST",
     "MAX_HEADER_PAYLOAD", "MAX_OUTPUT_TRANSACTIONS", "MAX_SUBMIT_TRANSACTIONS", "Ack", "Batch",
-    "BatchesResponse", "Certificate", "CertificatesRequest", "CertificatesResponse", "Cleanup",
+    "BatchesResponse", "Certificate", "CertificatesRequest", "CertificatesResponse", "Checkpoint",
+    "CheckpointRequest", "Cleanup",
     "FetchCertificates", "Header", "OrderedOutput", "OthersBatch", "OurBatch", "RequestBatches",
     "SubmitTransactions", "Subscribe", "SubscribeAccepted", "Synchronize",
     "TransactionsAccepted", "Vote", "batch_body_digest", "batch_length",
@@ -158,6 +159,27 @@ class FetchCertificates(Message):
 
     after_round: int = _field(U64)
     max_items: int = _field(MAX_ITEMS)
+
+
+@_message(0x0108, Link.PRIMARY_PRIMARY)
+@attrs.frozen
+class Checkpoint(Message):
+    """The consensus state right after committing the leader of ``leader_round``: the
+    output ``index`` of that leader, and per authority the highest round of its output.
+    Every honest node that committed that leader holds the same one."""
+
+    leader_round: int = _field(U64)
+    index: int = _field(U64)
+    last_committed: tuple[tuple[bytes, int], ...] = _field(
+        ListOf(Pair(PUBLIC_KEY, U64), MAX_COMMITTEE_SIZE, "MAX_COMMITTEE_SIZE", sorted=True))
+
+
+@_message(0x0107, Link.PRIMARY_PRIMARY, Checkpoint)
+@attrs.frozen
+class CheckpointRequest(Message):
+    """State transfer: the responder's earliest checkpoint with leader_round >= min_round."""
+
+    min_round: int = _field(U64)
 
 
 @_message(0x0201, Link.WORKER_WORKER, Ack)

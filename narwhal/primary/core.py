@@ -398,8 +398,10 @@ class Core:
         digest = certificate.digest()
         if digest in self.dag or digest in self._accepting:
             return
-        if digest in self._parked_certificates and not all(p in self.dag for p in certificate.header.parents):
-            return  # still waiting for a parent (one parked with every parent in: its write failed)
+        if digest in self._parked_certificates and certificate.header.round - 1 > self.gc_round \
+                and not all(p in self.dag for p in certificate.header.parents):
+            return  # still waiting for a parent (one parked with every parent in, or with its
+            # parents below a GC round that jumped past them, is taken again)
         if certificate.header.round <= self.gc_round:
             self.counters["certificate_too_old"] += 1
             return

@@ -86,6 +86,7 @@ class CertificateFetcher:
         deliver_page: Callable[[list[Certificate], bytes], Awaitable[None]] | None = None,
         clock: Clock = LOOP_CLOCK,
         rng: RandomSource | None = None,
+        on_beyond_retention: Callable[[int], None] = lambda first_held: None,
     ) -> None:
         self._clock = clock
         self._rng: RandomSource = rng if rng is not None else random.Random()
@@ -95,6 +96,8 @@ class CertificateFetcher:
         self._deliver = deliver
         #: A whole bulk page at once (the core writes it in one go); None: one by one.
         self._deliver_page = deliver_page
+        #: Called with the latest first round the peers hold when all of them pruned ours.
+        self._on_beyond_retention = on_beyond_retention
         self._have = have
         self._wanted: dict[bytes, _Want] = {}
         self._per_source: Counter[bytes | None] = Counter()
@@ -254,13 +257,19 @@ class CertificateFetcher:
         self.pruned_at[source] = first
         if not self.beyond_retention and set(self.pruned_at) >= set(self._others):
             self.beyond_retention = True
-            log.error("this node holds the DAG up to round %d, and every peer has deleted the "
+            log.warning("this node holds the DAG up to round %d, and every peer has deleted the "
                       "rounds after it (the first they hold: %s): it was away longer than their "
-                      "retain_seconds and cannot catch up (state transfer from peers is not "
-                      "built). A validator must come back within the peers' retain_seconds; "
-                      "raise it on every node to allow longer outages.",
+                      "retain_seconds and cannot catch up by fetching: it looks for a checkpoint "
+                      "peers of f+1 stake agree on, to resume from (state transfer).",
                       after_round, min(self.pruned_at.values()))
+            self._on_beyond_retention(max(self.pruned_at.values()))
         return True
+
+    def forget_retention(self) -> None:
+        """After a state transfer (or a failed one): what peers pruned is asked afresh."""
+        self.pruned_at.clear()
+        self.beyond_retention = False
+        self._bulk_after = -1
 
     async def _try(self, source: bytes, request: Any) -> Any:
         try:

@@ -44,6 +44,9 @@ PRUNE_INTERVAL = 10.0
 #: Certificates deleted per pass at most (a backlog goes over several passes).
 MAX_ROWS_PER_PASS = 5_000
 MARKS_KEY = b"retention_marks"
+#: ``consensus`` keys of the checkpoints (the state right after each committed leader, by
+#: round: :mod:`narwhal.primary.state_sync`); they go with their rounds.
+CHECKPOINT_PREFIX = b"checkpoint/"
 
 Op = tuple[str, bytes, bytes | None]
 
@@ -119,6 +122,8 @@ class HistoryRetention:
             for key, header_digest in reader.items("votes", start=author, end=author + end):
                 ops += [("votes", key, None), ("headers", header_digest, None)]
         ops += [("reproposed", key, None) for key in reader.keys("reproposed", end=end)]
+        ops += [("consensus", key, None) for key in reader.keys(
+            "consensus", start=CHECKPOINT_PREFIX, end=CHECKPOINT_PREFIX + end)]
         outputs = reader.keys("output", end=below_index.to_bytes(8, "big"), limit=MAX_ROWS_PER_PASS)
         ops += [("output", key, None) for key in outputs]
         return ops, complete and len(outputs) < MAX_ROWS_PER_PASS

@@ -22,16 +22,17 @@ import cbor2
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import Certificate, CertificatesResponse, Encoded, Header, Vote
+from narwhal.messages import Certificate, CertificatesResponse, Checkpoint, Encoded, Header, Vote
 from narwhal.net.retry import RetryConfig, retry
 from narwhal.ports import RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key, vote_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
+from narwhal.primary.history import CHECKPOINT_PREFIX, HistoryRetention
 from narwhal.primary.history import PRUNE_INTERVAL as HISTORY_PRUNE_INTERVAL
-from narwhal.primary.history import HistoryRetention
 from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
+from narwhal.primary.state_sync import CheckpointSync
 from narwhal.serving_reads import ServingReads
 
 __all__ = ["PrimaryNode"]
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 #: Bytes of certificates in one catch-up response (well below the 8 MiB frame limit).
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 CONSENSUS_STATE_KEY = b"state"
+#: ``consensus`` key of the lowest output index this node can serve after a state transfer
+#: (the indexes below it were never computed here).
+OUTPUT_FLOOR_KEY = b"output_floor"
 #: Output records read per step when a restart looks back through recent commits.
 RESTORE_OUTPUT_CHUNK = 1_000
 #: A round above any real one: the end of a key range over every round.
@@ -74,8 +78,17 @@ def decode_output_record(blob: bytes) -> tuple[int, int, bytes, bytes, list[tupl
 
 
 def encode_consensus_state(state: ConsensusState, index: int) -> bytes:
-    return cbor2.dumps({"index": index, "last_committed_round": state.last_committed_round,
-                        "last_committed": sorted(state.last_committed.items())}, canonical=True)
+    return encode_state(index, state.last_committed_round, state.last_committed)
+
+
+def encode_state(index: int, last_committed_round: int, last_committed: dict[bytes, int]) -> bytes:
+    return cbor2.dumps({"index": index, "last_committed_round": last_committed_round,
+                        "last_committed": sorted(last_committed.items())}, canonical=True)
+
+
+def checkpoint_key(leader_round: int) -> bytes:
+    """Key, in the ``consensus`` family, of the checkpoint of a committed leader's round."""
+    return CHECKPOINT_PREFIX + leader_round.to_bytes(8, "big")
 
 
 def decode_consensus_state(blob: bytes, state: ConsensusState) -> int:
@@ -107,7 +120,17 @@ class PrimaryNode:
         self.fetcher = CertificateFetcher(
             others=network.others, request=network.request, have=lambda d: d in self.core.dag,
             deliver=lambda c, source: self.core.handle_certificate(c, None), behind=self._behind,
-            deliver_page=lambda page, source: self.core.accept_page(page), rng=rng)
+            deliver_page=lambda page, source: self.core.accept_page(page), rng=rng,
+            on_beyond_retention=self._start_state_sync)
+        #: Finds a checkpoint peers agree on when every peer pruned what we need.
+        self.state_sync = CheckpointSync(committee=committee, others=network.others,
+                                         request=network.request)
+        self._state_sync_task: asyncio.Task[None] | None = None
+        #: State transfers done (checkpoints installed) in this run.
+        self.state_transfers = 0
+        #: Output indexes below it were never computed here (a state transfer skipped them).
+        floor = store.get("consensus", OUTPUT_FLOOR_KEY)
+        self._output_floor = int.from_bytes(floor, "big") if floor else 0
         self.core = Core(
             name=name, committee=committee, signer=signer, store=store, network=network,
             fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,
@@ -362,6 +385,78 @@ class PrimaryNode:
             return _bounded_response(reader.get_many("certificates", [d for _, d in rows]))
         return await self.reads.run(source, read)
 
+    async def checkpoint_at_or_after(self, min_round: int, source: Any = None) -> Checkpoint:
+        """Our earliest checkpoint of a leader round >= ``min_round`` (a peer's
+        ``CheckpointRequest``), read off the event loop; NOT_FOUND if we hold none."""
+        def read(reader: Any) -> bytes | None:
+            rows = reader.items("consensus", start=checkpoint_key(min_round),
+                                end=checkpoint_key(ROUND_END), limit=1)
+            return bytes(rows[0][1]) if rows else None
+        blob = await self.reads.run(source, read)
+        if blob is None:
+            raise RequestRejected(ErrorCode.NOT_FOUND, f"no checkpoint at or after round {min_round}")
+        value = cbor2.loads(blob)
+        return Checkpoint(value["last_committed_round"], value["index"],
+                          tuple((bytes(a), r) for a, r in value["last_committed"]))
+
+    @property
+    def output_floor(self) -> int:
+        """The lowest output index this node can serve (retention, state transfer)."""
+        return max(int(self.history.pruned_index), self._output_floor)
+
+    def _start_state_sync(self, first_held: int) -> None:
+        """Every peer pruned the rounds after ours (their first held round: ``first_held``):
+        find a checkpoint they agree on, above which they hold every round, and go on
+        from it. One search at a time."""
+        if self._state_sync_task is None or self._state_sync_task.done():
+            min_round = first_held + self.parameters.gc_depth + 1
+            self._state_sync_task = asyncio.ensure_future(self._state_sync(min_round))
+
+    async def _state_sync(self, min_round: int) -> None:
+        try:
+            checkpoint = await self.state_sync.agree(min_round)
+            await self.install_checkpoint(checkpoint)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("state transfer failed")
+            self.fetcher.forget_retention()
+
+    async def install_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Resume consensus from ``checkpoint`` (see :mod:`narwhal.primary.state_sync`):
+        garbage-collect everything up to its leader round - gc_depth and fetch what is
+        above; the output indexes up to its index were never computed here and are served
+        ``PRUNED``. Persisted before it takes effect, so a restart resumes from it too."""
+        state = self.consensus.state
+        if checkpoint.index <= self.consensus_index or checkpoint.leader_round <= state.last_committed_round:
+            self.fetcher.forget_retention()
+            return  # we are not behind it (what we fetched meanwhile caught us up)
+        last_committed = dict(checkpoint.last_committed)
+        blob = encode_state(checkpoint.index, checkpoint.leader_round, last_committed)
+        previous = self._commit_writes
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)  # an older state lands first
+        await self.store.write([("consensus", CONSENSUS_STATE_KEY, blob),
+                                ("consensus", checkpoint_key(checkpoint.leader_round), blob),
+                                ("consensus", OUTPUT_FLOOR_KEY, (checkpoint.index + 1).to_bytes(8, "big"))],
+                               durable=True)
+        skipped = checkpoint.index - self.consensus_index
+        state.reset(last_committed, checkpoint.leader_round)
+        self.consensus_index = checkpoint.index
+        self._output_floor = checkpoint.index + 1
+        self.state_transfers += 1
+        gc_round = checkpoint.leader_round - self.parameters.gc_depth
+        log.warning("state transfer: resuming consensus from the checkpoint of round %d (output "
+                    "index %d) that peers of f+1 stake agree on; %d output indexes were never "
+                    "computed here and are answered PRUNED", checkpoint.leader_round,
+                    checkpoint.index, skipped)
+        self.fetcher.forget_retention()
+        self.fetcher.garbage_collect(gc_round)
+        await self.core.garbage_collect(gc_round)
+        self.commit_written.set()  # subscribers waiting for an index below the floor
+        self.commit_written.clear()
+        self.fetcher.catch_up()
+
     # -- callbacks from the core -------------------------------------------------------------
 
     def _parents_ready(self, round_: int, parents: tuple[bytes, ...]) -> None:
@@ -415,6 +510,10 @@ class PrimaryNode:
                 self._uncommitted.pop(header.round, None)
             self.committed.append(certificate)
         del self.committed[:-RECENT_COMMITTED]
+        before = self.consensus_index - len(committed)
+        for outputs, leader_round, last_committed in self.consensus.state.leader_ends:
+            ops.append(("consensus", checkpoint_key(leader_round),
+                        encode_state(before + outputs, leader_round, last_committed)))
         ops.append(("consensus", CONSENSUS_STATE_KEY,
                     encode_consensus_state(self.consensus.state, self.consensus_index)))
         previous = self._commit_writes
@@ -495,6 +594,7 @@ class PrimaryNode:
             "fetching": self.fetcher.wanted, "certificates_fetched": self.fetcher.fetched,
             "bulk_fetches": self.fetcher.bulk_requests,
             "beyond_retention": int(self.fetcher.beyond_retention),
+            "state_transfers": self.state_transfers, "output_floor": self.output_floor,
             "committed_batches": self.committed_batches.status(),
             "output_write_failures": self.output_write_failures,
             "output_write_failing": int(self.output_write_failing),

@@ -239,7 +239,7 @@ class OutputService:
         ones (:mod:`narwhal.primary.history`)."""
         kept = self._node.store.keys("output", limit=1)
         first = int.from_bytes(kept[0], "big") if kept else 1
-        return max(first, int(self._node.history.pruned_index))
+        return max(first, int(self._node.output_floor))
 
     def _ended(self, client_id: int) -> None:
         subscription = self._subscriptions.pop(client_id, None)
@@ -341,7 +341,7 @@ class OutputService:
         """The persisted output record of ``index``, waiting for its commit to be written;
         :class:`_Pruned` if retention deleted it (a subscriber far behind)."""
         while (blob := self._node.store.get("output", u64(index))) is None:
-            if index < self._node.history.pruned_index:
+            if index < self._node.output_floor:
                 raise _Pruned(self._earliest_kept())
             try:
                 async with asyncio.timeout(POLL_INTERVAL):

@@ -30,6 +30,7 @@ from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import (
     Certificate,
     CertificatesRequest,
+    CheckpointRequest,
     Encoded,
     FetchCertificates,
     Header,
@@ -51,7 +52,8 @@ __all__ = ["Primary"]
 
 log = logging.getLogger(__name__)
 
-_FROM_PRIMARIES = (Header, Vote, Certificate, CertificatesRequest, FetchCertificates)
+_FROM_PRIMARIES = (Header, Vote, Certificate, CertificatesRequest, FetchCertificates,
+                   CheckpointRequest)
 _FROM_OUR_WORKERS = (OurBatch, OthersBatch)
 
 
@@ -91,10 +93,12 @@ class Primary:
             (Certificate, lambda peer, m: node.on_certificate(peer.info.authority, m)),
             (CertificatesRequest, self._on_certificates_request),
             (FetchCertificates, self._on_fetch_certificates),
+            (CheckpointRequest, lambda peer, m: node.checkpoint_at_or_after(m.min_round, source_of(peer))),
             (OurBatch, lambda peer, m: self._on_batch(peer, m, ours=True)),
             (OthersBatch, lambda peer, m: self._on_batch(peer, m, ours=False)),
         ):
-            router.route(cls, handler, bulk=cls in (CertificatesRequest, FetchCertificates))
+            router.route(cls, handler, bulk=cls in (CertificatesRequest, FetchCertificates,
+                                                    CheckpointRequest))
 
     async def start(self, *, primary_sock: socket.socket | None = None,
                     client_sock: socket.socket | None = None) -> None:

@@ -18,7 +18,14 @@ import attrs
 from narwhal import messages
 from narwhal.config import Committee, Parameters
 from narwhal.crypto import AuthorityKeys
-from narwhal.messages import Certificate, CertificatesRequest, FetchCertificates, Header, Vote
+from narwhal.messages import (
+    Certificate,
+    CertificatesRequest,
+    CheckpointRequest,
+    FetchCertificates,
+    Header,
+    Vote,
+)
 from narwhal.primary.node import PrimaryNode
 
 
@@ -98,6 +105,8 @@ class SimNetwork:
         target = self.sim.nodes[authority]
         if self.sim.down & {authority, self.me}:
             raise TimeoutError("peer down")
+        if isinstance(message, CheckpointRequest):
+            return await target.node.checkpoint_at_or_after(message.min_round)
         if isinstance(message, FetchCertificates):
             answer = await target.node.certificates_after(message.after_round, message.max_items)
         else:
