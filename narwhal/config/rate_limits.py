@@ -32,6 +32,8 @@ CertificatesRequest H·n·10 (the fetcher asks each peer - (bounded by the diges
                    once per source per 0.1 s at most)
 FetchCertificates  H·10 (one bulk fetch per response   -
                    processed, >= 0.1 s each)
+CheckpointRequest  H·5 (a state transfer asks each     - (fixed size)
+                   peer a few questions, >= 0.2 s apart)
 Batch              H·(L/B + 1/b) (sealed when full or  H·L (burst 2P + B + T: what an honest
                    after b)                            worker may resend after a partition)
 RequestBatches     H·2R (one sync per header, plus     -
@@ -44,7 +46,7 @@ Bursts of the per-round routes are at least 2g: a reconnecting peer may flush up
 rounds of queued headers, votes and certificates at once (older sends were cancelled by
 garbage collection). With the defaults (n = 4, W = 1, B = 500 KB, d = b = 0.1 s, g = 50)
 this gives 200 Header/Vote/Certificate a second (burst 1,000), 160 CertificatesRequest,
-40 FetchCertificates, 245 Batch and 400 RequestBatches a second per peer; a client
+40 FetchCertificates, 20 CheckpointRequest, 245 Batch and 400 RequestBatches a second per peer; a client
 connection may send 800 SubmitTransactions a second and 102 MB/s.
 """
 
@@ -59,6 +61,7 @@ from narwhal.messages import (
     Batch,
     Certificate,
     CertificatesRequest,
+    CheckpointRequest,
     FetchCertificates,
     Header,
     RequestBatches,
@@ -81,6 +84,9 @@ MIN_HONEST_ROUNDS = 50.0
 #: The certificate fetcher's and the bulk fetch's fastest pace toward one peer (its
 #: backoff starts at 0.1 s; a bulk response takes longer than that to process).
 FETCH_PASSES_PER_SECOND = 10.0
+#: A state transfer's fastest pace of questions to one peer (narwhal.primary.state_sync:
+#: a few per search, searches >= 0.2 s apart).
+CHECKPOINT_QUESTIONS_PER_SECOND = 5.0
 #: A burst holds this many seconds of the sustained rate.
 BURST_SECONDS = 5.0
 #: Bytes of a header besides its payload and parents (author, round, signature, CBOR
@@ -113,6 +119,7 @@ def derived_route_limits(p: Parameters, committee_size: int, workers: int) -> di
         "Vote": _limit(h * rounds, min_burst=round_burst),
         "CertificatesRequest": _limit(h * n * FETCH_PASSES_PER_SECOND),
         "FetchCertificates": _limit(h * FETCH_PASSES_PER_SECOND),
+        "CheckpointRequest": _limit(h * CHECKPOINT_QUESTIONS_PER_SECOND),
         "Batch": RouteLimit(h * batches, BURST_SECONDS * h * batches, h * HONEST_LOAD_BYTES,
                             2 * p.max_pending_transactions_bytes + p.batch_size
                             + p.max_transaction_size),
@@ -126,8 +133,8 @@ def derived_route_limits(p: Parameters, committee_size: int, workers: int) -> di
 
 #: The message class of each limited route name.
 ROUTES = {cls.__name__: cls for cls in (Header, Certificate, Vote, CertificatesRequest,
-                                        FetchCertificates, Batch, RequestBatches,
-                                        SubmitTransactions)}
+                                        FetchCertificates, CheckpointRequest, Batch,
+                                        RequestBatches, SubmitTransactions)}
 
 
 def limits_by_tag(limits: Mapping[str, RouteLimit]) -> dict[int, RouteLimit]:
