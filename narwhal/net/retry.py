@@ -152,8 +152,10 @@ async def retry(
     rng: RandomSource | None = None,
     clock: Clock = time.monotonic,
     on_retry: OnRetry | None = None,
+    transient: Callable[[BaseException], bool] = is_transient,
 ) -> T:
-    """Await ``attempt()`` until it succeeds, retrying transient errors with backoff.
+    """Await ``attempt()`` until it succeeds, retrying transient errors with backoff
+    (``transient`` says which: by default :func:`is_transient`).
 
     Raises a permanent error at once; raises the last (transient) error itself, with a
     note added, when ``config.max_elapsed_time`` would be exceeded by the next sleep.
@@ -168,7 +170,7 @@ async def retry(
         try:
             return await attempt()
         except Exception as exc:
-            if not is_transient(exc):
+            if not transient(exc):
                 raise
             delay = backoff.next_delay()
             if delay is None:

@@ -23,7 +23,7 @@ from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import Certificate, CertificatesResponse, Checkpoint, Encoded, Header, Vote
-from narwhal.net.retry import RetryConfig, retry
+from narwhal.net.retry import RetryConfig, is_transient, retry
 from narwhal.ports import RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key, vote_key
@@ -34,6 +34,7 @@ from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
 from narwhal.primary.state_sync import CheckpointSync
 from narwhal.serving_reads import ServingReads
+from narwhal.store import StorageFailed
 
 __all__ = ["PrimaryNode"]
 
@@ -84,6 +85,15 @@ def encode_consensus_state(state: ConsensusState, index: int) -> bytes:
 def encode_state(index: int, last_committed_round: int, last_committed: dict[bytes, int]) -> bytes:
     return cbor2.dumps({"index": index, "last_committed_round": last_committed_round,
                         "last_committed": sorted(last_committed.items())}, canonical=True)
+
+
+def _until_space_returns(exc: BaseException) -> bool:
+    """Which failed writes of our own output are tried again: the transient ones, and a
+    full or failing disk (``StorageFailed`` is permanent for a *peer* whose request needed
+    the write, not for us: the output must be written, in order, once space returns).
+    Found with a real full tmpfs: the first output write that failed ended the chain of
+    output writes for good, and the node never output anything again."""
+    return is_transient(exc) or isinstance(exc, StorageFailed)
 
 
 def checkpoint_key(leader_round: int) -> bytes:
@@ -523,7 +533,8 @@ class PrimaryNode:
             if previous is not None:
                 await previous  # in order: a later state never lands before an earlier one
             await retry(lambda: self.store.write(ops), OUTPUT_WRITE_RETRY,
-                        on_retry=lambda n, exc, delay: self._output_write_failed(first, last, n, exc, delay))
+                        on_retry=lambda n, exc, delay: self._output_write_failed(first, last, n, exc, delay),
+                        transient=_until_space_returns)
             if self.output_write_failing:
                 self.output_write_failing = False
                 log.warning("ordered output indexes %d..%d written: the store accepts writes again",

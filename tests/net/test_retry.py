@@ -247,6 +247,18 @@ async def test_permanent_error_after_transient_ones_stops_retrying() -> None:
     assert attempt.calls == 2
 
 
+async def test_the_caller_may_say_which_errors_are_worth_retrying() -> None:
+    # the primary's own output writes retry a full disk, permanent for peers
+    fake = FakeTime()
+    attempt = Script(PeerUnknown(), PeerUnknown())
+    assert await retry(attempt, RetryConfig(), sleep=fake.sleep,
+                       transient=lambda exc: isinstance(exc, PeerUnknown)) == "ok"
+    assert attempt.calls == 3
+    with pytest.raises(ConnectionClosed):  # and what it calls permanent is raised at once
+        await retry(Script(ConnectionClosed()), RetryConfig(), sleep=fake.sleep,
+                    transient=lambda exc: False)
+
+
 async def test_max_elapsed_time_raises_the_last_error_unwrapped() -> None:
     fake = FakeTime()
     errors = [ConnectionClosed(f"failure {n}") for n in range(10)]

@@ -14,7 +14,7 @@ import logging
 
 from narwhal.metrics import StatusCollector
 from narwhal.primary import node as primary_node
-from narwhal.store import StoreError
+from narwhal.store import StorageFailed
 
 from .sim import MemoryStore, Simulation
 
@@ -33,7 +33,7 @@ class FailingOutputStore(MemoryStore):
         ops = list(ops)
         if self.failing and any(family == "output" for family, _, _ in ops):
             self.refused += 1
-            raise StoreError("write failed: database or disk is full")
+            raise StorageFailed("write failed: database or disk is full")  # as the real store
         await super().write(ops, durable)
 
 
