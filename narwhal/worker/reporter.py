@@ -12,6 +12,11 @@ that, which stalls only the pump), and the queue in front of it at most
 ``max_queued`` reports: past that the oldest report is dropped and counted. A dropped
 ``OthersBatch`` costs a ``Synchronize`` later (answered from our store at once); a dropped
 ``OurBatch`` loses that batch's transactions, which were never promised.
+
+A report our primary refuses ``STORAGE_FAILED`` (its disk is full) is sent again every
+:data:`REPORT_RETRY` seconds: permanent for a peer, which asks another, but our primary is
+the only one that can take it, and an ``OurBatch`` carries transactions the client was
+told were accepted. (Found with a real full tmpfs: the report was dropped.)
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import logging
 from typing import Any
 
+from narwhal.errors import ErrorCode, RemoteError
 from narwhal.messages import Message
 from narwhal.worker.metrics import WorkerMetrics
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Reports waiting for room in the primary's executor (~100 bytes each).
 MAX_QUEUED_REPORTS = 100_000
+#: Seconds before a report our primary could not store is sent again.
+REPORT_RETRY = 0.5
 
 
 class PrimaryReporter:
@@ -80,10 +88,14 @@ class PrimaryReporter:
         self._in_flight.discard(handle)
         if task.cancelled():
             return
-        if task.exception() is None:
+        error = task.exception()
+        if error is None:
             self.metrics.reports_acked += 1
             if self._on_acked is not None:
                 self._on_acked(message)
+        elif isinstance(error, RemoteError) and error.code is ErrorCode.STORAGE_FAILED:
+            self.metrics.error("report_deferred")  # our primary's disk is full: again later
+            asyncio.get_running_loop().call_later(REPORT_RETRY, self.report, message)
         else:
             self.metrics.error("report_failed")
 
