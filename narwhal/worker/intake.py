@@ -42,6 +42,10 @@ __all__ = ["DEFAULT_ADMISSION_TIMEOUT", "PendingBytes", "TransactionIntake"]
 DEFAULT_ADMISSION_TIMEOUT = 5.0
 
 
+#: What a client is told while this worker's store refuses writes.
+STORAGE_FAILED_TEXT = ("this worker cannot store batches (disk full or I/O error): "
+                       "not accepting transactions")
+
 class PendingBytes:
     """Bytes accepted but not yet in a quorum-acknowledged batch, with a FIFO of
     submissions waiting for room."""
@@ -137,14 +141,17 @@ class TransactionIntake:
             raise RequestRejected(ErrorCode.INVALID, "empty transaction")
         if self._storage_failing():
             self.metrics.error("storage_failed")
-            raise RequestRejected(ErrorCode.STORAGE_FAILED, "this worker cannot store batches "
-                                  "(disk full or I/O error): not accepting transactions")
+            raise RequestRejected(ErrorCode.STORAGE_FAILED, STORAGE_FAILED_TEXT)
         nbytes = sum(lengths)
         if self.pending.must_wait(nbytes):
             self.metrics.submissions_slowed += 1
         if not await self.pending.admit(nbytes, self.admission_timeout):
             self.metrics.error("overloaded")
             raise RequestRejected(ErrorCode.OVERLOADED, "worker pipeline full, retry later")
+        if self._storage_failing():  # the disk filled while this frame waited for room
+            self.pending.release(nbytes)
+            self.metrics.error("storage_failed")
+            raise RequestRejected(ErrorCode.STORAGE_FAILED, STORAGE_FAILED_TEXT)
         self.metrics.txs_received += len(txs)
         self.metrics.tx_bytes_received += nbytes
         self._deliver(txs, lengths)

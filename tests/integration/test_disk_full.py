@@ -5,9 +5,9 @@ is lost, on any node.
 
 Four validator processes over Noise on 127.0.0.1; the last one's store directory is a
 real size-limited tmpfs this test mounts (it needs root and ``mount``: skipped with the
-reason where either is missing). The disk is filled with a file until ``ENOSPC``, held
-full for :data:`FULL_SECONDS`, then the file is deleted, as an operator freeing space
-would. :class:`~narwhal.testing.audit.AuditRun` follows every node's output from index 1
+reason where either is missing). The disk is filled with a file until ``ENOSPC`` and kept
+full for :data:`FULL_SECONDS` (:class:`Filler`), then the file is deleted, as an operator
+freeing space would. :class:`~narwhal.testing.audit.AuditRun` follows every node's output from index 1
 as it arrives: contiguous, agreed, and every acknowledged transaction served.
 
 What this found (fixed): the full node never voted again after space returned (a failed
@@ -18,11 +18,11 @@ losing transactions already acknowledged.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -54,31 +54,55 @@ def mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
 
 
-def fill(directory: Path) -> Path:
-    """Write a file in ``directory`` until the filesystem is full; return it."""
-    filler = directory / "filler"
-    chunk = b"\0" * (1 << 20)
-    with open(filler, "wb", buffering=0) as f:
+class Filler:
+    """Keeps a filesystem full, as another process filling the disk would: a file grows
+    until ``ENOSPC`` and goes on taking whatever space is freed (the node deletes old
+    segments, sqlite truncates its WAL) until :meth:`free` deletes it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "filler"
+        self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in free()
+        self._stop = threading.Event()
+        self._fill(1 << 20)  # full before the first check
+        self._fill(4096)
+        self._thread = threading.Thread(target=self._keep_full, daemon=True)
+        self._thread.start()
+
+    def _fill(self, chunk: int) -> None:
+        zeros = bytes(chunk)
         try:
             while True:
-                f.write(chunk)
+                self._file.write(zeros)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-        with contextlib.suppress(OSError):  # the last, partial MiB
-            while True:
-                f.write(b"\0" * 4096)
-    return filler
+
+    def _keep_full(self) -> None:
+        while not self._stop.wait(0.02):
+            self._fill(4096)
+
+    def free(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._file.close()
+        self.path.unlink()
 
 
-def test_a_full_disk_stops_then_resumes_one_validator_with_no_hole_and_nothing_lost(tmp_path):
+@pytest.mark.parametrize("rate, full_seconds, tmpfs_size", [
+    (RATE_PER_NODE, FULL_SECONDS, TMPFS_SIZE),
+    # 10,000 tx/s in all, full for 20 s: the store must be large enough not to fill up
+    # again by itself (it takes ~5 MB/s at this rate, and keeps at least the last minute)
+    pytest.param(2500, 20.0, "768m", marks=pytest.mark.long),
+])
+def test_a_full_disk_stops_then_resumes_one_validator_with_no_hole_and_nothing_lost(
+        tmp_path, rate, full_seconds, tmpfs_size):
     parameters = attrs.evolve(FAST_PARAMETERS, gc_depth=50)
     net = create_local(tmp_path, 4, 1, parameters=parameters)
     victim = 3
     victim_dir = net.node_dir(victim)
-    mount_tmpfs(victim_dir, TMPFS_SIZE)
+    mount_tmpfs(victim_dir, tmpfs_size)
     try:
-        run_scenario(net, victim, tmp_path)
+        run_scenario(net, victim, tmp_path, rate, full_seconds)
     finally:
         subprocess.run(["umount", "-l", str(victim_dir)], check=False)
 
@@ -94,7 +118,7 @@ def node_argv(net, i: int, log_file: Path) -> list[str]:
                          "--store", str(net.node_dir(i)), "--log-file", str(log_file))
 
 
-def run_scenario(net, victim: int, tmp_path: Path) -> None:
+def run_scenario(net, victim: int, tmp_path: Path, rate: int, full_seconds: float) -> None:
     logs = {i: (net.node_dir(i) / "node.log" if i != victim else tmp_path / "victim.log")
             for i in range(4)}  # the victim's log is not on its full disk
     others = [i for i in range(4) if i != victim]
@@ -108,16 +132,16 @@ def run_scenario(net, victim: int, tmp_path: Path) -> None:
         def load(name: str, i: int, seconds: float):
             return group.start(name, python_module(
                 "narwhal.client", "submit", "--committee", str(net.committee_file),
-                "--worker", str(i), "--rate", str(RATE_PER_NODE), "--duration", str(seconds),
+                "--worker", str(i), "--rate", str(rate), "--duration", str(seconds),
                 *audit.client_options(name, i)), tmp_path / f"{name}.log")
 
         clients = [load(f"client-{i}", i, 30) for i in range(4)]
-        wait_for(lambda: accepted(tmp_path / f"client-{victim}.json") >= 2 * RATE_PER_NODE, 30,
+        wait_for(lambda: accepted(tmp_path / f"client-{victim}.json") >= 2 * rate, 30,
                  "the victim's worker accepting transactions")
 
-        filler = fill(net.node_dir(victim))
+        filler = Filler(net.node_dir(victim))
         at_full = min(primary(net, i).get("committed_round", 0) for i in others)
-        time.sleep(FULL_SECONDS)
+        time.sleep(full_seconds)
         # the others went on without it
         assert min(primary(net, i).get("committed_round", 0) for i in others) > at_full + 20
         log_text = logs[victim].read_text(errors="replace")
@@ -126,7 +150,7 @@ def run_scenario(net, victim: int, tmp_path: Path) -> None:
         wait_for(lambda: clients[victim].returncode is not None, 10, "the victim's client to stop")
         assert "STORAGE_FAILED" in (tmp_path / f"client-{victim}.log").read_text()
 
-        filler.unlink()  # the operator frees space: nothing else is done
+        filler.free()  # the operator frees space: nothing else is done
         freed = time.monotonic()
         target = max(primary(net, i).get("committed_round", 0) for i in others)
         wait_for(lambda: primary(net, victim).get("committed_round", 0) >= target, RECOVERY_BOUND,
@@ -135,7 +159,7 @@ def run_scenario(net, victim: int, tmp_path: Path) -> None:
         # it takes transactions again, by itself
         clients.append(again := load(f"client-{victim}-again", victim, 5))
         wait_for(lambda: again.returncode is not None, 30, "the victim's new client")
-        assert accepted(tmp_path / f"client-{victim}-again.json") >= 4 * RATE_PER_NODE
+        assert accepted(tmp_path / f"client-{victim}-again.json") >= 4 * rate
 
         # and its output stays contiguous across a restart (a clean stop, then run again)
         group.stop([nodes[victim]])
