@@ -471,7 +471,7 @@ class Core:
         self._stored(certificate)
 
     async def accept_page(self, certificates: list[Certificate]) -> None:
-        """A bulk page of certificates (catching up, :meth:`CertificateFetcher._ask_bulk`):
+        """A bulk page of certificates (catching up, :meth:`CertificateFetcher._take_page`):
         those whose parents are in the DAG or earlier in the page are checked like any
         other, written in **one** store write and inserted in round order; the others take
         the normal path. One write per certificate made a far-behind node wait for ~1,000

@@ -11,9 +11,10 @@ wanted in turn, so a node that fell behind walks back until it meets its DAG.
 
 Far behind (``behind()`` names the round we hold everything up to, when others are more
 than :data:`BULK_BEHIND` rounds ahead), walking back costs one round trip per round. So
-the fetcher first asks one peer for *every* certificate after that round
-(``FetchCertificates``, up to ``MAX_CERTIFICATES_PER_RESPONSE`` in round order) and
-delivers them oldest first: a node 100 rounds behind catches up in a few requests.
+the fetcher first asks for *every* certificate after that round (``FetchCertificates``, up
+to ``MAX_CERTIFICATES_PER_RESPONSE`` in round order), :data:`BULK_PAGES` consecutive pages
+at once from as many peers, and delivers them oldest first: a node 100 rounds behind
+catches up in a few requests.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ FETCH_TIMEOUT = 2.0
 FETCH_BACKOFF = RetryConfig(initial_interval=0.1, max_interval=2.0, multiplier=1.5)
 #: Rounds others may be ahead of what we hold before we fetch in bulk, by round.
 BULK_BEHIND = 3
+#: Bulk pages asked for at once, each of another peer (see ``_ask_bulk_pages``).
+BULK_PAGES = 2
 
 
 @attrs.define
@@ -87,6 +90,7 @@ class CertificateFetcher:
         clock: Clock = LOOP_CLOCK,
         rng: RandomSource | None = None,
         on_beyond_retention: Callable[[int], None] = lambda first_held: None,
+        page_rounds: int = MAX_CERTIFICATES_PER_RESPONSE,
     ) -> None:
         self._clock = clock
         self._rng: RandomSource = rng if rng is not None else random.Random()
@@ -98,6 +102,8 @@ class CertificateFetcher:
         self._deliver_page = deliver_page
         #: Called with the latest first round the peers hold when all of them pruned ours.
         self._on_beyond_retention = on_beyond_retention
+        #: Rounds one bulk page surely covers (a page holds at most n certificates a round).
+        self._page_rounds = max(1, page_rounds)
         self._have = have
         self._wanted: dict[bytes, _Want] = {}
         self._per_source: Counter[bytes | None] = Counter()
@@ -170,7 +176,7 @@ class CertificateFetcher:
                 self._forget(digest)
             after = self._behind()
             bulk = after is not None and after > self._bulk_after
-            if after is not None and bulk and await self._ask_bulk(self._bulk_source(), after):
+            if after is not None and bulk and await self._ask_bulk_pages(after):
                 backoff.reset()
                 continue  # the loop's first step drops what arrived
             if not self._wanted and not bulk:
@@ -210,12 +216,31 @@ class CertificateFetcher:
         wanted = set(chunk)  # never accept what we did not ask for
         return await self._deliver_all(source, [c for c in response.certificates if c.digest() in wanted])
 
-    async def _ask_bulk(self, source: bytes, after_round: int) -> int:
-        """Every certificate ``source`` holds after ``after_round`` (a bounded page)."""
-        self.bulk_requests += 1
-        response = await self._try(source, FetchCertificates(after_round, MAX_CERTIFICATES_PER_RESPONSE))
-        if response is None:
-            return 0  # a silent or failing source: asked again (of a random peer) after a pause
+    async def _ask_bulk_pages(self, after_round: int) -> int:
+        """The next :data:`BULK_PAGES` pages at once, each of another peer: the first after
+        ``after_round``, each next one ``page_rounds`` further on (a little less than a
+        page holds, so that consecutive pages overlap rather than leave a gap). They are
+        taken in round order once all have come: a node far behind waits for one round
+        trip per ``BULK_PAGES`` pages, and no one peer serves all of its catch-up."""
+        sources = self._bulk_sources(BULK_PAGES)
+        starts = [after_round + i * self._page_rounds for i in range(len(sources))]
+        self.bulk_requests += len(sources)
+        responses = await asyncio.gather(*(
+            self._try(source, FetchCertificates(start, MAX_CERTIFICATES_PER_RESPONSE))
+            for source, start in zip(sources, starts, strict=True)))
+        taken = 0
+        for source, start, response in zip(sources, starts, responses, strict=True):
+            if response is None:
+                break  # a silent or failing source: what follows would wait on its gap
+            got = await self._take_page(source, start, response)
+            if not got:
+                break
+            taken += got
+        return taken
+
+    async def _take_page(self, source: bytes, after_round: int, response: Any) -> int:
+        """Deliver a bulk page of ``source`` (certificates after ``after_round``); how many
+        were new (0 also when the page shows ``source`` pruned what we need)."""
         known_gap = source in self.pruned_at
         gap = self._note_retention(source, after_round, response.certificates)
         new = [c for c in response.certificates
@@ -239,10 +264,13 @@ class CertificateFetcher:
             self._bulk_after = after_round  # digest fills the gap before the next page
         return len(new)
 
-    def _bulk_source(self) -> bytes:
-        """A random peer, one that has not shown it pruned what we need if there is one."""
+    def _bulk_sources(self, count: int) -> list[bytes]:
+        """Up to ``count`` distinct random peers, those that have not shown they pruned what
+        we need first."""
         holding = [p for p in self._others if p not in self.pruned_at]
-        return self._rng.choice(holding or self._others)
+        pruned = [p for p in self._others if p in self.pruned_at]
+        ordered = self._rng.sample(holding, len(holding)) + self._rng.sample(pruned, len(pruned))
+        return ordered[:count]
 
     def _note_retention(self, source: bytes, after_round: int, page: Iterable[Certificate]) -> bool:
         """A page that starts past round ``after_round + 1`` says ``source`` no longer holds

@@ -22,7 +22,15 @@ import cbor2
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import Certificate, CertificatesResponse, Checkpoint, Encoded, Header, Vote
+from narwhal.messages import (
+    MAX_CERTIFICATES_PER_RESPONSE,
+    Certificate,
+    CertificatesResponse,
+    Checkpoint,
+    Encoded,
+    Header,
+    Vote,
+)
 from narwhal.net.retry import RetryConfig, is_transient, retry
 from narwhal.ports import RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
@@ -131,7 +139,10 @@ class PrimaryNode:
             others=network.others, request=network.request, have=lambda d: d in self.core.dag,
             deliver=lambda c, source: self.core.handle_certificate(c, None), behind=self._behind,
             deliver_page=lambda page, source: self.core.accept_page(page), rng=rng,
-            on_beyond_retention=self._start_state_sync)
+            on_beyond_retention=self._start_state_sync,
+            # a page covers >= MAX / n rounds (less when its bytes are capped first: then
+            # the next page waits on the gap, fetched by digest, as before)
+            page_rounds=MAX_CERTIFICATES_PER_RESPONSE // len(committee.authorities) - 2)
         #: Finds a checkpoint peers agree on when every peer pruned what we need.
         self.state_sync = CheckpointSync(committee=committee, others=network.others,
                                          request=network.request)

@@ -23,14 +23,20 @@ def prune_through(store: MemoryStore, round_: int) -> None:
         store.families["certificates"].pop(by_round.pop(key), None)
 
 
-async def test_a_node_away_longer_than_the_peers_retention_says_it_cannot_catch_up(caplog):
-    sim = Simulation(4, gc_depth=10)
+async def down_while_the_others_reach(sim: Simulation, rounds: int) -> tuple[bytes, list]:
+    """Node 3 is down while the others reach ``rounds``; (its name, the others)."""
     lagging_name = sim.names[3]
     others = [sim.nodes[name] for name in sim.names[:3]]
+    sim.start()
+    sim.down.add(lagging_name)
+    await sim.run_until(lambda: min(o.node.core.dag.highest_round for o in others) >= rounds)
+    return lagging_name, others
+
+
+async def test_a_node_away_longer_than_the_peers_retention_resumes_by_state_transfer(caplog):
+    sim = Simulation(4, gc_depth=10)
     try:
-        sim.start()
-        sim.down.add(lagging_name)
-        await sim.run_until(lambda: min(o.node.core.dag.highest_round for o in others) >= 60)
+        lagging_name, others = await down_while_the_others_reach(sim, 60)
         for other in others:
             prune_through(other.store, 40)
         lagging = sim.nodes[lagging_name].node
@@ -96,12 +102,8 @@ async def test_every_node_holds_the_same_checkpoint_for_each_committed_leader():
 
 async def test_one_peer_that_pruned_is_not_all_peers():
     sim = Simulation(4, gc_depth=10)
-    lagging_name = sim.names[3]
-    others = [sim.nodes[name] for name in sim.names[:3]]
     try:
-        sim.start()
-        sim.down.add(lagging_name)
-        await sim.run_until(lambda: min(o.node.core.dag.highest_round for o in others) >= 60)
+        lagging_name, others = await down_while_the_others_reach(sim, 60)
         prune_through(others[0].store, 40)  # one peer pruned; the other two still hold it all
         lagging = sim.nodes[lagging_name].node
         sim.down.discard(lagging_name)

@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from narwhal.errors import RequestRejected
-from narwhal.messages import Certificate, Header, Synchronize, Vote
+from narwhal.messages import Certificate, FetchCertificates, Header, Synchronize, Vote
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator
 from narwhal.primary.node import PrimaryNode
 
@@ -105,6 +105,36 @@ async def test_a_node_far_behind_catches_up_in_bulk_not_one_round_trip_per_round
         assert fetcher.bulk_requests <= 5 and fetcher.fetched >= 150
         # ... and is written at once, not one store write (and wait) per certificate
         assert max(certificates_per_write) >= 100
+        assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
+    finally:
+        await sim.stop()
+
+
+async def test_catch_up_asks_consecutive_pages_of_two_peers_at_once():
+    """Far behind, a node asks two peers at once for two consecutive bulk pages (the second
+    starting a little before where the first must end), so no one peer serves all of its
+    catch-up and each round trip brings two pages."""
+    sim = Simulation(4, gc_depth=10)
+    asked: list[tuple[bytes, int]] = []
+
+    def record_pages(node: PrimaryNode) -> None:
+        request = node.fetcher._request
+
+        async def recording(peer, message, timeout):
+            if isinstance(message, FetchCertificates):
+                asked.append((peer, message.after_round))
+            return await request(peer, message, timeout)
+
+        node.fetcher._request = recording
+
+    try:
+        lagging = await _down_until_others_reach(sim, 600, record_pages)
+        assert len(asked) >= 2
+        (first_peer, first_after), (second_peer, second_after) = asked[:2]
+        assert first_peer != second_peer
+        # a page holds 1,000 certificates: 250 rounds of 4; the next starts 2 rounds early
+        assert second_after == first_after + 1000 // 4 - 2
+        assert lagging.core.dag.highest_round >= 600
         assert all(n.node.core.counters["equivocation"] == 0 for n in sim.nodes.values())
     finally:
         await sim.stop()
