@@ -286,10 +286,10 @@ class CertificateFetcher:
         if not self.beyond_retention and set(self.pruned_at) >= set(self._others):
             self.beyond_retention = True
             log.warning("this node holds the DAG up to round %d, and every peer has deleted the "
-                      "rounds after it (the first they hold: %s): it was away longer than their "
-                      "retain_seconds and cannot catch up by fetching: it looks for a checkpoint "
-                      "peers of f+1 stake agree on, to resume from (state transfer).",
-                      after_round, min(self.pruned_at.values()))
+                        "rounds after it (the first they hold: %s): it was away longer than their "
+                        "retain_seconds and cannot catch up by fetching: it looks for a checkpoint "
+                        "peers of f+1 stake agree on, to resume from (state transfer).",
+                        after_round, min(self.pruned_at.values()))
             self._on_beyond_retention(max(self.pruned_at.values()))
         return True
 

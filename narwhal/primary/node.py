@@ -109,12 +109,20 @@ def checkpoint_key(leader_round: int) -> bytes:
     return CHECKPOINT_PREFIX + leader_round.to_bytes(8, "big")
 
 
+def decode_state(blob: bytes) -> Checkpoint:
+    """A persisted consensus state (:func:`encode_state`): the consensus state itself, or
+    the checkpoint of a committed leader (its round is then ``last_committed_round``)."""
+    value = cbor2.loads(blob)
+    return Checkpoint(value["last_committed_round"], int(value["index"]),
+                      tuple((bytes(a), r) for a, r in value["last_committed"]))
+
+
 def decode_consensus_state(blob: bytes, state: ConsensusState) -> int:
     """Load a persisted consensus state into ``state``; return the consensus index."""
-    value = cbor2.loads(blob)
-    state.last_committed = {bytes(a): r for a, r in value["last_committed"]}
-    state.last_committed_round = value["last_committed_round"]
-    return int(value["index"])
+    decoded = decode_state(blob)
+    state.last_committed = dict(decoded.last_committed)
+    state.last_committed_round = decoded.leader_round
+    return decoded.index
 
 
 class NodeNetwork(PrimaryNetworkLike, Protocol):
@@ -416,9 +424,7 @@ class PrimaryNode:
         blob = await self.reads.run(source, read)
         if blob is None:
             raise RequestRejected(ErrorCode.NOT_FOUND, f"no checkpoint at or after round {min_round}")
-        value = cbor2.loads(blob)
-        return Checkpoint(value["last_committed_round"], value["index"],
-                          tuple((bytes(a), r) for a, r in value["last_committed"]))
+        return decode_state(blob)
 
     @property
     def output_floor(self) -> int:
