@@ -10,8 +10,9 @@ node-0 (the *victim*) in two phases of ``--phase`` seconds each, in the same run
    index 1 as fast as they can read, and ``--stalled`` subscribers that subscribe from
    index 1 and never read a byte. They run in a child process (``attack`` mode of this
    script), all from 127.0.0.1 (tests and benchmarks use no other address, so the
-   validators' ``max_subscribers_per_address`` is raised to ``max_subscribers`` for this
-   bench; the per-address cap has its own test), and do not decode what
+   validators' ``max_subscribers_per_address`` and ``max_clients_per_address`` are raised
+   to ``max_subscribers`` for this bench; the per-address caps have their own tests), and
+   do not decode what
    they receive (decryption only), so they take as little of the shared CPU as a client can.
 
 For each phase it prints the victim's commit rate (batches and transactions committed at
@@ -153,8 +154,9 @@ def sample_rss(pid: int, seconds: float) -> float:
 
 
 def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
-    defaults = Parameters()  # one source address here: the per-address cap would refuse most
-    parameters = attrs.evolve(defaults, max_subscribers_per_address=defaults.max_subscribers)
+    defaults = Parameters()  # one source address here: the per-address caps would refuse most
+    parameters = attrs.evolve(defaults, max_subscribers_per_address=defaults.max_subscribers,
+                              max_clients_per_address=defaults.max_subscribers)
     net = create_local(directory, 4, 1, parameters=parameters)
     with children() as group:
         nodes = [group.start(f"node-{i}", python_module(

@@ -177,6 +177,7 @@ class StatusCollector(Collector):
         yield errors
         yield from _route_families(roles)
         yield from _serving_read_families(roles)
+        yield from _client_port_families(roles)
         limited = CounterMetricFamily(
             "narwhal_rate_limited", "Frames refused RATE_LIMITED (requests) or dropped "
             "(one-way) for exceeding the peer's rate limit on the route; clients count as "
@@ -257,6 +258,22 @@ def _serving_read_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[
             served.add_metric([local], reads.get("served", 0))
             refused.add_metric([local], reads.get("refused", 0))
     yield from (served, refused)
+
+
+def _client_port_families(roles: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    """Client connections refused by a worker's transactions port or a primary's output
+    port: over the port's cap, or over its cap per source address."""
+    family = CounterMetricFamily("narwhal_client_connections_refused", "Client connections "
+                                 "refused OVERLOADED after their handshake: too many from the "
+                                 "client's address (per_address) or in all (other)",
+                                 labels=["local", "reason"])
+    for local, role in roles:
+        clients = role.get("clients") or (role.get("output") or {}).get("clients")
+        if clients:
+            per_address = clients.get("refused_per_address", 0)
+            family.add_metric([local, "per_address"], per_address)
+            family.add_metric([local, "other"], clients.get("refused", 0) - per_address)
+    yield family
 
 
 def _subscriber_families(output: dict[str, Any] | None) -> Iterator[Metric]:

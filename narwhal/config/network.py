@@ -198,6 +198,12 @@ class AdmissionConfig:
     listen_backlog: int = attrs.field(default=1_024, validator=_positive)
 
 
+#: Authenticated client connections one source address (an IPv6 /64) may hold on one
+#: client port (narwhal/net/clients.py): enough for a load generator's or an exchange's
+#: several connections, an eighth of the port's 256.
+DEFAULT_MAX_CLIENTS_PER_ADDRESS = 32
+
+
 #: Default outbound budget floor (the default is the larger of this and two maximum frames).
 DEFAULT_OUTBOUND_BUDGET = 8 * 1024 * 1024
 

@@ -34,6 +34,7 @@ from narwhal.config.json_files import (
 )
 from narwhal.config.network import (
     DEFAULT_DIAL_RETRY,
+    DEFAULT_MAX_CLIENTS_PER_ADDRESS,
     AdmissionConfig,
     ConnectionConfig,
     NetworkConfig,
@@ -199,6 +200,11 @@ class Parameters:
     #: OVERLOADED and counted (narwhal_output_subscriptions_refused{reason}).
     max_subscribers: int = _int(64)
     max_subscribers_per_address: int = _int(8)
+    #: Authenticated client connections from one source address (an IPv6 /64) on one client
+    #: port (a worker's transactions port, a primary's output port); more are refused
+    #: OVERLOADED. A stranger from one address cannot take the port's every place, nor
+    #: multiply the per-connection rate limits of a client port by more than this.
+    max_clients_per_address: int = _int(DEFAULT_MAX_CLIENTS_PER_ADDRESS)
     #: Bytes queued toward one subscriber (not yet taken by its socket) before its next
     #: part waits: what a subscriber that stops reading costs us, plus one part.
     subscriber_buffer_bytes: int = _int(1 * MiB)
@@ -253,6 +259,10 @@ class Parameters:
         if self.max_subscribers_per_address > self.max_subscribers:
             raise ConfigError(f"max_subscribers_per_address: must be <= max_subscribers "
                               f"({self.max_subscribers}), got {self.max_subscribers_per_address}")
+        if self.max_subscribers_per_address > self.max_clients_per_address:
+            raise ConfigError(f"max_subscribers_per_address: must be <= max_clients_per_address "
+                              f"({self.max_clients_per_address}), got "
+                              f"{self.max_subscribers_per_address}")
         if self.max_half_open_per_source > self.max_half_open_connections:
             raise ConfigError(f"max_half_open_per_source: must be <= max_half_open_connections "
                               f"({self.max_half_open_connections}), got "

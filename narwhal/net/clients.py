@@ -8,7 +8,10 @@ stay anonymous themselves (``Noise_NK``, ``wire_spec.md`` section 3.1). A
 routes their requests with an ordinary :class:`~narwhal.net.rpc.Router`; handlers receive
 a :class:`ClientPeer` as the peer.
 
-``max_clients`` counts *authenticated* clients only (handshake confirmed). Connections
+``max_clients`` counts *authenticated* clients only (handshake confirmed), and one source
+address (an IPv6 /64, as admission counts sources) may hold at most
+``max_clients_per_address`` of them: a stranger from one address cannot take every place,
+nor multiply its per-connection rate limits beyond that many. Connections
 still in their handshake are half-open and limited separately by the listener's
 :class:`~narwhal.net.admission.ListenerAdmission` (``admission``), which evicts old
 half-open connections rather than refusing new ones: idle connections cannot take the
@@ -18,6 +21,7 @@ places of real clients, which complete their handshake in a millisecond or two.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import socket
@@ -26,9 +30,13 @@ from typing import Any
 
 import attrs
 
-from narwhal.config.network import MAX_CONCURRENT_HANDLERS, ConnectionConfig
+from narwhal.config.network import (
+    DEFAULT_MAX_CLIENTS_PER_ADDRESS,
+    MAX_CONCURRENT_HANDLERS,
+    ConnectionConfig,
+)
 from narwhal.errors import ErrorCode, HandshakeError, PeerRejected
-from narwhal.net.admission import ListenerAdmission
+from narwhal.net.admission import ListenerAdmission, source_of
 from narwhal.net.connection import BudgetExceeded, Connection, close_connections
 from narwhal.net.rpc import Router, RpcChannel
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
@@ -64,6 +72,7 @@ class ClientServer:
         config: ConnectionConfig = ConnectionConfig(),  # noqa: B008 -- frozen attrs: immutable
         name: str = "clients",
         max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_clients_per_address: int = DEFAULT_MAX_CLIENTS_PER_ADDRESS,
         max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS,
     ) -> None:
         self._local_static = local_static
@@ -73,6 +82,7 @@ class ClientServer:
         self.config = config
         self.name = name
         self.max_clients = max_clients
+        self.max_clients_per_address = max_clients_per_address
         self._max_handlers = max_concurrent_handlers
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
@@ -80,10 +90,15 @@ class ClientServer:
         self.connections: set[Connection] = set()
         #: ... of which those authenticated (handshake confirmed): what max_clients counts.
         self.authenticated: set[Connection] = set()
+        #: The source of each authenticated connection, and how many each source holds.
+        self._source: dict[Connection, str] = {}
+        self._per_source: collections.Counter[str] = collections.Counter()
         #: Caps and handshake budget of the connections still in their handshake.
         self.admission = ListenerAdmission(config.admission)
         self.accepted = 0
+        #: Clients refused, all reasons, and of them for their source's cap.
         self.refused = 0
+        self.refused_per_address = 0
         #: Outbound budget (connection.py) of closed client connections: times one went
         #: over it, times we stopped reading one, clients aborted for not reading answers.
         self.budget_throttles = 0
@@ -139,10 +154,21 @@ class ClientServer:
     def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self.authenticated.discard(conn)
+        source = self._source.pop(conn, None)
+        if source is not None:
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
         self.budget_throttles += conn.stats.budget_throttles
         self.read_pauses += conn.stats.read_pauses
         if isinstance(conn.close_reason, BudgetExceeded):
             self.budget_disconnects += 1
+
+    def status(self) -> dict[str, int]:
+        """Connections now and counters (for status and metrics)."""
+        return {"connected": len(self.authenticated), "half_open": self.admission.half_open,
+                "accepted": self.accepted, "refused": self.refused,
+                "refused_per_address": self.refused_per_address}
 
     def budget_stats(self) -> dict[str, int]:
         """Outbound-budget counters, live connections included (for status/metrics)."""
@@ -160,10 +186,19 @@ class ClientServer:
             self.refused += 1
             conn.close(ErrorCode.OVERLOADED, "too many clients")
             return
-        self.authenticated.add(conn)
-        self.accepted += 1
         transport = conn._transport
         peername = transport.get_extra_info("peername") if transport is not None else None
+        source = source_of(peername)
+        if self._per_source[source] >= self.max_clients_per_address:
+            # known only here: the handshake's identify callback does not see the socket
+            self.refused += 1
+            self.refused_per_address += 1
+            conn.close(ErrorCode.OVERLOADED, "too many clients from this address")
+            return
+        self.authenticated.add(conn)
+        self._source[conn] = source
+        self._per_source[source] += 1
+        self.accepted += 1
         if peername:
             conn.peer = attrs.evolve(conn.peer, address=f"{peername[0]}:{peername[1]}")
         conn.name = f"{self.name}<-client{conn.peer.id}"

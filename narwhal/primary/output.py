@@ -110,6 +110,7 @@ class OutputLimits:
     output_rate: int = _DEFAULTS.output_rate
     max_subscribers: int = _DEFAULTS.max_subscribers
     max_subscribers_per_address: int = _DEFAULTS.max_subscribers_per_address
+    max_clients_per_address: int = _DEFAULTS.max_clients_per_address
     subscriber_buffer_bytes: int = _DEFAULTS.subscriber_buffer_bytes
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
 
@@ -117,6 +118,7 @@ class OutputLimits:
     def of(cls, parameters: Parameters, slow_timeout: float = DEFAULT_SLOW_TIMEOUT) -> OutputLimits:
         return cls(output_rate=parameters.output_rate, max_subscribers=parameters.max_subscribers,
                    max_subscribers_per_address=parameters.max_subscribers_per_address,
+                   max_clients_per_address=parameters.max_clients_per_address,
                    subscriber_buffer_bytes=parameters.subscriber_buffer_bytes,
                    slow_timeout=slow_timeout)
 
@@ -157,7 +159,8 @@ class OutputService:
         config = attrs.evolve(config, write_high_water=limits.subscriber_buffer_bytes)
         self.server = ClientServer(local_static=local_static, network_id=network_id,
                                    local_payload=local_payload, router=router, config=config,
-                                   name=name, max_clients=max_clients)
+                                   name=name, max_clients=max_clients,
+                                   max_clients_per_address=limits.max_clients_per_address)
         self.batches = OutputBatches(request_worker, timeout=FETCH_TIMEOUT)
         # a quarter second's worth at once; a larger part still goes (in debt, repaid
         # before the next turn)
@@ -189,6 +192,7 @@ class OutputService:
         return {"subscribers": len(self._subscriptions),
                 "paused": sum(s.paused for s in self._subscriptions.values()),
                 "refused": dict(self.refused), "pacer_waits": self.pacer.waits,
+                "clients": self.server.status(),
                 **self.stats, **self.batches.stats}
 
     # -- subscription ----------------------------------------------------------------------

@@ -147,6 +147,7 @@ class Worker:
             local_static=network_key.private, network_id=committee.network_id(),
             local_payload=payload, router=client_router, config=p.network_config().connection,
             name=f"{short_hex(me)}/worker{worker_id}/txs",
+            max_clients_per_address=p.max_clients_per_address,
             max_concurrent_handlers=p.max_concurrent_handlers)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -229,9 +230,7 @@ class Worker:
             "sync_wanted_by_target": self.synchronizer.wanted_by_target(),
             "reports_outstanding": self.reporter.outstanding,
             "cleanup_round": self.epoch.round,
-            "clients": {"connected": len(self.clients.authenticated),
-                        "half_open": self.clients.admission.half_open,
-                        "accepted": self.clients.accepted, "refused": self.clients.refused},
+            "clients": self.clients.status(),
             "admission": {"validators": self.manager.admission.snapshot(),
                           "transactions": self.clients.admission.snapshot()},
             "peers": self.manager.snapshot(),

@@ -73,6 +73,34 @@ async def test_too_many_clients_are_refused_with_overloaded(server):
         await conn.aclose()
 
 
+async def test_one_address_holds_at_most_max_clients_per_address(server):
+    """A stranger cannot take every place of the port from one address (nor multiply its
+    per-connection rate limits past the cap): its next connection is closed OVERLOADED
+    (transient) and counted, while a client from another address is served."""
+    srv, port, public, _seen = server
+    srv.max_clients = 3
+    srv.max_clients_per_address = 1
+    first = await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID)
+    second = await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID)
+    await asyncio.wait_for(asyncio.shield(second.closed), 3)
+    assert second.goaway is not None and second.goaway[0] == ErrorCode.OVERLOADED
+    assert (srv.refused, srv.refused_per_address) == (1, 1)
+    other = await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID,
+                                 local_address=("127.0.0.2", 0))
+    answer = await other.sink.request(messages.SubmitTransactions((b"x",)), timeout=3)
+    assert answer == messages.TransactionsAccepted(1)
+    assert srv.status() == {"connected": 2, "half_open": 0, "accepted": 2, "refused": 1,
+                            "refused_per_address": 1}
+    # the address's place is free again once its client leaves
+    await first.aclose()
+    await asyncio.sleep(0.1)
+    again = await connect_client("127.0.0.1", port, server_static=public, network_id=NETWORK_ID)
+    answer = await again.sink.request(messages.SubmitTransactions((b"y",)), timeout=3)
+    assert answer == messages.TransactionsAccepted(1)
+    for conn in (other, again):
+        await conn.aclose()
+
+
 async def test_validator_pattern_is_refused_on_a_client_port(server):
     _srv, port, public, _seen = server
     private, _ = keypair()

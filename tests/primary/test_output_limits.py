@@ -74,6 +74,22 @@ async def test_subscriptions_are_capped_per_address_and_in_all(tmp_path):
         assert "narwhal_output_bytes_served_total" in scraped
 
 
+async def test_the_output_port_holds_max_clients_per_address_connections_of_one_address(tmp_path):
+    async with network(tmp_path, max_subscribers_per_address=2, max_clients_per_address=2) as net:
+        held = [await net.output_conn(0) for _ in range(2)]
+        third = await net.output_conn(0)
+        await asyncio.wait_for(asyncio.shield(third.closed), 5)
+        assert third.goaway is not None and third.goaway[0] == ErrorCode.OVERLOADED
+        status = net.primaries[0].status()["output"]["clients"]
+        assert (status["connected"], status["refused_per_address"]) == (2, 1)
+        scraped = generate_latest(node_registry(
+            lambda: {"primary": net.primaries[0].status()})).decode()
+        assert 'narwhal_client_connections_refused_total{local="primary",reason="per_address"} 1.0' \
+            in scraped.splitlines()
+        for conn in held:
+            conn.abort()
+
+
 async def test_a_client_with_a_small_frame_limit_gets_a_permanent_too_large(tmp_path, caplog):
     async with network(tmp_path) as net:
         txs = await net.submit(1, 40, size=200)  # batches of ~8 KB: parts above 1 KiB
