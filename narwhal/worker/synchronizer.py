@@ -54,6 +54,7 @@ from narwhal.messages import (
 )
 from narwhal.net.retry import Backoff, RetryConfig
 from narwhal.ports import LOOP_CLOCK, Clock, RandomSource
+from narwhal.serving_reads import ServingReads
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.late_sends import CleanupEpoch
 from narwhal.worker.metrics import WorkerMetrics
@@ -86,8 +87,12 @@ class Synchronizer:
                  receiver: BatchReceiver, report: Any, epoch: CleanupEpoch,
                  metrics: WorkerMetrics, retry_delay: float, retry_nodes: int,
                  max_wanted: int | None = None, max_per_target: int | None = None,
-                 clock: Clock = LOOP_CLOCK, rng: RandomSource | None = None) -> None:
+                 clock: Clock = LOOP_CLOCK, rng: RandomSource | None = None,
+                 reads: ServingReads | None = None) -> None:
         self._clock = clock
+        #: Reader threads for the batches we already hold (their length is reported);
+        #: None: read on the loop (stores without reader connections, in tests).
+        self._reads = reads
         #: Draws the peers asked in later rounds; pass a seeded one for a replayable run.
         self._rng: RandomSource = rng if rng is not None else random.Random()
         self.peers = peers  # other authority -> network key of its worker with our id
@@ -124,14 +129,13 @@ class Synchronizer:
 
     async def handle(self, peer: Any, message: Synchronize) -> None:
         """The ``Synchronize`` handler: acked once the fetch is under way."""
-        new = []
-        for digest in dict.fromkeys(message.digests):
-            if digest in self._wanted:
-                continue
-            if (held := self._store.get("batches", digest)) is not None:
-                self._report(OthersBatch(digest, self.worker_id, batch_length(held)))
-            else:
-                new.append(digest)
+        asked = [d for d in dict.fromkeys(message.digests) if d not in self._wanted]
+        held = [d for d in asked if self._store.contains("batches", d)]  # no value read
+        lengths = await self._lengths(held) if held else {}
+        for digest, length in lengths.items():
+            self._report(OthersBatch(digest, self.worker_id, length))
+        # again after the read: another Synchronize may have asked for some meanwhile
+        new = [d for d in asked if d not in lengths and d not in self._wanted]
         if not new:
             return
         target = message.target
@@ -147,6 +151,18 @@ class Synchronizer:
         self._by_target[target] += len(new)
         self._syncs.add(sync)
         sync.task = asyncio.get_running_loop().create_task(self._fetch(sync))
+
+    async def _lengths(self, digests: list[bytes]) -> dict[bytes, int]:
+        """Transactions in each of the batches ``digests`` we hold, read off the loop (up to
+        a 4 MiB batch each, only to count them). One whose retention deleted it meanwhile
+        is left out."""
+        def read(reader: Any) -> dict[bytes, int]:
+            return {d: batch_length(blob) for d in digests
+                    if (blob := reader.get("batches", d)) is not None}
+
+        if self._reads is None:
+            return read(self._store)
+        return await self._reads.run(None, read)
 
     async def _fetch(self, sync: _Sync) -> None:
         backoff = Backoff(self.retry, rng=self._rng)

@@ -135,7 +135,8 @@ class Worker:
         self.synchronizer = Synchronizer(
             peers=peers, worker_id=worker_id, network=reliable,
             store=store, receiver=self.receiver, report=self.reporter.report, epoch=epoch,
-            metrics=metrics, retry_delay=p.sync_retry_delay, retry_nodes=p.sync_retry_nodes)
+            metrics=metrics, retry_delay=p.sync_retry_delay, retry_nodes=p.sync_retry_nodes,
+            reads=self.server.reads)
 
         router.route(Batch, self.receiver.handle)
         router.route(RequestBatches, self.server.handle, bulk=True)

@@ -209,3 +209,33 @@ async def test_request_batches_is_read_on_a_reader_thread_not_the_event_loop(mak
     assert [b.digest() for b in answer.batches] == digests
     assert len(threads) == 4 and threading.get_ident() not in threads
     assert workers[0].status()["serving_reads"]["served"] == 1
+
+
+async def test_synchronize_of_a_held_batch_reads_it_on_a_reader_thread(make_cluster, monkeypatch):
+    """Issue 12: our primary's Synchronize for a batch we already hold reports it at once,
+    with its transaction count, read off the loop (the batch is up to 4 MiB); a digest we
+    lack is fetched as before."""
+    import threading
+
+    from narwhal.store import Reader
+
+    cluster = make_cluster()
+    held = await put_batch(cluster, [0, 1], [b"a" * 100_000, b"b" * 100_000, b"c"])
+    lacking = await put_batch(cluster, [1], [b"only at worker 1"])
+    primaries, workers = await cluster.up(workers=(0, 1))
+    primary0, worker0 = primaries[0], workers[0]
+    await eventually(lambda: worker0.manager.is_connected(cluster.keys[1].workers[0].public))
+    threads: list[int] = []
+    real_get = Reader.get
+
+    def spy(self, family, key):
+        if family == "batches" and key == held:
+            threads.append(threading.get_ident())
+        return real_get(self, family, key)
+
+    monkeypatch.setattr(Reader, "get", spy)
+    await primary0.request(0, messages.Synchronize([held, lacking], cluster.name(1)))
+    await eventually(lambda: sorted(reports(primary0.others)) == sorted([(held, 0), (lacking, 0)]))
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert next(r for r in primary0.others if r.digest == held).transactions == 3
+    assert workers[0].status()["serving_reads"]["served"] == 1
