@@ -346,7 +346,7 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in [
                  peer_counter(PRIMARY, "budget_throttles", "read_pauses")),
            rss_bound=64 * MiB),
     Attack("fetcher_jam", fetcher_jam, "primary.counters.header_parked",
-           primary_counter("header_parked")),
+           primary_counter("header_parked"), max_round_spread=2),
     Attack("replayed_headers", replayed_headers,
            "primary.counters.header_duplicate + header_wrong_sender",
            primary_counter("header_duplicate", "header_wrong_sender")),

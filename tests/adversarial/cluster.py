@@ -80,6 +80,8 @@ SAMPLE_EVERY = 0.2
 #: trial that misses is confirmed: after a miss, liveness is decided by a majority of
 #: LIVE_TRIALS (attack-free, attack) pairs. An attack that really costs >20% misses them.
 LIVE_FRACTION = 0.8
+#: Seconds between two readings of the honest primaries' rounds (Attack.max_round_spread).
+ROUND_SAMPLE_EVERY = 0.5
 LIVE_TRIALS = 3
 #: Client load per honest worker: transactions a second, and their size.
 LOAD_RATE = 100
@@ -166,6 +168,10 @@ class Attack:
     #: ``counter(victim_status, byzantine_authority)``.
     counter: Callable[[dict[str, Any], bytes], int]
     rss_bound: int = 48 * MiB
+    #: If set: the honest primaries' rounds, read together every ROUND_SAMPLE_EVERY
+    #: seconds during the attack, must stay within this many of one another (the
+    #: fetcher jam's figure in issue 12: "every honest node within 2 rounds of the others").
+    max_round_spread: int | None = None
 
     @property
     def description(self) -> str:
@@ -182,6 +188,10 @@ class Phase:
     rates: dict[int, float]
     latencies: dict[int, float | None]
     peak_rss: dict[int, int]
+    #: Largest difference between the honest primaries' rounds read together (None: not
+    #: sampled), and how many times they were read.
+    round_spread: int | None = None
+    round_samples: int = 0
 
 
 @attrs.frozen
@@ -269,6 +279,17 @@ class AttackResult:
         self.assert_live()
         self.assert_rss_bounded()
         self.assert_counted()
+        self.assert_rounds_together()
+
+    def assert_rounds_together(self) -> None:
+        bound = self.attack.max_round_spread
+        if bound is None:
+            return
+        attacked = self.under_attack
+        assert attacked.round_samples >= 5, f"rounds read only {attacked.round_samples} times"
+        assert attacked.round_spread is not None and attacked.round_spread <= bound, (
+            f"honest rounds {attacked.round_spread} apart under {self.attack.name} (bound "
+            f"{bound}; {self.baseline.round_spread} without attack)")
 
     def row(self) -> dict[str, Any]:
         """One line of the benchmark's table (JSON-ready)."""
@@ -285,6 +306,9 @@ class AttackResult:
             "max_rss_growth_mib": max(self.rss_growth(n) for n in HONEST) / MiB,
             "counter": self.attack.counter_name,
             "counter_increase": self.counter_increase,
+            **({"round_spread": self.under_attack.round_spread,
+                "baseline_round_spread": self.baseline.round_spread}
+               if self.attack.max_round_spread is not None else {}),
             **(self.outcome.row() if hasattr(self.outcome, "row") else {}),
         }
 
@@ -428,19 +452,31 @@ class AdversarialCluster:
         ended = {i: o.ended for i, o in self.observers.items() if o.ended is not None}
         assert not ended, f"output subscribers gave up: {ended}"
 
-    def measure(self, seconds: float) -> Phase:
-        """Watch the honest nodes for ``seconds``: commit rates, latencies, peak RSS."""
+    def measure(self, seconds: float, *, rounds: bool = False) -> Phase:
+        """Watch the honest nodes for ``seconds``: commit rates, latencies, peak RSS, and
+        with ``rounds`` how far apart their primaries' rounds get."""
         start = time.monotonic()
         peaks = dict.fromkeys(HONEST, 0)
-        while time.monotonic() - start < seconds:
-            self.check_alive()
-            for i, child in self.nodes.items():
-                peaks[i] = max(peaks[i], rss_bytes(child.process.pid))
-            time.sleep(SAMPLE_EVERY)
+        spreads: list[int] = []
+        next_rounds = start
+        with concurrent.futures.ThreadPoolExecutor(len(HONEST)) as readers:
+            while time.monotonic() - start < seconds:
+                self.check_alive()
+                for i, child in self.nodes.items():
+                    peaks[i] = max(peaks[i], rss_bytes(child.process.pid))
+                if rounds and time.monotonic() >= next_rounds:
+                    # read at once (one thread each), so the spread is the nodes', not
+                    # the time between three sequential reads
+                    read = list(readers.map(self._round, HONEST))
+                    if all(read):
+                        spreads.append(max(read) - min(read))
+                    next_rounds = time.monotonic() + ROUND_SAMPLE_EVERY
+                time.sleep(SAMPLE_EVERY)
         end = time.monotonic()  # the subscribers stamp each index as it arrives: no wait
         windows = {i: self.observers[i].window(start, end) for i in HONEST}
         return Phase(end - start, {i: w[0] for i, w in windows.items()},
-                     {i: w[1] for i, w in windows.items()}, peaks)
+                     {i: w[1] for i, w in windows.items()}, peaks,
+                     max(spreads) if spreads else None, len(spreads))
 
     # -- attacks -------------------------------------------------------------------------------
 
@@ -463,12 +499,13 @@ class AdversarialCluster:
         """An attack-free phase, then ``attack`` for ``duration`` seconds (see the module
         docstring); the attack is stopped (and must undo its links) before returning."""
         first = min(self.consensus_index(i) for i in HONEST) + 1
-        quiet = self.measure(baseline)
+        rounds = attack.max_round_spread is not None
+        quiet = self.measure(baseline, rounds=rounds)
         before = self.status(VICTIM)
         stop = self.loop.call(_new_event())
         running = self.loop.spawn(attack.run(self.context(stop)))
         try:
-            attacked = self.measure(duration)
+            attacked = self.measure(duration, rounds=rounds)
             after = self.status(VICTIM)
         finally:
             self.loop.loop.call_soon_threadsafe(stop.set)

@@ -9,7 +9,9 @@ Byzantine peer passive, then the attack, and
     attack-free rate;
 (c) bounded memory: no honest node's peak RSS grows more than the attack's bound over the
     attack-free phase's peak (48 MiB; 64 MiB for amplification, the issue's figure);
-(d) the attack shows in the named counter of the victim's ``/status``.
+(d) the attack shows in the named counter of the victim's ``/status``;
+(e) for the fetcher jam: the honest primaries' rounds, read together every 0.5 s, stay
+    within 2 of one another (``Attack.max_round_spread``).
 """
 
 from __future__ import annotations
