@@ -32,7 +32,7 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.net.retry import RetryConfig, is_transient, retry
-from narwhal.ports import RandomSource
+from narwhal.ports import Clock, RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key, vote_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
@@ -136,9 +136,13 @@ class NodeNetwork(PrimaryNetworkLike, Protocol):
 
 class PrimaryNode:
     def __init__(self, *, name: bytes, signer: Any, committee: Any, parameters: Any, store: Any,
-                 network: NodeNetwork, rng: RandomSource | None = None) -> None:
+                 network: NodeNetwork, rng: RandomSource | None = None,
+                 clock: Clock | None = None) -> None:
         """``rng`` draws the peers the certificate fetcher asks (seed it for a replayable
-        run; None: an unseeded ``random.Random``)."""
+        run; None: an unseeded ``random.Random``). ``clock``: what the core, the fetcher,
+        the proposer and the committed-batch tracker read the time from (None: their
+        defaults; the simulator passes the loop's, which is virtual there)."""
+        timed: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.name = name
         self.committee = committee
         self.parameters = parameters
@@ -150,7 +154,7 @@ class PrimaryNode:
             on_beyond_retention=self._start_state_sync,
             # a page covers >= MAX / n rounds (less when its bytes are capped first: then
             # the next page waits on the gap, fetched by digest, as before)
-            page_rounds=MAX_CERTIFICATES_PER_RESPONSE // len(committee.authorities) - 2)
+            page_rounds=MAX_CERTIFICATES_PER_RESPONSE // len(committee.authorities) - 2, **timed)
         #: Finds a checkpoint peers agree on when every peer pruned what we need.
         self.state_sync = CheckpointSync(committee=committee, others=network.others,
                                          request=network.request)
@@ -164,7 +168,7 @@ class PrimaryNode:
             name=name, committee=committee, signer=signer, store=store, network=network,
             fetch_certificates=self.fetcher.fetch, on_parents=self._parents_ready,
             on_certificate=self._certificate_accepted, on_far_ahead=self.fetcher.catch_up,
-            worker_ids=committee.worker_ids)
+            worker_ids=committee.worker_ids, **timed)
         genesis = tuple(sorted(c.digest() for c in Certificate.genesis(committee.authorities_sorted())))
         last = store.get("last_proposed", b"")
         self._last_header_digest = last[8:] if last else None
@@ -173,7 +177,8 @@ class PrimaryNode:
             all_parents=self.core.parents_of, frontier=lambda: self.core.frontier,
             certificates_coming=self.core.certificates_coming,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
-            genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0)
+            genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0,
+            **timed)
         protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
         self.consensus = protocol(committee, ConsensusState(parameters.gc_depth))
         self.consensus_index = 0
@@ -193,7 +198,9 @@ class PrimaryNode:
         #: Pulsed (set, then cleared) after each commit write: wakes output subscribers.
         self.commit_written = asyncio.Event()
         #: Batches of committed certificates our workers lack: fetched whatever the GC round.
-        self.committed_batches = CommittedBatches(request_worker=network.request_worker)
+        self.committed_batches = CommittedBatches(
+            request_worker=network.request_worker,
+            **({} if clock is None else {"clock": clock.now}))
         self._committed_batches_task: asyncio.Task[None] | None = None
         #: Catch-up requests of peers are read from the store here, off the event loop.
         self.reads = ServingReads(store, name="primary")

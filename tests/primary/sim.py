@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import defaultdict
 from typing import Any
 
 import attrs
@@ -27,38 +26,7 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.primary.node import PrimaryNode
-
-
-class MemoryStore:
-    """The Store's interface over dicts; records every write in order."""
-
-    def __init__(self) -> None:
-        self.families: dict[str, dict[bytes, bytes]] = defaultdict(dict)
-        self.log: list[tuple[str, bytes]] = []
-
-    async def write(self, ops, durable=False):
-        for family, key, value in ops:
-            self.log.append((family, key))
-            if value is None:
-                self.families[family].pop(key, None)
-            else:
-                self.families[family][bytes(key)] = bytes(value)
-
-    def get(self, family, key):
-        return self.families[family].get(bytes(key))
-
-    def get_many(self, family, keys):
-        return [self.get(family, k) for k in keys]
-
-    def items(self, family, start=None, end=None, limit=None, reverse=False):
-        rows = sorted((k, v) for k, v in self.families[family].items()
-                      if (start is None or k >= start) and (end is None or k < end))
-        if reverse:
-            rows.reverse()
-        return rows[:limit] if limit is not None else rows
-
-    def keys(self, family, start=None, end=None, limit=None, reverse=False):
-        return [k for k, _ in self.items(family, start, end, limit, reverse)]
+from narwhal.sim.store import MemoryStore
 
 
 class Handle:

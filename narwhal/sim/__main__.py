@@ -1,0 +1,87 @@
+"""``python -m narwhal.sim``: run seeded whole-cluster simulations (issue 14).
+
+``--seed S [--json]`` runs one seed and prints its result (``seed``, ``trace_hash``,
+``commits``, ``violations``, ``sim_seconds``, ``wall_seconds``, ...); ``--seeds N`` runs
+seeds ``--first``..``--first+N-1`` and prints ``{"seeds": N, "failed": [...],
+"seeds_per_minute": X}``. A failing seed prints the exact command that replays it. Exit
+status 1 if any seed failed.
+
+Replayable only with a fixed ``PYTHONHASHSEED`` (set and ``str`` hashing orders ``set``
+iteration): this entry point re-executes itself with ``PYTHONHASHSEED=0`` when it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from rich.progress import Progress
+
+from narwhal.sim.run import SimResult, simulate
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m narwhal.sim", description=__doc__.split("\n\n")[0])
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, default=None, help="run this one seed")
+    which.add_argument("--seeds", type=int, default=None, help="run this many seeds")
+    p.add_argument("--first", type=int, default=0, help="first seed of --seeds (default 0)")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="simulated seconds per seed (default 30)")
+    p.add_argument("--validators", type=int, default=4, help="committee size (default 4)")
+    p.add_argument("--consensus", choices=["bullshark", "tusk"], default="bullshark")
+    p.add_argument("--no-faults", action="store_true", help="no nemesis: a healthy network")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    return p
+
+
+def replay_command(seed: int, args: argparse.Namespace) -> str:
+    extra = "" if args.duration == 30.0 else f" --duration {args.duration:g}"
+    extra += "" if args.validators == 4 else f" --validators {args.validators}"
+    extra += "" if args.consensus == "bullshark" else f" --consensus {args.consensus}"
+    extra += " --no-faults" if args.no_faults else ""
+    return f"python -m narwhal.sim --seed {seed}{extra} --json"
+
+
+def _one(seed: int, args: argparse.Namespace) -> SimResult:
+    return simulate(seed, duration=args.duration, n=args.validators, faults=not args.no_faults,
+                    consensus=args.consensus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, "-m", "narwhal.sim",
+                                  *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.CRITICAL)  # the nodes' logs would drown the results
+    if args.seeds is None:
+        result = _one(args.seed if args.seed is not None else 0, args)
+        print(json.dumps(result.as_json(), indent=None if args.json else 1))
+        if result.violations:
+            print(f"replay: {replay_command(result.seed, args)}", file=sys.stderr)
+        return 1 if result.violations else 0
+    failed: list[dict[str, object]] = []
+    started = time.perf_counter()
+    with Progress(disable=args.json, transient=True) as progress:
+        task = progress.add_task("seeds", total=args.seeds)
+        for seed in range(args.first, args.first + args.seeds):
+            result = _one(seed, args)
+            if result.violations:
+                failed.append({"seed": seed, "violations": result.violations,
+                               "replay": replay_command(seed, args)})
+            progress.advance(task)
+    minutes = (time.perf_counter() - started) / 60
+    print(json.dumps({"seeds": args.seeds, "first": args.first, "failed": failed,
+                      "seeds_per_minute": round(args.seeds / minutes, 1) if minutes else None}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The simulated network: links with latency, loss, partitions and pauses (issue 14).
+
+Every message between two simulated validators crosses a directed :class:`Links` link. A
+link draws each message's one-way latency from a long-tailed distribution (a log-normal
+body, and now and then a spike), loses a fraction of messages, and can be cut (a
+partition, symmetric or one-way) or held (the receiver is paused: what is sent waits,
+like bytes in a TCP buffer, and arrives on resume). All draws come from the simulation's
+seeded random source, in the order the simulation makes them, so a seed replays exactly.
+
+Delivery semantics follow the real network layer:
+
+- :meth:`SimLink.send` is ``ReliableNetwork``'s: retried, with the real jittered backoff's
+  delays, until delivered or cancelled (the core cancels sends at the GC horizon, a crash
+  cancels the crashed node's sends);
+- :meth:`SimLink.request` is one try of a request: a lost request or answer, or a cut
+  link, is a ``TimeoutError`` after the caller's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+
+from narwhal.config.network import RetryConfig
+from narwhal.net.retry import Backoff
+
+__all__ = ["LinkModel", "Links"]
+
+T = TypeVar("T")
+
+#: The real ReliableNetwork's retry schedule (0.5 s, x1.5, jitter 0.3, at most 15 s).
+SEND_RETRY = RetryConfig()
+
+
+@attrs.frozen
+class LinkModel:
+    """How every link behaves when it is up (seconds, fractions)."""
+
+    #: Median one-way latency, and the log-normal's sigma (its tail).
+    latency: float = 0.02
+    sigma: float = 0.5
+    #: Fraction of messages delayed by a spike of up to ``spike`` seconds more.
+    spike_rate: float = 0.01
+    spike: float = 1.0
+    #: Fraction of messages lost (a reliable send retries after its backoff).
+    loss: float = 0.01
+
+
+class Links:
+    """All directed links between ``n`` validators (by index)."""
+
+    def __init__(self, n: int, rng: random.Random, model: LinkModel = LinkModel()) -> None:
+        self.n, self.rng, self.model = n, rng, model
+        #: Directed links that drop everything: (sender, receiver).
+        self.cut: set[tuple[int, int]] = set()
+        #: Validators whose inbound and outbound traffic waits (paused processes).
+        self.held: set[int] = set()
+        #: Validators that are down (crashed): nothing reaches them.
+        self.down: set[int] = set()
+        self._resumed: dict[int, asyncio.Event] = {}
+        self.delivered = self.lost = 0
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def partition(self, groups: list[list[int]]) -> None:
+        """Cut every link between different groups (both ways)."""
+        self.cut = {(a, b) for g in groups for h in groups if g is not h for a in g for b in h}
+
+    def cut_one_way(self, senders: list[int], receivers: list[int]) -> None:
+        self.cut |= {(a, b) for a in senders for b in receivers if a != b}
+
+    def heal(self) -> None:
+        self.cut = set()
+
+    def hold(self, node: int) -> None:
+        self.held.add(node)
+        self._resumed[node] = asyncio.Event()
+
+    def release(self, node: int) -> None:
+        self.held.discard(node)
+        event = self._resumed.pop(node, None)
+        if event is not None:
+            event.set()
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def latency(self) -> float:
+        m = self.model
+        delay = m.latency * math.exp(self.rng.gauss(0.0, m.sigma))
+        if self.rng.random() < m.spike_rate:
+            delay += self.rng.uniform(0.0, m.spike)
+        return delay
+
+    def _passes(self, sender: int, receiver: int) -> bool:
+        """One message's fate on the link, drawn now."""
+        if (sender, receiver) in self.cut or receiver in self.down or sender in self.down:
+            return False
+        return self.rng.random() >= self.model.loss
+
+    async def _wait_released(self, *nodes: int) -> None:
+        for node in nodes:
+            while node in self.held:
+                await self._resumed[node].wait()
+
+    async def send(self, sender: int, receiver: int, deliver: Callable[[], Awaitable[Any]],
+                   rng: random.Random) -> None:
+        """Reliable delivery: ``deliver()`` runs at the receiver once the message gets
+        through; retried with the real backoff (its jitter drawn from ``rng``)."""
+        backoff = Backoff(SEND_RETRY, rng=rng, clock=asyncio.get_running_loop().time)
+        while True:
+            await self._wait_released(sender, receiver)
+            await asyncio.sleep(self.latency())
+            await self._wait_released(receiver)
+            if self._passes(sender, receiver):
+                self.delivered += 1
+                await deliver()
+                return
+            self.lost += 1
+            await asyncio.sleep(backoff.next_delay() or SEND_RETRY.max_interval)
+
+    async def request(self, sender: int, receiver: int, answer: Callable[[], Awaitable[T]],
+                      timeout: float) -> T:
+        """One try: the request and its answer each cross the link (each may be lost)."""
+        async with asyncio.timeout(timeout):
+            await self._wait_released(sender, receiver)
+            await asyncio.sleep(self.latency())
+            if not self._passes(sender, receiver):
+                self.lost += 1
+                await asyncio.sleep(math.inf)
+            result = await answer()
+            await asyncio.sleep(self.latency())
+            if not self._passes(receiver, sender):
+                self.lost += 1
+                await asyncio.sleep(math.inf)
+            self.delivered += 1
+            return result

@@ -1,0 +1,137 @@
+"""One seeded simulation run: a cluster, a nemesis drawn from the seed, the checker.
+
+A run has three phases (virtual seconds):
+
+1. warm-up (``WARM_UP``): no faults;
+2. faults until ``duration - settle``: one fault at a time, each drawn from the seed --
+   crash a validator and restart it from its store, a 2|2 or 1|3 partition, a one-way cut
+   (one validator can send but not receive, or the reverse), a pause (a validator's traffic
+   held, as bytes wait in TCP buffers, and delivered on resume), or quiet -- never more
+   than f validators affected at once;
+3. settle (``settle`` seconds): every fault healed, the workers stop sealing new batches,
+   and the run must finish what it acknowledged.
+
+Then :func:`narwhal.sim.checker.check` reads every output. The result's ``trace_hash`` is
+the SHA-256 of every delivery, request and fault in order (``narwhal.sim.cluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import attrs
+
+from narwhal.sim.checker import check
+from narwhal.sim.cluster import SimCluster
+from narwhal.sim.loop import run_virtual
+from narwhal.sim.network import LinkModel
+
+__all__ = ["SimResult", "simulate"]
+
+WARM_UP = 3.0
+#: The commits every validator must add once the faults are healed.
+MIN_COMMITS_AFTER_HEAL = 4
+
+
+@attrs.frozen
+class SimResult:
+    seed: int
+    trace_hash: str
+    commits: int
+    violations: list[str]
+    sim_seconds: float
+    wall_seconds: float
+    events: int
+    faults: list[str]
+    acknowledged: int
+    rejections: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int = 4,
+             faults: bool = True, consensus: str = "bullshark",
+             link: LinkModel = LinkModel()) -> SimResult:  # noqa: B008
+    """Run seed ``seed`` to the end and check it (see the module docstring)."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        raise RuntimeError("a simulation is replayable only with PYTHONHASHSEED=0 "
+                           "(python -m narwhal.sim sets it)")
+    started = time.perf_counter()
+    cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus)
+    fault_log: list[str] = []
+    at_heal: dict[int, int] = {}
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        cluster.start()
+        await asyncio.sleep(WARM_UP)
+        if faults:
+            await _nemesis(cluster, begin=begin, until=begin + duration - settle, log=fault_log)
+        else:
+            await asyncio.sleep(max(0.0, begin + duration - settle - loop.time()))
+        at_heal.update({i: len(o) for i, o in cluster.outputs().items()})
+        cluster.sealing = False
+        await asyncio.sleep(max(0.0, begin + duration - loop.time()))
+        elapsed = loop.time() - begin
+        await cluster.stop()
+        return elapsed
+
+    sim_seconds = run_virtual(main())
+    outputs = cluster.outputs()
+    violations = check(outputs, acknowledged=cluster.acknowledged, at_heal=at_heal,
+                       min_commits_after_heal=MIN_COMMITS_AFTER_HEAL)
+    return SimResult(seed=seed, trace_hash=cluster.trace_hash,
+                     commits=min(len(o) for o in outputs.values()), violations=violations,
+                     sim_seconds=round(sim_seconds, 3),
+                     wall_seconds=round(time.perf_counter() - started, 3), events=cluster.events,
+                     faults=fault_log, acknowledged=len(cluster.acknowledged),
+                     rejections=dict(sorted(cluster.rejections.items())))
+
+
+async def _nemesis(cluster: SimCluster, *, begin: float, until: float, log: list[str]) -> None:
+    """One fault at a time, each drawn from the cluster's seeded source, until ``until``."""
+    loop = asyncio.get_running_loop()
+    rng, links, n = cluster.rng, cluster.links, len(cluster.validators)
+    f = (n - 1) // 3
+    while loop.time() < until:
+        kind = rng.choice(["crash", "partition", "one_way", "pause", "quiet"])
+        length = min(rng.uniform(1.0, 6.0), max(0.0, until - loop.time()))
+        victims = sorted(rng.sample(range(n), f))
+        cluster.record("fault", kind, victims, round(length, 6))
+        log.append(f"{loop.time() - begin:.2f}s {kind} {victims} {length:.2f}s")
+        if kind == "crash":
+            for v in victims:
+                await cluster.validators[v].crash()
+                links.down.add(v)
+            await asyncio.sleep(length)
+            for v in victims:
+                links.down.discard(v)
+                cluster.validators[v].start()
+        elif kind == "partition":
+            others = [i for i in range(n) if i not in victims]
+            links.partition([victims, others])
+            await asyncio.sleep(length)
+            links.heal()
+        elif kind == "one_way":
+            others = [i for i in range(n) if i not in victims]
+            if rng.random() < 0.5:
+                links.cut_one_way(victims, others)  # they can receive but not send
+            else:
+                links.cut_one_way(others, victims)  # they can send but not receive
+            await asyncio.sleep(length)
+            links.heal()
+        elif kind == "pause":
+            for v in victims:
+                links.hold(v)
+            await asyncio.sleep(length)
+            for v in victims:
+                links.release(v)
+        else:
+            await asyncio.sleep(length)
+        # a breath between faults, so that each is one fault, not a blend of two
+        await asyncio.sleep(min(rng.uniform(0.5, 2.0), max(0.0, until - loop.time())))
