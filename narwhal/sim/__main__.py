@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--first", type=int, default=0, help="first seed of --seeds (default 0)")
     p.add_argument("--duration", type=float, default=30.0,
                    help="simulated seconds per seed (default 30)")
+    p.add_argument("--settle", type=float, default=12.0,
+                   help="simulated seconds at the end with every fault healed (default 12)")
     p.add_argument("--validators", type=int, default=4, help="committee size (default 4)")
+    p.add_argument("--gc-depth", type=int, default=None,
+                   help="the validators' gc_depth (default: the simulator's, 20 rounds)")
     p.add_argument("--consensus", choices=["bullshark", "tusk"], default="bullshark")
     p.add_argument("--no-faults", action="store_true", help="no nemesis: a healthy network")
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -43,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def replay_command(seed: int, args: argparse.Namespace) -> str:
     extra = "" if args.duration == 30.0 else f" --duration {args.duration:g}"
+    extra += "" if args.settle == 12.0 else f" --settle {args.settle:g}"
+    extra += "" if args.gc_depth is None else f" --gc-depth {args.gc_depth}"
     extra += "" if args.validators == 4 else f" --validators {args.validators}"
     extra += "" if args.consensus == "bullshark" else f" --consensus {args.consensus}"
     extra += " --no-faults" if args.no_faults else ""
@@ -50,8 +56,9 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
 
 
 def _one(seed: int, args: argparse.Namespace) -> SimResult:
-    return simulate(seed, duration=args.duration, n=args.validators, faults=not args.no_faults,
-                    consensus=args.consensus)
+    overrides = {} if args.gc_depth is None else {"gc_depth": args.gc_depth}
+    return simulate(seed, duration=args.duration, settle=args.settle, n=args.validators,
+                    faults=not args.no_faults, consensus=args.consensus, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

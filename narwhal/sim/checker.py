@@ -62,12 +62,12 @@ def _contiguous(node: int, entries: list[OutputEntry]) -> list[str]:
 
 def _no_repeats(node: int, entries: list[OutputEntry]) -> list[str]:
     out = []
-    for what, keys in (("certificate", [e.certificate for e in entries]),
-                       ("(author, round)", [(e.author, e.round) for e in entries]),
-                       ("batch", [b for e in entries for b in e.batches])):
+    for what, keys in (("certificates", [e.certificate for e in entries]),
+                       ("(author, round) pairs", [(e.author, e.round) for e in entries]),
+                       ("batches", [b for e in entries for b in e.batches])):
         twice = [k for k, n in Counter(keys).items() if n > 1]
         if twice:
-            out.append(f"safety: node {node} output {len(twice)} {what}s twice "
+            out.append(f"safety: node {node} output {len(twice)} {what} twice "
                        f"(e.g. {[_short(k) for k in twice[:EXAMPLES]]})")
     return out
 

@@ -18,7 +18,7 @@ the SHA-256 of every delivery, request and fault in order (``narwhal.sim.cluster
 from __future__ import annotations
 
 import asyncio
-import os
+import sys
 import time
 from typing import Any
 
@@ -55,13 +55,19 @@ class SimResult:
 
 def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int = 4,
              faults: bool = True, consensus: str = "bullshark",
-             link: LinkModel = LinkModel()) -> SimResult:  # noqa: B008
-    """Run seed ``seed`` to the end and check it (see the module docstring)."""
-    if os.environ.get("PYTHONHASHSEED") != "0":
+             link: LinkModel = LinkModel(), replayable: bool = True,  # noqa: B008
+             **parameters: Any) -> SimResult:
+    """Run seed ``seed`` to the end and check it (see the module docstring).
+
+    ``replayable``: refuse to run unless string hashing is fixed (``PYTHONHASHSEED=0``),
+    without which the same seed can take another path in another process. Tests that only
+    compare runs within one process pass False. ``parameters`` override the validators'
+    (``narwhal.sim.cluster.SIM_PARAMETERS``)."""
+    if replayable and sys.flags.hash_randomization:
         raise RuntimeError("a simulation is replayable only with PYTHONHASHSEED=0 "
                            "(python -m narwhal.sim sets it)")
     started = time.perf_counter()
-    cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus)
+    cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus, **parameters)
     fault_log: list[str] = []
     at_heal: dict[int, int] = {}
 
