@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the validators' gc_depth (default: the simulator's, 20 rounds)")
     p.add_argument("--consensus", choices=["bullshark", "tusk"], default="bullshark")
     p.add_argument("--no-faults", action="store_true", help="no nemesis: a healthy network")
+    p.add_argument("--byzantine", action="store_true",
+                   help="the last validator equivocates (a twin of each header to half the others)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return p
 
@@ -52,13 +54,15 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
     extra += "" if args.validators == 4 else f" --validators {args.validators}"
     extra += "" if args.consensus == "bullshark" else f" --consensus {args.consensus}"
     extra += " --no-faults" if args.no_faults else ""
+    extra += " --byzantine" if args.byzantine else ""
     return f"python -m narwhal.sim --seed {seed}{extra} --json"
 
 
 def _one(seed: int, args: argparse.Namespace) -> SimResult:
     overrides = {} if args.gc_depth is None else {"gc_depth": args.gc_depth}
     return simulate(seed, duration=args.duration, settle=args.settle, n=args.validators,
-                    faults=not args.no_faults, consensus=args.consensus, **overrides)
+                    faults=not args.no_faults, consensus=args.consensus,
+                    byzantine=args.byzantine, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,9 +110,13 @@ class _PrimaryPort:
     async def send(self, authority: bytes, message: Any) -> _Handle:
         cluster = self._cluster
         target = cluster.by_name[authority]
-        return _Handle(cluster.spawn(self._me, cluster.links.send(
-            self._me, target.index, lambda: cluster.deliver(self._me, target, message),
-            cluster.validators[self._me].rng)))
+        sent = [message]
+        if self._me == cluster.byzantine and isinstance(message, Header):
+            sent = cluster.equivocate(message, target.index)
+        handles = [_Handle(cluster.spawn(self._me, cluster.links.send(
+            self._me, target.index, _call(cluster.deliver, self._me, target, m),
+            cluster.validators[self._me].rng))) for m in sent]
+        return handles[0]
 
     async def to_workers(self, message: Any, worker_ids: Any = None) -> list[Any]:
         await self._cluster.validators[self._me].worker_message(message)
@@ -289,6 +293,11 @@ class SimCluster:
         #: Every batch sealed (digest -> author index), and those acknowledged.
         self.batches: dict[bytes, int] = {}
         self.acknowledged: set[bytes] = set()
+        #: The index of a Byzantine validator (None: all honest). Its primary runs the
+        #: honest code, but every header it proposes reaches the upper half of the others
+        #: as a twin: same round and parents, no payload, signed (equivocation).
+        self.byzantine: int | None = None
+        self.twins = 0
         self._trace = hashlib.sha256()
         self.events = 0
         #: Handler failures at a receiver (a rejected message): kind -> count.
@@ -339,6 +348,25 @@ class SimCluster:
             assert isinstance(message, CertificatesRequest)
             answer = await node.certificates_by_digest(list(message.digests))
         return messages.decode(answer.tag, answer.body)  # what the requester's codec sees
+
+    def equivocate(self, header: Header, receiver: int) -> list[Header]:
+        """What the Byzantine validator sends ``receiver`` instead of its own ``header``
+        (with a payload): the upper half of the others get a twin (same round and
+        parents, no payload, signed), the first of the others gets both, in that order
+        (so an honest validator holds the two signed headers: evidence), the rest the
+        header."""
+        others = [v.index for v in self.validators if v.index != self.byzantine]
+        if not header.payload or receiver not in others[len(others) // 2:] + others[:1]:
+            return [header]
+        keys = self.by_name[header.author].keys
+        unsigned = Header(header.author, header.round, (), header.parents, bytes(64))
+        twin = Header(header.author, header.round, (), header.parents,
+                      keys.signing.sign(unsigned.digest()))
+        self.twins += 1
+        return [header, twin] if receiver == others[0] else [twin]
+
+    def honest(self) -> list[SimValidator]:
+        return [v for v in self.validators if v.index != self.byzantine]
 
     # -- running -------------------------------------------------------------------------------
 

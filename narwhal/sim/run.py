@@ -48,6 +48,11 @@ class SimResult:
     faults: list[str]
     acknowledged: int
     rejections: dict[str, int]
+    byzantine: int | None = None
+    #: Twin headers the Byzantine validator sent, and pieces of equivocation evidence the
+    #: honest validators stored.
+    equivocations: int = 0
+    evidence: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -56,18 +61,22 @@ class SimResult:
 def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int = 4,
              faults: bool = True, consensus: str = "bullshark",
              link: LinkModel = LinkModel(), replayable: bool = True,  # noqa: B008
-             **parameters: Any) -> SimResult:
+             byzantine: bool = False, **parameters: Any) -> SimResult:
     """Run seed ``seed`` to the end and check it (see the module docstring).
 
     ``replayable``: refuse to run unless string hashing is fixed (``PYTHONHASHSEED=0``),
     without which the same seed can take another path in another process. Tests that only
     compare runs within one process pass False. ``parameters`` override the validators'
-    (``narwhal.sim.cluster.SIM_PARAMETERS``)."""
+    (``narwhal.sim.cluster.SIM_PARAMETERS``). ``byzantine``: the last validator equivocates
+    (``SimCluster.equivocate``); the checker then reads the honest validators' outputs and
+    the batches honest validators acknowledged."""
     if replayable and sys.flags.hash_randomization:
         raise RuntimeError("a simulation is replayable only with PYTHONHASHSEED=0 "
                            "(python -m narwhal.sim sets it)")
     started = time.perf_counter()
     cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus, **parameters)
+    if byzantine:
+        cluster.byzantine = n - 1
     fault_log: list[str] = []
     at_heal: dict[int, int] = {}
 
@@ -88,14 +97,18 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
         return elapsed
 
     sim_seconds = run_virtual(main())
-    outputs = cluster.outputs()
-    violations = check(outputs, acknowledged=cluster.acknowledged, at_heal=at_heal,
+    honest = {v.index for v in cluster.honest()}
+    outputs = {i: o for i, o in cluster.outputs().items() if i in honest}
+    promised = {d for d in cluster.acknowledged if cluster.batches[d] in honest}
+    violations = check(outputs, acknowledged=promised, at_heal=at_heal,
                        min_commits_after_heal=MIN_COMMITS_AFTER_HEAL)
     return SimResult(seed=seed, trace_hash=cluster.trace_hash,
                      commits=min(len(o) for o in outputs.values()), violations=violations,
                      sim_seconds=round(sim_seconds, 3),
                      wall_seconds=round(time.perf_counter() - started, 3), events=cluster.events,
-                     faults=fault_log, acknowledged=len(cluster.acknowledged),
+                     faults=fault_log, acknowledged=len(promised), byzantine=cluster.byzantine,
+                     equivocations=cluster.twins,
+                     evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
                      rejections=dict(sorted(cluster.rejections.items())))
 
 

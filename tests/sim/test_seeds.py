@@ -4,7 +4,9 @@ something with (each a regression test).
 Every seed: 4 validators, 20 simulated seconds (3 of warm-up, faults one at a time --
 crashes with restarts, partitions, one-way cuts, pauses -- then 12 healed), checked for
 safety (outputs contiguous, agreeing, nothing twice) and liveness (commits after the heal,
-every acknowledged batch output). Two processes share the seeds (this box has two cores).
+every acknowledged batch output). Two processes share the seeds (this box has two cores);
+the second runs its seeds with a Byzantine validator (``--byzantine``: it sends a twin of
+each of its headers to half of the others).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def sweep(first: int, count: int, *extra: str) -> dict:
 def test_every_seed_of_the_ci_sweep_is_safe_and_live():
     share = CI_SEEDS // PROCESSES
     with concurrent.futures.ThreadPoolExecutor(PROCESSES) as pool:
-        results = list(pool.map(lambda i: sweep(i * share, share), range(PROCESSES)))
+        results = list(pool.map(lambda i: sweep(i * share, share, *(["--byzantine"] if i else [])),
+                                range(PROCESSES)))
     failed = [f for r in results for f in r["failed"]]
     print(f"{CI_SEEDS} seeds, {sum(r['seeds_per_minute'] for r in results):.0f} seeds/minute "
           f"({PROCESSES} processes)")
