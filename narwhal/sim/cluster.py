@@ -1,53 +1,64 @@
-"""N simulated validators in one process: real primary cores and consensus, simulated
-workers, over :mod:`narwhal.sim.network` (issue 14).
+"""N simulated validators in one process: real primaries, real workers and consensus over
+:mod:`narwhal.sim.network` (issue 14).
 
 Each :class:`SimValidator` runs a real :class:`~narwhal.primary.node.PrimaryNode` (core,
-proposer, certificate fetcher, state sync, Bullshark or Tusk, the ordered output) on a
-:class:`~narwhal.sim.store.MemoryStore`, with the loop's (virtual) clock and a random
-source seeded from the run's seed. Keys are derived from the seed too.
+proposer, certificate fetcher, state sync, Bullshark or Tusk, the ordered output) and a
+real :class:`~narwhal.worker.node.WorkerNode` (intake, batch maker, quorum waiter,
+receiver, batch server, synchronizer, reporter), each on its own
+:class:`~narwhal.sim.store.MemoryStore`, with the loop's (virtual) clock and random
+sources seeded from the run's seed. Keys are derived from the seed too. A load client per
+validator submits a transaction every ``tx_interval`` seconds to its worker.
 
-The workers are modelled, not run (a socket-free worker core is the next step of the
-issue): each validator's worker seals a batch every ``batch_interval`` seconds, replicates
-it to the other workers over the simulated links, and once 2f+1 workers hold it (ours
-included) reports it to its primary as ours; that report returning is the batch's
-*acknowledgement* (the primary stores it durably first, as the real one does). Batches of
-other authorities are reported as they arrive; a ``Synchronize`` from the primary is
-answered from what the worker holds, or fetched from a holder across the links. A worker
-keeps what it holds across a crash (its store is durable); reports in flight at a crash are
-sent again at the restart, as the real reporter does.
+Primary to primary and worker to worker cross the simulated links (``narwhal.sim.ports``);
+a primary and its own worker talk directly (one machine). A batch is *acknowledged* when
+its author's primary has stored the worker's ``OurBatch`` report (until then the worker
+keeps it and replicates it again after a crash): the checker wants every acknowledged
+batch in every output. A crash stops a validator's primary and worker at once; both
+restart from their stores.
 
-Every delivery and every output is folded into a SHA-256 ``trace``: the same seed gives the
-same trace, bit for bit (``tests/sim/test_determinism.py``).
+Every delivery, request and fault is folded into a SHA-256 ``trace``: the same seed gives
+the same trace, bit for bit (``tests/sim/test_determinism.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import attrs
 
 from narwhal import messages
 from narwhal.config import Committee, Parameters
+from narwhal.config.network import PeerInfo
 from narwhal.crypto import AuthorityKeys, NetworkKeyPair, SigningKeyPair
+from narwhal.errors import NarwhalError
 from narwhal.messages import (
+    Batch,
     Certificate,
     CertificatesRequest,
     CheckpointRequest,
     Cleanup,
+    Encoded,
     FetchCertificates,
     Header,
+    OthersBatch,
+    OurBatch,
+    RequestBatches,
+    SubmitTransactions,
     Synchronize,
     Vote,
 )
 from narwhal.ports import LOOP_CLOCK
 from narwhal.primary.node import PrimaryNode, decode_output_record
 from narwhal.sim.network import LinkModel, Links
+from narwhal.sim.ports import PrimaryPort, SimPeer, WorkerPort
 from narwhal.sim.store import MemoryStore
+from narwhal.worker.node import WorkerNode
 
 __all__ = ["OutputEntry", "SimCluster", "SimValidator"]
 
@@ -59,7 +70,11 @@ WORKER_ID = 0
 #: one references is proposed again at the GC horizon (the latency tail of issue 16), so
 #: the horizon bounds how long an acknowledged batch can take once faults are healed, and
 #: a short one exercises garbage collection in every run.
-SIM_PARAMETERS: dict[str, Any] = {"max_header_delay": 0.2, "header_size": 1, "gc_depth": 20}
+#: Batches of ~10 transactions of 100 bytes, sealed at 0.2 s at the latest.
+SIM_PARAMETERS: dict[str, Any] = {"max_header_delay": 0.2, "header_size": 1, "gc_depth": 20,
+                                  "batch_size": 1_000, "max_batch_delay": 0.2}
+#: Bytes of each load transaction.
+TX_SIZE = 100
 
 
 @attrs.frozen
@@ -81,74 +96,24 @@ def seeded_keys(seed: int, index: int) -> AuthorityKeys:
                          [NetworkKeyPair(derive("worker-0"))])
 
 
-class _Handle:
-    """What a reliable send returns: cancelling it stops the retries."""
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self._task = task
-
-    def cancel(self) -> None:
-        self._task.cancel()
-
-    def done(self) -> bool:
-        return self._task.done()
-
-
-class _PrimaryPort:
-    """One primary's network (``PrimaryNode``'s ``NodeNetwork``), over the links."""
-
-    def __init__(self, cluster: SimCluster, me: int) -> None:
-        self._cluster, self._me = cluster, me
-
-    @property
-    def others(self) -> list[bytes]:
-        return [v.name for v in self._cluster.validators if v.index != self._me]
-
-    async def broadcast(self, message: Any) -> list[Any]:
-        return [await self.send(other, message) for other in self.others]
-
-    async def send(self, authority: bytes, message: Any) -> _Handle:
-        cluster = self._cluster
-        target = cluster.by_name[authority]
-        sent = [message]
-        if self._me == cluster.byzantine and isinstance(message, Header):
-            sent = cluster.equivocate(message, target.index)
-        handles = [_Handle(cluster.spawn(self._me, cluster.links.send(
-            self._me, target.index, _call(cluster.deliver, self._me, target, m),
-            cluster.validators[self._me].rng))) for m in sent]
-        return handles[0]
-
-    async def to_workers(self, message: Any, worker_ids: Any = None) -> list[Any]:
-        await self._cluster.validators[self._me].worker_message(message)
-        return []
-
-    async def request_worker(self, worker_id: int, message: Any, timeout: float) -> Any:
-        await self._cluster.validators[self._me].worker_message(message)
-        return None
-
-    async def request(self, authority: bytes, message: Any, timeout: float) -> Any:
-        cluster = self._cluster
-        target = cluster.by_name[authority]
-        return await cluster.links.request(
-            self._me, target.index, lambda: cluster.answer(self._me, target, message), timeout)
-
-
 class SimValidator:
-    """One validator: its keys, durable store and worker state, and the running primary
+    """One validator: its keys and two durable stores, and the running primary and worker
     (None while crashed)."""
 
     def __init__(self, cluster: SimCluster, index: int, keys: AuthorityKeys) -> None:
         self.cluster, self.index, self.keys = cluster, index, keys
         self.name = keys.name
-        self.store = MemoryStore()
+        authority = cluster.committee.authorities[self.name]
+        self.primary_key = authority.primary.network_key
+        self.worker_key = authority.workers[WORKER_ID].network_key
+        self.store = MemoryStore()  # the primary's
+        self.worker_store = MemoryStore()
         self.rng = random.Random(f"{cluster.seed}/{index}/network")
         self.node: PrimaryNode | None = None
+        self.worker: WorkerNode | None = None
         self._task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()  # its sends and background work
-        #: The worker's durable state: batches held, and reports not yet acknowledged.
-        self.held: dict[bytes, bytes] = {}  # digest -> author
-        self.unreported: dict[bytes, bool] = {}  # digest -> ours
-        self.sealed = 0
+        self._tasks: set[asyncio.Task[Any]] = set()  # its sends and its load
+        self.submitted = 0
         self.starts = 0
 
     @property
@@ -158,29 +123,34 @@ class SimValidator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start (or restart, from the stores) the primary, the worker and the load."""
         assert self.node is None
         self.starts += 1
-        rng = random.Random(f"{self.cluster.seed}/{self.index}/primary/{self.starts}")
+        cluster = self.cluster
+        rng = random.Random(f"{cluster.seed}/{self.index}/primary/{self.starts}")
         self.node = PrimaryNode(name=self.name, signer=self.keys.signing,
-                                committee=self.cluster.committee,
-                                parameters=self.cluster.parameters, store=self.store,
-                                network=_PrimaryPort(self.cluster, self.index), rng=rng,
-                                clock=LOOP_CLOCK)
+                                committee=cluster.committee, parameters=cluster.parameters,
+                                store=self.store, network=PrimaryPort(cluster, self.index),
+                                rng=rng, clock=LOOP_CLOCK)
         self.node.restore()
         self._task = asyncio.ensure_future(self.node.run())
-        self.spawn(self._seal_batches())
-        for digest, ours in list(self.unreported.items()):
-            self.spawn(self._report(digest, ours))
+        self.worker = WorkerNode(name=self.name, worker_id=WORKER_ID, committee=cluster.committee,
+                                 parameters=cluster.parameters, store=self.worker_store,
+                                 network=WorkerPort(cluster, self.index), clock=LOOP_CLOCK,
+                                 rng=random.Random(f"{cluster.seed}/{self.index}/worker/{self.starts}"))
+        self.worker.start()
+        self.spawn(self._load())
 
     async def crash(self) -> None:
-        """``kill -9``: every task of this validator stops; the store and the worker's
-        durable state stay."""
-        node, self.node = self.node, None
+        """``kill -9``: every task of this validator stops; the stores stay."""
+        node, worker, self.node, self.worker = self.node, self.worker, None, None
         tasks = [t for t in (self._task, *self._tasks) if t is not None]
         self._task, self._tasks = None, set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if worker is not None:
+            await worker.stop()
         if node is not None:
             await node.close()
 
@@ -190,73 +160,58 @@ class SimValidator:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # -- the modelled worker -------------------------------------------------------------------
+    # -- the load, and the messages between the validator's own primary and worker ------------
 
-    async def _seal_batches(self) -> None:
-        cluster = self.cluster
-        while True:
-            await asyncio.sleep(cluster.batch_interval)
-            if not cluster.sealing:
-                return
-            self.sealed += 1
-            digest = hashlib.sha256(f"batch/{cluster.seed}/{self.index}/{self.sealed}".encode()).digest()
-            self.held[digest] = self.name
-            cluster.batches[digest] = self.index
-            self.spawn(self._replicate(digest))
+    async def _load(self) -> None:
+        """A client: one transaction every ``tx_interval`` while the run is sealing."""
+        cluster, client = self.cluster, SimPeer(PeerInfo("client", b"", "client"))
+        while cluster.sealing:
+            await asyncio.sleep(cluster.tx_interval)
+            worker = self.worker
+            if worker is None or not cluster.sealing:
+                continue
+            self.submitted += 1
+            tx = f"tx/{self.index}/{self.submitted}/".encode().ljust(TX_SIZE, b".")
+            with contextlib.suppress(NarwhalError):  # refused (backpressure): not sent
+                await worker.on_submit(client, SubmitTransactions((tx,)))
 
-    async def _replicate(self, digest: bytes) -> None:
-        """To every other worker (reliably); ours once 2f+1 hold it."""
-        cluster = self.cluster
-        quorum = asyncio.Event()
-        holders = [1]
-
-        def stored() -> None:
-            holders[0] += 1
-            if holders[0] >= cluster.quorum:
-                quorum.set()
-
-        for other in cluster.validators:
-            if other is not self:
-                self.spawn(cluster.links.send(self.index, other.index,
-                                              _call(other.receive_batch, digest, self.name, stored),
-                                              self.rng))
-        await quorum.wait()
-        self.unreported[digest] = True
-        await self._report(digest, True)
-
-    async def receive_batch(self, digest: bytes, author: bytes, stored: Callable[[], None]) -> None:
-        if digest not in self.held:
-            self.held[digest] = author
-            self.unreported[digest] = False
-            if self.up:
-                self.spawn(self._report(digest, False))
-        stored()
-
-    async def _report(self, digest: bytes, ours: bool) -> None:
+    async def to_primary(self, message: OurBatch | OthersBatch) -> None:
+        """A report of our worker; acknowledged once the primary stored it."""
         node = self.node
-        if node is None:
-            return  # sent again at the restart
-        await node.on_batch(digest, WORKER_ID, ours=ours, transactions=1)
-        self.unreported.pop(digest, None)
+        assert node is not None  # a crash stops the worker with the primary
+        ours = isinstance(message, OurBatch)
+        await node.on_batch(message.digest, message.worker_id, ours=ours,
+                            transactions=message.transactions)
         if ours:
-            self.cluster.acknowledged.add(digest)
+            self.cluster.acknowledged[message.digest] = self.index
 
-    async def worker_message(self, message: Any) -> None:
-        """Our primary's ``Synchronize`` (or ``Cleanup``, ignored) to our worker."""
-        if isinstance(message, Cleanup) or not isinstance(message, Synchronize):
-            return
-        for digest in message.digests:
-            if digest in self.held:
-                self.spawn(self._report(digest, False))
-            elif (holder := self.cluster.batches.get(digest)) is not None:
-                self.spawn(self._fetch(digest, holder))
+    async def to_worker(self, message: Any) -> Any:
+        """Our primary's ``Synchronize`` or ``Cleanup``, to our worker."""
+        worker = self.worker
+        if worker is None:
+            raise ConnectionError("our worker is down")
+        peer = SimPeer(PeerInfo("primary", self.primary_key, "primary", self.name))
+        if isinstance(message, Synchronize):
+            return await worker.on_synchronize(peer, message)
+        if isinstance(message, Cleanup):
+            return await worker.on_cleanup(peer, message)
+        raise TypeError(f"a primary does not send {type(message).__name__} to its worker")
 
-    async def _fetch(self, digest: bytes, holder: int) -> None:
-        """Fetch a batch from its author's worker (retried while the link is cut)."""
-        cluster = self.cluster
-        source = cluster.validators[holder]
-        await cluster.links.send(holder, self.index, _call(
-            self.receive_batch, digest, source.name, lambda: None), self.rng)
+    async def worker_receives(self, sender: int, message: Any) -> Any:
+        """A peer worker's ``Batch`` or ``RequestBatches``, across the link."""
+        self.cluster.record("worker", sender, self.index, type(message).__name__,
+                            _digest(message))
+        worker = self.worker
+        if worker is None:
+            raise ConnectionError("worker down")  # transient: the sender retries
+        source = self.cluster.validators[sender]
+        peer = SimPeer(PeerInfo("worker", source.worker_key, "worker", source.name, WORKER_ID))
+        if isinstance(message, Batch):
+            return await worker.on_batch(peer, message)
+        if isinstance(message, RequestBatches):
+            answer: Encoded = await worker.on_request_batches(peer, message)
+            return messages.decode(answer.tag, answer.body)
+        raise TypeError(f"a worker does not send {type(message).__name__} to a worker")
 
     # -- what it output ------------------------------------------------------------------------
 
@@ -268,15 +223,11 @@ class SimValidator:
         return entries
 
 
-def _call(handler: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[], Awaitable[Any]]:
-    return lambda: handler(*args)
-
-
 class SimCluster:
     """``n`` validators over simulated links (see the module docstring)."""
 
     def __init__(self, *, seed: int, n: int = 4, link: LinkModel = LinkModel(),  # noqa: B008
-                 batch_interval: float = 0.2, consensus: str = "bullshark",
+                 tx_interval: float = 0.02, consensus: str = "bullshark",
                  **parameters: Any) -> None:
         self.seed = seed
         self.rng = random.Random(f"{seed}/cluster")
@@ -285,14 +236,13 @@ class SimCluster:
         self.parameters = Parameters(**{**SIM_PARAMETERS, "consensus": consensus, **parameters})
         self.validators = [SimValidator(self, i, k) for i, k in enumerate(keys)]
         self.by_name = {v.name: v for v in self.validators}
+        self.by_worker_key = {v.worker_key: v for v in self.validators}
         self.links = Links(n, random.Random(f"{seed}/links"), link)
-        self.batch_interval = batch_interval
-        #: The workers seal new batches while this is set (the run's last phase clears it).
+        self.tx_interval = tx_interval
+        #: The clients submit while this is set (the run's last phase clears it).
         self.sealing = True
-        self.quorum = self.committee.quorum_threshold()
-        #: Every batch sealed (digest -> author index), and those acknowledged.
-        self.batches: dict[bytes, int] = {}
-        self.acknowledged: set[bytes] = set()
+        #: Batches acknowledged (their author's primary stored the report): digest -> author.
+        self.acknowledged: dict[bytes, int] = {}
         #: The index of a Byzantine validator (None: all honest). Its primary runs the
         #: honest code, but every header it proposes reaches the upper half of the others
         #: as a twin: same round and parents, no payload, signed (equivocation).

@@ -22,12 +22,12 @@ import asyncio
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 
 from narwhal.config.network import RetryConfig
-from narwhal.net.retry import Backoff
+from narwhal.net.retry import Backoff, is_transient
 
 __all__ = ["LinkModel", "Links"]
 
@@ -63,7 +63,8 @@ class Links:
         #: Validators that are down (crashed): nothing reaches them.
         self.down: set[int] = set()
         self._resumed: dict[int, asyncio.Event] = {}
-        self.delivered = self.lost = 0
+        #: Messages delivered, lost on a link, and refused by the receiver (transient).
+        self.delivered = self.lost = self.refused = 0
 
     # -- faults ---------------------------------------------------------------------------
 
@@ -107,10 +108,12 @@ class Links:
             while node in self.held:
                 await self._resumed[node].wait()
 
-    async def send(self, sender: int, receiver: int, deliver: Callable[[], Awaitable[Any]],
-                   rng: random.Random) -> None:
+    async def send(self, sender: int, receiver: int, deliver: Callable[[], Awaitable[T]],
+                   rng: random.Random) -> T:
         """Reliable delivery: ``deliver()`` runs at the receiver once the message gets
-        through; retried with the real backoff (its jitter drawn from ``rng``)."""
+        through, and what it answers is returned; retried with the real backoff (its
+        jitter drawn from ``rng``) while the link drops it or the receiver answers with a
+        transient error (as ``ReliableNetwork`` does); a permanent error is raised."""
         backoff = Backoff(SEND_RETRY, rng=rng, clock=asyncio.get_running_loop().time)
         while True:
             await self._wait_released(sender, receiver)
@@ -118,9 +121,14 @@ class Links:
             await self._wait_released(receiver)
             if self._passes(sender, receiver):
                 self.delivered += 1
-                await deliver()
-                return
-            self.lost += 1
+                try:
+                    return await deliver()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self.refused += 1
+            else:
+                self.lost += 1
             await asyncio.sleep(backoff.next_delay() or SEND_RETRY.max_interval)
 
     async def request(self, sender: int, receiver: int, answer: Callable[[], Awaitable[T]],

@@ -99,7 +99,7 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
     sim_seconds = run_virtual(main())
     honest = {v.index for v in cluster.honest()}
     outputs = {i: o for i, o in cluster.outputs().items() if i in honest}
-    promised = {d for d in cluster.acknowledged if cluster.batches[d] in honest}
+    promised = {d for d, author in cluster.acknowledged.items() if author in honest}
     violations = check(outputs, acknowledged=promised, at_heal=at_heal,
                        min_commits_after_heal=MIN_COMMITS_AFTER_HEAL)
     return SimResult(seed=seed, trace_hash=cluster.trace_hash,

@@ -31,6 +31,9 @@ class MemoryStore:
             else:
                 self.families[family][bytes(key)] = bytes(value)
 
+    async def delete(self, family: str, key: bytes) -> None:
+        await self.write([(family, key, None)])
+
     def get(self, family: str, key: bytes) -> bytes | None:
         return self.families[family].get(bytes(key))
 

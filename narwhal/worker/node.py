@@ -35,6 +35,7 @@ from narwhal.messages import (
     Synchronize,
     TransactionsAccepted,
 )
+from narwhal.ports import LOOP_CLOCK, Clock, RandomSource
 from narwhal.worker.batch_maker import BatchMaker
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.batch_server import BatchServer
@@ -75,7 +76,10 @@ class WorkerNode:
 
     def __init__(self, *, name: bytes, worker_id: int, committee: Committee,
                  parameters: Parameters, store: Any, network: WorkerNetwork,
-                 admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT) -> None:
+                 admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+                 clock: Clock = LOOP_CLOCK, rng: RandomSource | None = None) -> None:
+        """``clock``: what the storage quotas and the synchronizer's deadlines read;
+        ``rng``: draws the peers the synchronizer asks (seed it for a replayable run)."""
         p = parameters
         self.name, self.worker_id = name, worker_id
         self._store = store
@@ -105,7 +109,8 @@ class WorkerNode:
                                       max_batch_bytes=p.batch_size + p.max_transaction_size,
                                       metrics=metrics, quota_rate=p.batch_quota_rate,
                                       quota_burst=p.batch_quota_burst,
-                                      min_charge=p.batch_size // MIN_CHARGE_DIVISOR)
+                                      min_charge=p.batch_size // MIN_CHARGE_DIVISOR,
+                                      clock=clock.now)
         self.server = BatchServer(store=store, max_frame_size=p.max_frame_size, metrics=metrics,
                                   authority=name)
         self.retention = BatchRetention(store, retain_seconds=p.retain_seconds,
@@ -114,7 +119,7 @@ class WorkerNode:
             peers=peers, worker_id=worker_id, network=network,
             store=store, receiver=self.receiver, report=self.reporter.report, epoch=epoch,
             metrics=metrics, retry_delay=p.sync_retry_delay, retry_nodes=p.sync_retry_nodes,
-            reads=self.server.reads)
+            reads=self.server.reads, clock=clock, rng=rng)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

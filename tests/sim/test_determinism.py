@@ -21,14 +21,19 @@ def run_seed(*args: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.timeout(300)
 def test_the_same_seed_replays_the_same_trace_in_another_process():
-    first, again = run_seed("--seed", "5", "--duration", "20"), run_seed("--seed", "5", "--duration", "20")
-    assert first["trace_hash"] == again["trace_hash"]
-    assert first["events"] > 1_000 and first["faults"]  # a real run, with faults
-    first.pop("wall_seconds"), again.pop("wall_seconds")
-    assert first == again
-    other = run_seed("--seed", "6", "--duration", "20")
-    assert other["trace_hash"] != first["trace_hash"] and other["faults"] != first["faults"]
+    """Seeds 12 and 5 crash validators (12 found the workers' unseeded and wall-clock
+    reads: the synchronizer's random peers and the storage quotas' clock)."""
+    hashes = []
+    for seed in ("12", "5"):
+        first, again = run_seed("--seed", seed, "--duration", "20"), run_seed("--seed", seed, "--duration", "20")
+        assert first["trace_hash"] == again["trace_hash"], seed
+        assert first["events"] > 1_000 and any("crash" in f for f in first["faults"])
+        first.pop("wall_seconds"), again.pop("wall_seconds")
+        assert first == again
+        hashes.append(first["trace_hash"])
+    assert hashes[0] != hashes[1]
 
 
 @pytest.mark.skipif(not sys.flags.hash_randomization, reason="this process hashes strings "
