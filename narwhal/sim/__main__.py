@@ -1,9 +1,9 @@
 """``python -m narwhal.sim``: run seeded whole-cluster simulations (issue 14).
 
 ``--seed S [--json]`` runs one seed and prints its result (``seed``, ``trace_hash``,
-``commits``, ``violations``, ``sim_seconds``, ``wall_seconds``, ...); ``--seeds N`` runs
-seeds ``--first``..``--first+N-1`` and prints ``{"seeds": N, "failed": [...],
-"seeds_per_minute": X}``. A failing seed prints the exact command that replays it. Exit
+``commits``, ``violations``, ``sim_seconds``, ``wall_seconds``, ``recovery_s``, ...);
+``--seeds N`` runs seeds ``--first``..``--first+N-1`` and prints ``{"seeds": N, "failed":
+[...], "seeds_per_minute": X, "recovery_s_median": ..., "recovery_s_max": ...}``. A failing seed prints the exact command that replays it. Exit
 status 1 if any seed failed.
 
 Replayable only with a fixed ``PYTHONHASHSEED`` (set and ``str`` hashing orders ``set``
@@ -79,18 +79,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"replay: {replay_command(result.seed, args)}", file=sys.stderr)
         return 1 if result.violations else 0
     failed: list[dict[str, object]] = []
+    recoveries: list[float] = []
     started = time.perf_counter()
     with Progress(disable=args.json, transient=True) as progress:
         task = progress.add_task("seeds", total=args.seeds)
         for seed in range(args.first, args.first + args.seeds):
             result = _one(seed, args)
+            if result.recovery_s is not None:
+                recoveries.append(result.recovery_s)
             if result.violations:
                 failed.append({"seed": seed, "violations": result.violations,
                                "replay": replay_command(seed, args)})
             progress.advance(task)
     minutes = (time.perf_counter() - started) / 60
+    recoveries.sort()
     print(json.dumps({"seeds": args.seeds, "first": args.first, "failed": failed,
-                      "seeds_per_minute": round(args.seeds / minutes, 1) if minutes else None}))
+                      "seeds_per_minute": round(args.seeds / minutes, 1) if minutes else None,
+                      "recovery_s_median": recoveries[len(recoveries) // 2] if recoveries else None,
+                      "recovery_s_max": recoveries[-1] if recoveries else None}))
     return 1 if failed else 0
 
 

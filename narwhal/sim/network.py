@@ -3,8 +3,9 @@
 Every message between two simulated validators crosses a directed :class:`Links` link. A
 link draws each message's one-way latency from a long-tailed distribution (a log-normal
 body, and now and then a spike), loses a fraction of messages, and can be cut (a
-partition, symmetric or one-way) or held (the receiver is paused: what is sent waits,
-like bytes in a TCP buffer, and arrives on resume). All draws come from the simulation's
+partition, symmetric or one-way), slowed (every link of a validator, its latencies
+multiplied) or held (the receiver is paused: what is sent waits, like bytes in a TCP
+buffer, and arrives on resume). All draws come from the simulation's
 seeded random source, in the order the simulation makes them, so a seed replays exactly.
 
 Delivery semantics follow the real network layer:
@@ -62,6 +63,8 @@ class Links:
         self.held: set[int] = set()
         #: Validators that are down (crashed): nothing reaches them.
         self.down: set[int] = set()
+        #: Validators whose every link is slow: their latencies are multiplied by this.
+        self.slow: dict[int, float] = {}
         self._resumed: dict[int, asyncio.Event] = {}
         #: Messages delivered, lost on a link, and refused by the receiver (transient).
         self.delivered = self.lost = self.refused = 0
@@ -90,12 +93,12 @@ class Links:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def latency(self) -> float:
+    def latency(self, sender: int, receiver: int) -> float:
         m = self.model
         delay = m.latency * math.exp(self.rng.gauss(0.0, m.sigma))
         if self.rng.random() < m.spike_rate:
             delay += self.rng.uniform(0.0, m.spike)
-        return delay
+        return delay * max(self.slow.get(sender, 1.0), self.slow.get(receiver, 1.0))
 
     def _passes(self, sender: int, receiver: int) -> bool:
         """One message's fate on the link, drawn now."""
@@ -117,7 +120,7 @@ class Links:
         backoff = Backoff(SEND_RETRY, rng=rng, clock=asyncio.get_running_loop().time)
         while True:
             await self._wait_released(sender, receiver)
-            await asyncio.sleep(self.latency())
+            await asyncio.sleep(self.latency(sender, receiver))
             await self._wait_released(receiver)
             if self._passes(sender, receiver):
                 self.delivered += 1
@@ -136,12 +139,12 @@ class Links:
         """One try: the request and its answer each cross the link (each may be lost)."""
         async with asyncio.timeout(timeout):
             await self._wait_released(sender, receiver)
-            await asyncio.sleep(self.latency())
+            await asyncio.sleep(self.latency(sender, receiver))
             if not self._passes(sender, receiver):
                 self.lost += 1
                 await asyncio.sleep(math.inf)
             result = await answer()
-            await asyncio.sleep(self.latency())
+            await asyncio.sleep(self.latency(receiver, sender))
             if not self._passes(receiver, sender):
                 self.lost += 1
                 await asyncio.sleep(math.inf)

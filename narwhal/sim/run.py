@@ -6,7 +6,8 @@ A run has three phases (virtual seconds):
 2. faults until ``duration - settle``: one fault at a time, each drawn from the seed --
    crash a validator and restart it from its store, a 2|2 or 1|3 partition, a one-way cut
    (one validator can send but not receive, or the reverse), a pause (a validator's traffic
-   held, as bytes wait in TCP buffers, and delivered on resume), or quiet -- never more
+   held, as bytes wait in TCP buffers, and delivered on resume), a slow validator (its
+   links 20 times slower), or quiet -- never more
    than f validators affected at once;
 3. settle (``settle`` seconds): every fault healed, the workers stop sealing new batches,
    and the run must finish what it acknowledged.
@@ -18,6 +19,7 @@ the SHA-256 of every delivery, request and fault in order (``narwhal.sim.cluster
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from typing import Any
@@ -32,8 +34,14 @@ from narwhal.sim.network import LinkModel
 __all__ = ["SimResult", "simulate"]
 
 WARM_UP = 3.0
-#: The commits every validator must add once the faults are healed.
+#: The commits every validator must add once the faults are healed ...
 MIN_COMMITS_AFTER_HEAL = 4
+#: ... the first of them within this many seconds of the heal (commits resume).
+RECOVERY_BOUND = 10.0
+#: A slow validator's links are this many times slower (20 ms median -> 400 ms).
+SLOW_LINK_FACTOR = 20.0
+#: How often the validators' consensus indexes are read after the heal (virtual seconds).
+RECOVERY_SAMPLE = 0.05
 
 
 @attrs.frozen
@@ -53,6 +61,8 @@ class SimResult:
     #: honest validators stored.
     equivocations: int = 0
     evidence: int = 0
+    #: Seconds from the heal until every honest validator committed something new.
+    recovery_s: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -79,6 +89,7 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
         cluster.byzantine = n - 1
     fault_log: list[str] = []
     at_heal: dict[int, int] = {}
+    recovered: dict[int, float] = {}  # honest validator -> seconds from the heal to a commit
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
@@ -91,7 +102,9 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
             await asyncio.sleep(max(0.0, begin + duration - settle - loop.time()))
         at_heal.update({i: len(o) for i, o in cluster.outputs().items()})
         cluster.sealing = False
+        watch = asyncio.ensure_future(_recovery(cluster, recovered))
         await asyncio.sleep(max(0.0, begin + duration - loop.time()))
+        watch.cancel()
         elapsed = loop.time() - begin
         await cluster.stop()
         return elapsed
@@ -102,6 +115,11 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
     promised = {d for d, author in cluster.acknowledged.items() if author in honest}
     violations = check(outputs, acknowledged=promised, at_heal=at_heal,
                        min_commits_after_heal=MIN_COMMITS_AFTER_HEAL)
+    late = sorted(i for i in honest if recovered.get(i, math.inf) > RECOVERY_BOUND)
+    if late:
+        violations.append(f"liveness: validators {late} committed nothing within "
+                          f"{RECOVERY_BOUND:g} s of the heal ({recovered})")
+    recovery = max((recovered.get(i, math.inf) for i in honest), default=0.0)
     return SimResult(seed=seed, trace_hash=cluster.trace_hash,
                      commits=min(len(o) for o in outputs.values()), violations=violations,
                      sim_seconds=round(sim_seconds, 3),
@@ -109,7 +127,21 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
                      faults=fault_log, acknowledged=len(promised), byzantine=cluster.byzantine,
                      equivocations=cluster.twins,
                      evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
-                     rejections=dict(sorted(cluster.rejections.items())))
+                     rejections=dict(sorted(cluster.rejections.items())),
+                     recovery_s=round(recovery, 3) if recovery != math.inf else None)
+
+
+async def _recovery(cluster: SimCluster, recovered: dict[int, float]) -> None:
+    """Note when each honest validator first commits after the heal."""
+    loop = asyncio.get_running_loop()
+    healed = loop.time()
+    start = {v.index: v.node.consensus_index for v in cluster.honest() if v.node is not None}
+    while len(recovered) < len(start):
+        for v in cluster.honest():
+            if v.index not in recovered and v.node is not None \
+                    and v.node.consensus_index > start.get(v.index, 0):
+                recovered[v.index] = loop.time() - healed
+        await asyncio.sleep(RECOVERY_SAMPLE)
 
 
 async def _nemesis(cluster: SimCluster, *, begin: float, until: float, log: list[str]) -> None:
@@ -118,7 +150,7 @@ async def _nemesis(cluster: SimCluster, *, begin: float, until: float, log: list
     rng, links, n = cluster.rng, cluster.links, len(cluster.validators)
     f = (n - 1) // 3
     while loop.time() < until:
-        kind = rng.choice(["crash", "partition", "one_way", "pause", "quiet"])
+        kind = rng.choice(["crash", "partition", "one_way", "pause", "slow", "quiet"])
         length = min(rng.uniform(1.0, 6.0), max(0.0, until - loop.time()))
         victims = sorted(rng.sample(range(n), f))
         cluster.record("fault", kind, victims, round(length, 6))
@@ -144,6 +176,11 @@ async def _nemesis(cluster: SimCluster, *, begin: float, until: float, log: list
                 links.cut_one_way(others, victims)  # they can send but not receive
             await asyncio.sleep(length)
             links.heal()
+        elif kind == "slow":
+            for v in victims:
+                links.slow[v] = SLOW_LINK_FACTOR
+            await asyncio.sleep(length)
+            links.slow.clear()
         elif kind == "pause":
             for v in victims:
                 links.hold(v)
