@@ -38,6 +38,8 @@ WARM_UP = 3.0
 MIN_COMMITS_AFTER_HEAL = 4
 #: ... the first of them within this many seconds of the heal (commits resume).
 RECOVERY_BOUND = 10.0
+#: A fault shorter than this is not started (the fault phase is over).
+MIN_FAULT = 0.5
 #: A slow validator's links are this many times slower (20 ms median -> 400 ms).
 SLOW_LINK_FACTOR = 20.0
 #: How often the validators' consensus indexes are read after the heal (virtual seconds).
@@ -149,7 +151,7 @@ async def _nemesis(cluster: SimCluster, *, begin: float, until: float, log: list
     loop = asyncio.get_running_loop()
     rng, links, n = cluster.rng, cluster.links, len(cluster.validators)
     f = (n - 1) // 3
-    while loop.time() < until:
+    while until - loop.time() >= MIN_FAULT:
         kind = rng.choice(["crash", "partition", "one_way", "pause", "slow", "quiet"])
         length = min(rng.uniform(1.0, 6.0), max(0.0, until - loop.time()))
         victims = sorted(rng.sample(range(n), f))
