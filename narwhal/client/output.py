@@ -88,7 +88,7 @@ class OutputSubscriber:
                 conn = await self._subscribe(next_index, inbox)
             except (NarwhalError, OSError, TimeoutError) as exc:
                 self._failed(exc, next_index)
-                await asyncio.sleep(backoff.next_delay() or self._retry.max_interval)
+                await backoff.pause()
                 continue
             backoff.reset()
             try:

@@ -197,7 +197,7 @@ class TransactionClient:
                     if not retry or not is_transient(exc):
                         raise
                     self._note(exc)
-                    await asyncio.sleep(backoff.next_delay() or self._retry.max_interval)
+                    await backoff.pause()
             return self._conn
 
     def _is_our_worker(self, payload: Any) -> bool:
@@ -256,7 +256,7 @@ class TransactionClient:
                     self.stats.resent += 1
                     if not isinstance(exc, ConnectionClosed):  # OVERLOADED, TIMEOUT...
                         backoff = backoff or Backoff(self._retry)
-                        await asyncio.sleep(backoff.next_delay() or self._retry.max_interval)
+                        await backoff.pause()
                     continue
                 assert isinstance(answer, TransactionsAccepted)
                 accepted = True

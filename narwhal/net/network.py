@@ -279,7 +279,7 @@ class PeerManager:
                 # the peer kept a connection we do not hold (it checks that one: see
                 # _connection_opened); redialing at once would be refused again and again
                 peer.metrics.duplicate_refusals += 1
-                await asyncio.sleep(backoff.next_delay() or self.config.dial_retry.max_interval)
+                await backoff.pause()
                 continue
             try:
                 await self._dial(peer)
@@ -288,7 +288,7 @@ class PeerManager:
                 peer.metrics.dial_failures += 1
                 peer.metrics.record_error("handshake" if isinstance(exc, HandshakeError) else "dial", exc)
                 log.debug("%s: dial %s failed: %r", self.name, peer.info.name, exc)
-            await asyncio.sleep(backoff.next_delay() or self.config.dial_retry.max_interval)
+            await backoff.pause()
 
     def _connection_opened(self, conn: Connection) -> None:
         self._handshaking.discard(conn)

@@ -126,6 +126,16 @@ class Backoff(Iterator[float]):
             return None
         return delay
 
+    def delay_or_max(self) -> float:
+        """The next delay for a loop that never gives up: :meth:`next_delay`, or
+        ``max_interval`` once ``max_elapsed_time`` is spent."""
+        return self.next_delay() or self._config.max_interval
+
+    async def pause(self, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+        """Sleep the next delay (:meth:`delay_or_max`): what a retry loop waits between two
+        tries. ``sleep``: a clock's (the simulator's cores pass theirs)."""
+        await sleep(self.delay_or_max())
+
     def __next__(self) -> float:
         delay = self.next_delay()
         if delay is None:

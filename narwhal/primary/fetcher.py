@@ -191,7 +191,7 @@ class CertificateFetcher:
             if any(got):
                 backoff.reset()
             else:  # nobody had them (or the bulk page was empty): again, after a pause
-                await self._clock.sleep(backoff.next_delay() or FETCH_BACKOFF.max_interval)
+                await backoff.pause(self._clock.sleep)
 
     async def _fetch_chunk(self, preferred: bytes | None, chunk: list[bytes]) -> bool:
         """Ask ``preferred``, then every other peer, for ``chunk``; True if any came."""

@@ -312,7 +312,7 @@ class OutputService:
             index, _, author = fields[:3]
             self.stats["fetch_retries"] += 1
             self._node.committed_batches.want(index, batch[0], batch[1], author)  # type: ignore[index]
-            await asyncio.sleep(backoff.next_delay() or FETCH_RETRY.max_interval)
+            await backoff.pause()
 
     async def _wait_room(self, subscription: _Subscription) -> None:
         """Until the bytes queued toward the subscriber are below its buffer."""

@@ -75,7 +75,7 @@ class CheckpointSync:
                 return agreed
             log.info("no checkpoint at or above round %d is held by peers of f+1 stake yet "
                      "(%d answers); asking again", min_round, sum(a is not None for a in answers))
-            await self._clock.sleep(backoff.next_delay() or CHECKPOINT_BACKOFF.max_interval)
+            await backoff.pause(self._clock.sleep)
 
     async def _ask_all(self, min_round: int) -> list[Checkpoint | None]:
         self.asked += 1

@@ -132,7 +132,7 @@ class Links:
                     self.refused += 1
             else:
                 self.lost += 1
-            await asyncio.sleep(backoff.next_delay() or SEND_RETRY.max_interval)
+            await backoff.pause()
 
     async def request(self, sender: int, receiver: int, answer: Callable[[], Awaitable[T]],
                       timeout: float) -> T:

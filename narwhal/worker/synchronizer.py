@@ -173,7 +173,7 @@ class Synchronizer:
                 sync.wanted = {d for d in sync.wanted if not self._store.contains("batches", d)}
                 if not sync.wanted:
                     return
-                started, delay = self._clock.now(), backoff.next_delay() or self.retry.max_interval
+                started, delay = self._clock.now(), backoff.delay_or_max()
                 answered = await self._ask(peers, sync, delay)
                 if not sync.wanted:
                     return

@@ -310,3 +310,19 @@ async def test_retry_with_real_sleeps() -> None:
     attempt = Script(ConnectionClosed(), TimeoutError())
     assert await retry(attempt, config) == "ok"
     assert attempt.calls == 3
+
+
+async def test_pause_sleeps_the_next_delay_and_max_interval_once_the_time_is_spent():
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    now = [0.0]
+    config = RetryConfig(initial_interval=1.0, multiplier=2.0, max_interval=3.0,
+                         randomization_factor=0.0, max_elapsed_time=2.5)
+    backoff = Backoff(config, clock=lambda: now[0])
+    await backoff.pause(sleep)  # 1.0: within the elapsed budget
+    now[0] = 2.0
+    await backoff.pause(sleep)  # 2.0 would end past 2.5: a loop that never gives up waits max
+    assert slept == [1.0, 3.0]
