@@ -56,3 +56,11 @@ def test_parameter_defaults_are_the_network_layers_defaults():
     """Each network default is written once (narwhal/config/network.py): the config the
     default Parameters build is exactly the network layer's default config."""
     assert Parameters().network_config() == NetworkConfig()
+
+
+def test_the_output_service_and_the_simulator_read_records_from_consensus_not_the_node():
+    """The ordered output's records are consensus's (narwhal/consensus/records.py): the
+    output service and the simulator decode them without importing the primary node."""
+    for path in ("narwhal/primary/output.py", "narwhal/consensus/records.py"):
+        assert "narwhal.primary.node" not in import_graph.narwhal_imports(ROOT / path), path
+    assert "narwhal.consensus.records" in import_graph.narwhal_imports(ROOT / "narwhal/sim/cluster.py")

@@ -31,6 +31,7 @@ from typing import Any
 import cbor2
 
 from narwhal import messages
+from narwhal.consensus.records import CHECKPOINT_PREFIX  # checkpoints go with their rounds
 from narwhal.messages import Certificate
 
 __all__ = ["MARK_INTERVAL", "MAX_ROWS_PER_PASS", "PRUNE_INTERVAL", "HistoryRetention"]
@@ -44,9 +45,6 @@ PRUNE_INTERVAL = 10.0
 #: Certificates deleted per pass at most (a backlog goes over several passes).
 MAX_ROWS_PER_PASS = 5_000
 MARKS_KEY = b"retention_marks"
-#: ``consensus`` keys of the checkpoints (the state right after each committed leader, by
-#: round: :mod:`narwhal.primary.state_sync`); they go with their rounds.
-CHECKPOINT_PREFIX = b"checkpoint/"
 
 Op = tuple[str, bytes, bytes | None]
 

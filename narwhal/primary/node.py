@@ -17,10 +17,19 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import cbor2
-
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
+from narwhal.consensus.records import (
+    CONSENSUS_STATE_KEY,
+    OUTPUT_FLOOR_KEY,
+    checkpoint_key,
+    decode_consensus_state,
+    decode_output_record,
+    decode_state,
+    encode_consensus_state,
+    encode_output_record,
+    encode_state,
+)
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import (
     MAX_CERTIFICATES_PER_RESPONSE,
@@ -36,8 +45,8 @@ from narwhal.ports import Clock, RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
 from narwhal.primary.core import Core, PrimaryNetworkLike, round_key, vote_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
-from narwhal.primary.history import CHECKPOINT_PREFIX, HistoryRetention
 from narwhal.primary.history import PRUNE_INTERVAL as HISTORY_PRUNE_INTERVAL
+from narwhal.primary.history import HistoryRetention
 from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
 from narwhal.primary.state_sync import CheckpointSync
@@ -50,10 +59,6 @@ log = logging.getLogger(__name__)
 
 #: Bytes of certificates in one catch-up response (well below the 8 MiB frame limit).
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-CONSENSUS_STATE_KEY = b"state"
-#: ``consensus`` key of the lowest output index this node can serve after a state transfer
-#: (the indexes below it were never computed here).
-OUTPUT_FLOOR_KEY = b"output_floor"
 #: Output records read per step when a restart looks back through recent commits.
 RESTORE_OUTPUT_CHUNK = 1_000
 #: A round above any real one: the end of a key range over every round.
@@ -74,25 +79,12 @@ MAX_TRACKED_BATCH_SIZES = 1_000_000
 RECENT_COMMITTED = 1_000
 
 
-def encode_output_record(index: int, certificate: Certificate) -> bytes:
-    """One entry of the ordered output: what a subscriber needs to fetch the transactions."""
-    header = certificate.header
-    return cbor2.dumps([index, header.round, header.author, certificate.digest(),
-                        [list(p) for p in header.payload]], canonical=True)
 
 
-def decode_output_record(blob: bytes) -> tuple[int, int, bytes, bytes, list[tuple[bytes, int]]]:
-    index, round_, author, digest, payload = cbor2.loads(blob)
-    return index, round_, author, digest, [(d, w) for d, w in payload]
 
 
-def encode_consensus_state(state: ConsensusState, index: int) -> bytes:
-    return encode_state(index, state.last_committed_round, state.last_committed)
 
 
-def encode_state(index: int, last_committed_round: int, last_committed: dict[bytes, int]) -> bytes:
-    return cbor2.dumps({"index": index, "last_committed_round": last_committed_round,
-                        "last_committed": sorted(last_committed.items())}, canonical=True)
 
 
 def _until_space_returns(exc: BaseException) -> bool:
@@ -104,25 +96,10 @@ def _until_space_returns(exc: BaseException) -> bool:
     return is_transient(exc) or isinstance(exc, StorageFailed)
 
 
-def checkpoint_key(leader_round: int) -> bytes:
-    """Key, in the ``consensus`` family, of the checkpoint of a committed leader's round."""
-    return CHECKPOINT_PREFIX + leader_round.to_bytes(8, "big")
 
 
-def decode_state(blob: bytes) -> Checkpoint:
-    """A persisted consensus state (:func:`encode_state`): the consensus state itself, or
-    the checkpoint of a committed leader (its round is then ``last_committed_round``)."""
-    value = cbor2.loads(blob)
-    return Checkpoint(value["last_committed_round"], int(value["index"]),
-                      tuple((bytes(a), r) for a, r in value["last_committed"]))
 
 
-def decode_consensus_state(blob: bytes, state: ConsensusState) -> int:
-    """Load a persisted consensus state into ``state``; return the consensus index."""
-    decoded = decode_state(blob)
-    state.last_committed = dict(decoded.last_committed)
-    state.last_committed_round = decoded.leader_round
-    return decoded.index
 
 
 class NodeNetwork(PrimaryNetworkLike, Protocol):

@@ -53,13 +53,13 @@ from typing import Any, cast
 import attrs
 
 from narwhal.config import Parameters
+from narwhal.consensus.records import decode_output_record
 from narwhal.errors import ConnectionClosed, ErrorCode, RequestRejected
 from narwhal.messages import Subscribe, SubscribeAccepted
 from narwhal.net.clients import DEFAULT_MAX_CLIENTS, ClientServer
 from narwhal.net.connection import Connection, ConnectionConfig
 from narwhal.net.retry import Backoff, RetryConfig
 from narwhal.net.rpc import Router
-from narwhal.primary.node import decode_output_record
 from narwhal.primary.output_batches import OutputBatches, RequestWorkerBytes
 from narwhal.primary.output_pacer import FairPacer
 from narwhal.primary.output_parts import EMPTY_BATCH_BODY, output_part

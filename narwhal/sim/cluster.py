@@ -35,6 +35,7 @@ import attrs
 from narwhal import messages
 from narwhal.config import Committee, Parameters
 from narwhal.config.network import PeerInfo
+from narwhal.consensus.records import decode_output_record
 from narwhal.crypto import AuthorityKeys, NetworkKeyPair, SigningKeyPair
 from narwhal.errors import NarwhalError
 from narwhal.messages import (
@@ -54,7 +55,7 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.ports import LOOP_CLOCK
-from narwhal.primary.node import PrimaryNode, decode_output_record
+from narwhal.primary.node import PrimaryNode
 from narwhal.sim.network import LinkModel, Links
 from narwhal.sim.ports import PrimaryPort, SimPeer, WorkerPort
 from narwhal.sim.store import MemoryStore

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from narwhal.consensus.protocols import leader_of
+from narwhal.consensus.records import decode_output_record
 from narwhal.primary.core import round_key
-from narwhal.primary.node import decode_output_record
 
 from .sim import MemoryStore, Simulation
 
