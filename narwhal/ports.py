@@ -5,7 +5,10 @@ virtual clock or replayed from a seed (issue 14: a deterministic simulator). Cor
 these ports as constructor arguments, with the real implementations below as defaults, so
 production wiring is unchanged and a simulator can pass its own.
 
-This is the first step of the ports of issue 14: the sending and store ports come later.
+The sending ports: :class:`WorkerNetwork` (what a worker sends: reliable sends to peers
+named by network key; ``narwhal.net.network.ReliableNetwork``, or the simulator's links).
+The primary's (``narwhal.primary.core.PrimaryNetworkLike``, ``narwhal.primary.node.NodeNetwork``)
+are still declared beside the core.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["LOOP_CLOCK", "MONOTONIC_CLOCK", "Clock", "LoopClock", "MonotonicClock", "RandomSource",
-           "Signer", "StoreWriter", "WriteOp"]
+           "SendHandle", "Signer", "StoreWriter", "WorkerNetwork", "WriteOp"]
 
 T = TypeVar("T")
 
@@ -39,6 +42,29 @@ class RandomSource(Protocol):
     def uniform(self, a: float, b: float) -> float: ...
 
     def sample(self, population: Sequence[T], k: int) -> list[T]: ...
+
+
+class SendHandle(Protocol):
+    """One reliable send under way (``narwhal.net.network.CancelHandle``): cancel it to
+    give up; its done callbacks get the finished task (its result is the answer)."""
+
+    peer: bytes
+
+    def cancel(self) -> None: ...
+
+    def done(self) -> bool: ...
+
+    def add_done_callback(self, fn: Any) -> None: ...
+
+
+class WorkerNetwork(Protocol):
+    """What a worker sends, to peers named by their network key (our primary included):
+    reliable sends, retried until answered or cancelled (``ReliableNetwork``'s)."""
+
+    async def send(self, peer_id: bytes, message: Any) -> SendHandle: ...
+
+    async def broadcast_encoded(self, peer_ids: Sequence[bytes], tag: int,
+                                body: bytes) -> Sequence[SendHandle]: ...
 
 
 #: One store write: (family, key, value), a None value deleting the key.

@@ -37,7 +37,7 @@ from typing import Any
 
 from narwhal.config import short_hex
 from narwhal.errors import ErrorCode, RequestRejected
-from narwhal.messages import Batch, OthersBatch, encode
+from narwhal.messages import Batch, Message, OthersBatch, encode
 from narwhal.net.token_bucket import TokenBucket
 from narwhal.worker.metrics import WorkerMetrics
 
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 
 class BatchReceiver:
-    def __init__(self, *, store: Any, report: Any, worker_id: int, max_batch_bytes: int,
+    def __init__(self, *, store: Any, report: Callable[[Message], None], worker_id: int,
+                 max_batch_bytes: int,
                  metrics: WorkerMetrics, quota_rate: float | None = None,
                  quota_burst: float = 0, min_charge: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:

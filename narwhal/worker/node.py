@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from narwhal.config import Committee, Parameters
 from narwhal.messages import (
@@ -35,7 +34,7 @@ from narwhal.messages import (
     Synchronize,
     TransactionsAccepted,
 )
-from narwhal.ports import LOOP_CLOCK, Clock, RandomSource
+from narwhal.ports import LOOP_CLOCK, Clock, RandomSource, WorkerNetwork
 from narwhal.worker.batch_maker import BatchMaker
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.batch_server import BatchServer
@@ -47,7 +46,7 @@ from narwhal.worker.reporter import PrimaryReporter
 from narwhal.worker.retention import BatchRetention
 from narwhal.worker.synchronizer import Synchronizer
 
-__all__ = ["MIN_CHARGE_DIVISOR", "MIN_LATE_BATCHES", "WorkerNetwork", "WorkerNode"]
+__all__ = ["MIN_CHARGE_DIVISOR", "MIN_LATE_BATCHES", "WorkerNode"]
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +58,6 @@ MIN_LATE_BATCHES = 16
 #: >= 80 batch_size), so tiny batches cost honest peers almost nothing and a flood of them
 #: is bounded in count (quota_rate / (batch_size // 20) a second: <= 1,600/s by default).
 MIN_CHARGE_DIVISOR = 20
-
-
-class WorkerNetwork(Protocol):
-    """What a worker sends, to peers named by their network key (our primary included):
-    reliable sends, retried until answered or cancelled (``ReliableNetwork``'s)."""
-
-    async def send(self, peer: bytes, message: Any) -> Any: ...
-
-    async def broadcast_encoded(self, peer_ids: Sequence[bytes], tag: int, body: bytes) -> list[Any]: ...
 
 
 class WorkerNode:

@@ -33,10 +33,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from narwhal.messages import Batch, OurBatch, decode_as, encode, tag_of
+from narwhal.messages import Batch, Message, OurBatch, decode_as, encode, tag_of
+from narwhal.ports import SendHandle, WorkerNetwork
 from narwhal.store import StorageFailed
 from narwhal.worker.late_sends import CleanupEpoch, LateSends
 from narwhal.worker.metrics import WorkerMetrics
@@ -52,7 +53,8 @@ STORE_RETRY = 0.5
 
 class QuorumWaiter:
     def __init__(self, *, own_stake: int, threshold: int, peers: Mapping[bytes, int],
-                 worker_id: int, network: Any, store: Any, report: Any, release: Any,
+                 worker_id: int, network: WorkerNetwork, store: Any,
+                 report: Callable[[Message], None], release: Callable[[int], None],
                  late: LateSends, epoch: CleanupEpoch, metrics: WorkerMetrics) -> None:
         self.own_stake, self.threshold = own_stake, threshold
         self.peers = dict(peers)  # network key of each peer worker -> its authority's stake
@@ -130,7 +132,7 @@ class QuorumWaiter:
                 self.submit(decode_as(Batch, body), 0)
         return len(digests)
 
-    async def _quorum(self, handles: list[Any]) -> bool:
+    async def _quorum(self, handles: Sequence[SendHandle]) -> bool:
         """Wait until our stake plus the acked peers' reaches the threshold (True), or
         until every send has ended without reaching it (False)."""
         stake, running = self.own_stake, len(handles)

@@ -25,10 +25,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from narwhal.errors import ErrorCode, RemoteError
 from narwhal.messages import Message
+from narwhal.ports import WorkerNetwork
 from narwhal.worker.metrics import WorkerMetrics
 
 __all__ = ["MAX_QUEUED_REPORTS", "PrimaryReporter"]
@@ -42,8 +44,9 @@ REPORT_RETRY = 0.5
 
 
 class PrimaryReporter:
-    def __init__(self, network: Any, primary: bytes, metrics: WorkerMetrics,
-                 max_queued: int = MAX_QUEUED_REPORTS, on_acked: Any = None) -> None:
+    def __init__(self, network: WorkerNetwork, primary: bytes, metrics: WorkerMetrics,
+                 max_queued: int = MAX_QUEUED_REPORTS,
+                 on_acked: Callable[[Message], None] | None = None) -> None:
         self._network = network  # ReliableNetwork
         self._on_acked = on_acked  # called with each report our primary acknowledged
         self._primary = primary

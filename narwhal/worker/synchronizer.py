@@ -39,6 +39,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -47,13 +48,14 @@ from narwhal.config import short_hex
 from narwhal.errors import ErrorCode, RequestRejected
 from narwhal.messages import (
     MAX_DIGESTS_PER_REQUEST,
+    Message,
     OthersBatch,
     RequestBatches,
     Synchronize,
     batch_length,
 )
 from narwhal.net.retry import Backoff, RetryConfig
-from narwhal.ports import LOOP_CLOCK, Clock, RandomSource
+from narwhal.ports import LOOP_CLOCK, Clock, RandomSource, WorkerNetwork
 from narwhal.serving_reads import ServingReads
 from narwhal.worker.batch_receiver import BatchReceiver
 from narwhal.worker.late_sends import CleanupEpoch
@@ -83,8 +85,9 @@ class _Sync:
 
 
 class Synchronizer:
-    def __init__(self, *, peers: dict[bytes, bytes], worker_id: int, network: Any, store: Any,
-                 receiver: BatchReceiver, report: Any, epoch: CleanupEpoch,
+    def __init__(self, *, peers: dict[bytes, bytes], worker_id: int, network: WorkerNetwork,
+                 store: Any, receiver: BatchReceiver, report: Callable[[Message], None],
+                 epoch: CleanupEpoch,
                  metrics: WorkerMetrics, retry_delay: float, retry_nodes: int,
                  max_wanted: int | None = None, max_per_target: int | None = None,
                  clock: Clock = LOOP_CLOCK, rng: RandomSource | None = None,
