@@ -47,9 +47,10 @@ from narwhal import messages
 from narwhal.client.transactions import DEFAULT_RETRY as CLIENT_RETRY
 from narwhal.config import Parameters
 from narwhal.net.clients import ClientServer, connect_client
-from narwhal.net.network import PeerInfo, PeerManager, ReliableNetwork
+from narwhal.net.network import PeerInfo, PeerManager
 from narwhal.net.retry import Backoff, is_transient
 from narwhal.net.rpc import Router
+from narwhal.net.sending import ReliableNetwork
 from narwhal.wire.noise import HandshakePayload, Pattern
 from tests.net.cluster import keypair
 from tests.net.floods import (

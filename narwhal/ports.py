@@ -6,7 +6,7 @@ these ports as constructor arguments, with the real implementations below as def
 production wiring is unchanged and a simulator can pass its own.
 
 The sending ports: :class:`WorkerNetwork` (what a worker sends: reliable sends to peers
-named by network key; ``narwhal.net.network.ReliableNetwork``, or the simulator's links).
+named by network key; ``narwhal.net.sending.ReliableNetwork``, or the simulator's links).
 The primary's (``narwhal.primary.core.PrimaryNetworkLike``, ``narwhal.primary.node.NodeNetwork``)
 are still declared beside the core.
 """
@@ -45,7 +45,7 @@ class RandomSource(Protocol):
 
 
 class SendHandle(Protocol):
-    """One reliable send under way (``narwhal.net.network.CancelHandle``): cancel it to
+    """One reliable send under way (``narwhal.net.sending.CancelHandle``): cancel it to
     give up; its done callbacks get the finished task (its result is the answer)."""
 
     peer: bytes

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from narwhal.net.network import CancelHandle, PeerManager, ReliableNetwork
+from narwhal.net.network import PeerManager
 from narwhal.net.rpc import channel_of
+from narwhal.net.sending import CancelHandle, ReliableNetwork
 
 __all__ = ["PrimaryNetwork"]
 

@@ -11,7 +11,7 @@ Data flow (each arrow one component, each in its own module)::
 
 :class:`WorkerNode` owns these components and nothing of the network stack: what it
 sends goes through a :class:`WorkerNetwork` (the real one is
-:class:`~narwhal.net.network.ReliableNetwork`; the simulator's crosses simulated links),
+:class:`~narwhal.net.sending.ReliableNetwork`; the simulator's crosses simulated links),
 and what it receives arrives at its handlers (``on_*``), called by whoever owns the links
 (``narwhal/worker/worker.py`` routes a real listener's requests to them). The store is
 the caller's, opened and closed by it (sqlite in a node, in memory in the simulator).

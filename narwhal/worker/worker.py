@@ -29,9 +29,10 @@ from narwhal.messages import (
     Synchronize,
 )
 from narwhal.net.clients import ClientServer
-from narwhal.net.network import PeerManager, ReliableNetwork
+from narwhal.net.network import PeerManager
 from narwhal.net.rate_limit import client_limiter, validator_limiter
 from narwhal.net.rpc import Router, rate_limited, rpc_errors_of
+from narwhal.net.sending import ReliableNetwork
 from narwhal.store import store_size
 from narwhal.wire.noise import HandshakePayload
 from narwhal.worker.intake import DEFAULT_ADMISSION_TIMEOUT

@@ -29,8 +29,9 @@ from narwhal.net.admission import (
 )
 from narwhal.net.clients import ClientServer, connect_client
 from narwhal.net.connection import HANDSHAKE_RECEIVE_BUFFER, RECEIVE_BUFFER, ConnectionConfig
-from narwhal.net.network import NetworkConfig, ReliableNetwork
+from narwhal.net.network import NetworkConfig
 from narwhal.net.rpc import Router
+from narwhal.net.sending import ReliableNetwork
 from narwhal.wire.noise import HandshakePayload, Pattern
 
 from .cluster import FAST, NETWORK_ID, eventually, keypair, make_nodes, stop_all

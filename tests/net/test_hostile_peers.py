@@ -17,7 +17,7 @@ import pytest
 
 from narwhal import messages
 from narwhal.errors import ErrorCode
-from narwhal.net.network import ReliableNetwork
+from narwhal.net.sending import ReliableNetwork
 from narwhal.wire.frames import decode_error_body
 from tests.wire_compat import spec_peer
 

@@ -21,8 +21,8 @@ from narwhal.errors import (
     RequestRejected,
     SendCancelled,
 )
-from narwhal.net.network import ReliableNetwork, UnreliableNetwork
 from narwhal.net.rpc import Router
+from narwhal.net.sending import ReliableNetwork, UnreliableNetwork
 from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
 
 from .cluster import (

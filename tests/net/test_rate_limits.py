@@ -16,9 +16,9 @@ from narwhal.config import Committee, Parameters
 from narwhal.crypto import AuthorityKeys
 from narwhal.errors import ErrorCode, RemoteError
 from narwhal.metrics import StatusCollector
-from narwhal.net.network import ReliableNetwork
 from narwhal.net.rate_limit import SWEEP_THRESHOLD, RateLimiter, RouteLimit
 from narwhal.net.rpc import Router, channel_of, rate_limited
+from narwhal.net.sending import ReliableNetwork
 
 from ..worker.test_quotas import Clock
 from .cluster import eventually, make_nodes, settled_link, start_all, stop_all

@@ -14,8 +14,8 @@ import attrs
 import pytest
 
 from narwhal import messages
-from narwhal.net.network import ReliableNetwork
 from narwhal.net.rpc import Router
+from narwhal.net.sending import ReliableNetwork
 from narwhal.testing.links import RTO, LinkEmulator
 from tests.net.cluster import FAST, eventually, make_nodes, stop_all
 
