@@ -95,13 +95,12 @@ from narwhal.wire.frames import (
 )
 from narwhal.wire.noise import (
     MAX_HANDSHAKE_MESSAGE,
-    NOISE_LENGTH,
     PREAMBLE,
     HandshakePayload,
     HandshakeStep,
     NoiseHandshake,
-    NoiseTransport,
 )
+from narwhal.wire.transport import NOISE_LENGTH, NoiseTransport
 
 __all__ = [
     "BudgetExceeded",

@@ -1,4 +1,4 @@
-"""The Noise layer, sans-IO: preamble, handshake state machine, and the transport cipher.
+"""The Noise handshake, sans-IO: preamble, handshake payload and state machine.
 
 How a link starts (``wire_spec.md`` sections 2-4 are the authority)::
 
@@ -16,12 +16,10 @@ measured 2.8 GB/s per core against ChaCha20-Poly1305's 0.8 GB/s (``wire_spec.md`
 The prologue binds the wire version and a 32-byte network id (the committee hash), so
 peers with different committees or versions fail the handshake instead of talking.
 
-The handshake runs on noiseprotocol; afterwards its cipher states are *lifted* into
-:class:`NoiseTransport`, two AES-256-GCM objects with our own nonce counters. That
-skips noiseprotocol's per-call overhead on the hot path, and it is handed out exactly once
-(a second copy would reuse nonces). Every noiseprotocol / cryptography exception is mapped
-to :class:`~narwhal.errors.HandshakeError` or :class:`~narwhal.errors.DecryptError` here and
-nowhere else.
+The handshake runs on noiseprotocol; afterwards its cipher states are *lifted* into a
+:class:`~narwhal.wire.transport.NoiseTransport` (``narwhal/wire/transport.py``), handed out
+exactly once (a second copy would reuse nonces). Every noiseprotocol exception of the
+handshake is mapped to :class:`~narwhal.errors.HandshakeError` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -32,35 +30,30 @@ import hashlib
 import hmac
 import struct
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
 import cbor2
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from noise.backends.default.backend import DefaultNoiseBackend
 from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
 from noise.functions.hash import Hash
 
 from narwhal.errors import (
-    DecryptError,
     ErrorCode,
     HandshakeError,
     PeerRejected,
     VersionMismatch,
 )
 from narwhal.limits import DEFAULT_MAX_FRAME_SIZE
+from narwhal.wire.transport import MAX_NOISE_MESSAGE, NOISE_LENGTH, NoiseTransport
 
 __all__ = [
-    "MAX_NOISE_MESSAGE",
-    "MAX_PLAINTEXT",
     "WIRE_VERSION",
     "HandshakePayload",
     "HandshakeStep",
     "NoiseHandshake",
-    "NoiseTransport",
     "Pattern",
     "prologue",
 ]
@@ -74,11 +67,6 @@ PROLOGUE_LABEL: Final = b"narwhal-py wire v1\x00"
 NETWORK_ID_SIZE: Final = 32
 KEY_SIZE: Final = 32
 
-#: Noise limits every message to 65535 bytes; each carries a 16-byte AEAD tag.
-MAX_NOISE_MESSAGE: Final = 65535
-AEAD_TAG_SIZE: Final = 16
-MAX_PLAINTEXT: Final = MAX_NOISE_MESSAGE - AEAD_TAG_SIZE
-NOISE_LENGTH: Final = struct.Struct(">H")
 
 #: Handshake messages are tiny (IK msg1 is 96 bytes + payload). Refusing larger lengths
 #: stops a peer from making us buffer 64 KiB per half-open connection.
@@ -89,8 +77,6 @@ MAX_HANDSHAKE_PAYLOAD: Final = 512
 #: A rejection's reason, in bytes of UTF-8: keeps the rejection payload within its cap.
 MAX_REJECT_REASON: Final = 200
 
-#: Our nonce counter must never wrap: Noise reserves 2**64-1.
-_MAX_NONCE: Final = 2**64 - 1
 
 
 class Pattern(enum.IntEnum):
@@ -577,142 +563,3 @@ def _encode_payload(payload: HandshakePayload) -> bytes:
     if len(data) > MAX_HANDSHAKE_PAYLOAD:
         raise ValueError(f"handshake payload over {MAX_HANDSHAKE_PAYLOAD} bytes")
     return data
-
-
-class NoiseTransport:
-    """Lifted transport ciphers: AES-256-GCM with our own 64-bit nonce counters.
-
-    ``encrypt`` cuts any plaintext into Noise messages of at most :data:`MAX_PLAINTEXT`
-    bytes, each sent as a 2-byte big-endian length + ciphertext. ``decrypt`` reverses that
-    on a byte stream of any split, decrypting straight out of the received bytes (only an
-    incomplete trailing message is copied aside). A message that fails authentication
-    (tampered, truncated, replayed, reordered) raises :class:`~narwhal.errors.DecryptError`,
-    after which the transport is unusable.
-    """
-
-    __slots__ = ("_buf", "_dec", "_dec_n", "_enc", "_enc_n", "_failed")
-
-    def __init__(self, enc_key: bytes, enc_nonce: int, dec_key: bytes, dec_nonce: int) -> None:
-        self._enc = AESGCM(enc_key)
-        self._enc_n = enc_nonce
-        self._dec = AESGCM(dec_key)
-        self._dec_n = dec_nonce
-        self._buf = b""
-        self._failed = False
-
-    def encrypt(self, plaintext: bytes | bytearray | memoryview) -> list[bytes]:
-        """Noise messages (length prefix and ciphertext as separate items) for ``plaintext``."""
-        return self.encrypt_parts([plaintext])
-
-    def encrypt_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
-        """Like :meth:`encrypt` of the parts' concatenation, without building it: each
-        Noise message is cut straight out of the parts, and only a message that spans
-        several parts is joined (at most 64 KiB: no large temporary buffer per flush)."""
-        out: list[bytes] = []
-        pending: list[memoryview] = []
-        pending_len = 0
-        for part in parts:
-            view = memoryview(part)
-            pos, size = 0, len(view)
-            while pos < size:
-                take = min(MAX_PLAINTEXT - pending_len, size - pos)
-                pending.append(view[pos : pos + take])
-                pending_len += take
-                pos += take
-                if pending_len == MAX_PLAINTEXT:
-                    self._seal(pending, out)
-                    pending, pending_len = [], 0
-        if pending:
-            self._seal(pending, out)
-        return out
-
-    def _seal(self, pieces: list[memoryview], out: list[bytes]) -> None:
-        n = self._enc_n
-        if n >= _MAX_NONCE:
-            raise DecryptError("send nonce exhausted; the connection must be re-established")
-        plaintext = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        ciphertext = self._enc.encrypt(_nonce(n), plaintext, None)
-        self._enc_n = n + 1
-        out.append(NOISE_LENGTH.pack(len(ciphertext)))
-        out.append(ciphertext)
-
-    def decrypt(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """The plaintexts of every Noise message completed by ``data``, in order."""
-        if self._failed:
-            raise DecryptError("transport already failed")
-        out: list[bytes] = []
-        try:
-            if self._buf:
-                # finish the message left incomplete last time, copying only its bytes
-                data = self._complete_pending(data, out)
-                if not data:
-                    return out
-            self._buf = self._decrypt_messages(data, out)
-        except DecryptError:
-            self._failed = True
-            self._buf = b""
-            raise
-        return out
-
-    def _complete_pending(self, data: bytes | bytearray | memoryview, out: list[bytes]) -> memoryview:
-        buf = self._buf
-        if len(buf) < 2:
-            take = 2 - len(buf)
-            buf, data = buf + bytes(data[:take]), memoryview(data)[take:]
-            if len(buf) < 2:
-                self._buf = buf
-                return memoryview(b"")
-        need = 2 + ((buf[0] << 8) | buf[1]) - len(buf)
-        if len(data) < need:
-            self._buf = buf + bytes(data)
-            return memoryview(b"")
-        self._buf = b""
-        rest = self._decrypt_messages(buf + bytes(memoryview(data)[:need]), out)
-        assert not rest
-        return memoryview(data)[need:]
-
-    def _decrypt_messages(self, source: bytes | bytearray | memoryview, out: list[bytes]) -> bytes:
-        """Decrypt the complete messages at the start of ``source``; return the rest."""
-        pos, size = 0, len(source)
-        dec = self._dec.decrypt
-        n = self._dec_n
-        with memoryview(source) as view:
-            try:
-                while size - pos >= 2:
-                    length = (view[pos] << 8) | view[pos + 1]
-                    end = pos + 2 + length
-                    if size < end:
-                        break
-                    if length < AEAD_TAG_SIZE:
-                        raise DecryptError(f"Noise message of {length} bytes is shorter than its tag")
-                    try:
-                        out.append(dec(_nonce(n), view[pos + 2 : end], None))
-                    except InvalidTag as exc:
-                        raise DecryptError("Noise message failed authentication") from exc
-                    n += 1
-                    pos = end
-            finally:
-                self._dec_n = n
-            # at most one incomplete message (< 64 KiB) is kept for the next call
-            return bytes(view[pos:]) if pos < size else b""
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer stream bytes for :meth:`decrypt_available` (the two-step form of ``decrypt``;
-        use one form or the other on a transport, not both)."""
-        if self._failed:
-            raise DecryptError("transport already failed")
-        self._buf = self._buf + bytes(data)
-
-    def decrypt_available(self) -> list[bytes]:
-        """Decrypt every complete Noise message buffered so far, in order."""
-        buffered, self._buf = self._buf, b""
-        return self.decrypt(buffered)
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-
-def _nonce(n: int) -> bytes:
-    """The AES-GCM nonce of Noise: 4 zero bytes, then the counter as 8 big-endian bytes."""
-    return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")

@@ -45,9 +45,9 @@ from narwhal.wire.noise import (
     HandshakePayload,
     HandshakeStep,
     NoiseHandshake,
-    NoiseTransport,
     Pattern,
 )
+from narwhal.wire.transport import NoiseTransport
 
 VECTORS = Path(__file__).resolve().parent.parent / "wire_compat" / "vectors"
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import strategies as st
 
 from narwhal.wire.frames import Frame, FrameDecoder
-from narwhal.wire.noise import HandshakePayload, NoiseHandshake, NoiseTransport, Pattern
+from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
+from narwhal.wire.transport import NoiseTransport
 
 NETWORK_ID = bytes(range(32))
 OTHER_NETWORK_ID = bytes(range(1, 33))

@@ -20,15 +20,8 @@ from narwhal.errors import (
     PeerRejected,
     VersionMismatch,
 )
-from narwhal.wire.noise import (
-    MAX_NOISE_MESSAGE,
-    MAX_PLAINTEXT,
-    HandshakePayload,
-    HandshakeStep,
-    NoiseHandshake,
-    NoiseTransport,
-    Pattern,
-)
+from narwhal.wire.noise import HandshakePayload, HandshakeStep, NoiseHandshake, Pattern
+from narwhal.wire.transport import MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseTransport
 from tests.wire.harness import (
     CLIENT,
     NETWORK_ID,

@@ -25,7 +25,8 @@ import cbor2
 import pytest
 
 from narwhal.wire.frames import FrameKind, encode_error_body, encode_frame
-from narwhal.wire.noise import HandshakePayload, NoiseHandshake, NoiseTransport, Pattern, prologue
+from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern, prologue
+from narwhal.wire.transport import NoiseTransport
 from tests.wire.harness import public_of
 
 VECTORS = Path(__file__).parent / "vectors"

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from narwhal.errors import ErrorCode, HandshakeError, PeerRejected, VersionMismatch
 from narwhal.wire.frames import Frame, FrameDecoder, FrameKind, encode_frame
-from narwhal.wire.noise import HandshakePayload, NoiseHandshake, NoiseTransport, Pattern
+from narwhal.wire.noise import HandshakePayload, NoiseHandshake, Pattern
+from narwhal.wire.transport import NoiseTransport
 from tests.wire.harness import CLIENT, NETWORK_ID, PRIMARY, cut_points, decode_all, keypair, split
 from tests.wire_compat import spec_peer as sp
 from tests.wire_compat.test_golden_handshake import EPHEMERAL_WARNING, load, vector_keys
