@@ -43,6 +43,7 @@ from narwhal.primary.checks import Invalid, check_certificate, check_header, che
 from narwhal.primary.dag import Dag
 from narwhal.primary.evidence import VOTE, EvidenceRecorder
 from narwhal.primary.parked import Parked, ParkedHeaders
+from narwhal.primary.sends import SendTracker
 
 __all__ = ["Core", "PrimaryNetworkLike", "round_key", "vote_key"]
 
@@ -126,12 +127,12 @@ class Core:
         #: Missing parent digest -> digests of the parked certificates waiting for it.
         self._waiting_on: dict[bytes, set[bytes]] = {}
         self._accepting: set[bytes] = set()
-        self._sends: dict[int, list[Any]] = {}
+        #: Our sends in flight, by round: cancelled at GC (narwhal/primary/sends.py).
+        self.sends = SendTracker()
         self._sync_requested: dict[bytes, tuple[int, float]] = {}  # digest -> (round, asked at)
         self._revoted: set[tuple[bytes, int]] = set()
         #: Rejections and notable events by reason (metrics).
         self.counters: Counter[str] = Counter()
-        self._background: set[asyncio.Task[Any]] = set()
         self._proposed_at = 0.0
         #: Highest round of any valid certificate received, even one still waiting for its
         #: ancestors: how far the committee is while we catch up. Certificates only: a
@@ -139,7 +140,6 @@ class Core:
         self.highest_seen = 0
         #: Seconds from proposing each of our recent headers to its certificate (metrics).
         self.certificate_latencies: collections.deque[float] = collections.deque(maxlen=200)
-        self._unrounded: set[Any] = set()  # handles of sends not tied to a round (Cleanup)
         #: Proofs of equivocation, kept in the store (``restore`` loads what it holds).
         self.evidence = EvidenceRecorder(store)
 
@@ -314,7 +314,7 @@ class Core:
         if header.author == self.name:
             await self.handle_vote(vote, None)
         else:
-            self._track(header.round, await self._network.send(header.author, vote))
+            self.sends.track(header.round, await self._network.send(header.author, vote))
 
     async def retry_parked_headers(self) -> None:
         """Re-examine parked headers (after certificates or payload arrived)."""
@@ -334,7 +334,7 @@ class Core:
         """Our proposer made ``header`` (already signed and persisted): broadcast, vote."""
         self._current = VotesAggregator(header, self.committee)
         self._proposed_at = self._clock.now()
-        self._track(header.round, await self._network.broadcast(header))
+        self.sends.track(header.round, await self._network.broadcast(header))
         if self.voted.get((self.name, header.round)) == header.digest():
             await self._send_vote(header)  # re-proposed after a restart: count our vote again
         else:
@@ -362,7 +362,7 @@ class Core:
         if certificate is not None:
             self.counters["certificates_formed"] += 1
             self.certificate_latencies.append(self._clock.now() - self._proposed_at)
-            self._track(certificate.header.round, await self._network.broadcast(certificate))
+            self.sends.track(certificate.header.round, await self._network.broadcast(certificate))
             await self.accept_certificate(certificate)
 
     async def _vote_equivocation(self, vote: Vote, current: VotesAggregator) -> bool:
@@ -608,9 +608,7 @@ class Core:
         self.dag.prune_below(gc_round + 1)
         for round_ in [r for r in self._aggregators if r <= gc_round]:
             del self._aggregators[round_]
-        for round_ in [r for r in self._sends if r <= gc_round]:
-            for handle in self._sends.pop(round_):
-                handle.cancel()
+        self.sends.cancel_through(gc_round)
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
         self.available = {k: r for k, r in self.available.items() if r > gc_round}
         self._revoted = {k for k in self._revoted if k[1] > gc_round}
@@ -628,44 +626,12 @@ class Core:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _track(self, round_: int, handles: Any) -> None:
-        """Remember reliable-send handles by round so GC can cancel them."""
-        if not isinstance(handles, list):
-            handles = [handles]
-        bucket = self._sends.setdefault(round_, [])
-        bucket[:] = [h for h in bucket if not h.done()]
-        bucket.extend(handles)
-
     def spawn_send(self, coroutine: Any, round_: int | None) -> None:
-        """Start a network call from sync code and keep what it returns alive.
-
-        Reliable sends return cancel-on-drop handles: dropping them would cancel the send
-        at once. Handles of a round are kept for GC to cancel; the others until done."""
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)  # the loop only keeps weak references to tasks
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._background.discard(t)
-            if t.cancelled() or t.exception() is not None or t.result() is None:
-                return
-            handles = t.result() if isinstance(t.result(), list) else [t.result()]
-            if round_ is not None:
-                self._track(round_, handles)
-                return
-            for handle in handles:
-                self._unrounded.add(handle)
-                handle.add_done_callback(lambda _, h=handle: self._unrounded.discard(h))
-
-        task.add_done_callback(done)
+        """Start a network call from sync code (see :meth:`SendTracker.spawn`)."""
+        self.sends.spawn(coroutine, round_)
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        for handles in [*self._sends.values(), list(self._unrounded)]:
-            for handle in handles:
-                handle.cancel()
-        self._sends.clear()
-        self._unrounded.clear()
+        self.sends.close()
 
 
 def _certificate_rows(certificate: Certificate) -> list[tuple[str, bytes, bytes | None]]:
