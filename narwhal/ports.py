@@ -5,10 +5,12 @@ virtual clock or replayed from a seed (issue 14: a deterministic simulator). Cor
 these ports as constructor arguments, with the real implementations below as defaults, so
 production wiring is unchanged and a simulator can pass its own.
 
-The sending ports: :class:`WorkerNetwork` (what a worker sends: reliable sends to peers
-named by network key; ``narwhal.net.sending.ReliableNetwork``, or the simulator's links).
-The primary's (``narwhal.primary.core.PrimaryNetworkLike``, ``narwhal.primary.node.NodeNetwork``)
-are still declared beside the core.
+The sending ports: :class:`PrimaryNetworkLike` (what the primary's core sends: to other
+primaries and to its workers) and :class:`NodeNetwork` (the node's: also requests, answered
+once), implemented by ``narwhal.primary.network.PrimaryNetwork`` and the simulator's
+``narwhal.sim.ports.PrimaryPort``; :class:`WorkerNetwork` (what a worker sends: reliable
+sends to peers named by network key; ``narwhal.net.sending.ReliableNetwork``, or the
+simulator's links). :class:`StoreLike`: what the core reads and writes of its store.
 """
 
 from __future__ import annotations
@@ -18,8 +20,22 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["LOOP_CLOCK", "MONOTONIC_CLOCK", "Clock", "LoopClock", "MonotonicClock", "RandomSource",
-           "SendHandle", "Signer", "StoreWriter", "WorkerNetwork", "WriteOp"]
+__all__ = [
+    "LOOP_CLOCK",
+    "MONOTONIC_CLOCK",
+    "Clock",
+    "LoopClock",
+    "MonotonicClock",
+    "NodeNetwork",
+    "PrimaryNetworkLike",
+    "RandomSource",
+    "SendHandle",
+    "Signer",
+    "StoreLike",
+    "StoreWriter",
+    "WorkerNetwork",
+    "WriteOp",
+]
 
 T = TypeVar("T")
 
@@ -57,6 +73,29 @@ class SendHandle(Protocol):
     def add_done_callback(self, fn: Any) -> None: ...
 
 
+class PrimaryNetworkLike(Protocol):
+    """What the primary's core sends: reliable sends to other primaries (by authority), and
+    one-way messages to its own workers."""
+
+    async def broadcast(self, message: Any) -> list[Any]: ...
+
+    async def send(self, authority: bytes, message: Any) -> Any: ...
+
+    async def to_workers(self, message: Any, worker_ids: Iterable[int] | None = None) -> list[Any]: ...
+
+
+class NodeNetwork(PrimaryNetworkLike, Protocol):
+    """The primary node's network: the core's, plus one-try requests (catch-up, state
+    transfer, our workers) and who the other primaries are."""
+
+    @property
+    def others(self) -> list[bytes]: ...
+
+    async def request(self, authority: bytes, message: Any, timeout: float) -> Any: ...
+
+    async def request_worker(self, worker_id: int, message: Any, timeout: float) -> Any: ...
+
+
 class WorkerNetwork(Protocol):
     """What a worker sends, to peers named by their network key (our primary included):
     reliable sends, retried until answered or cancelled (``ReliableNetwork``'s)."""
@@ -65,6 +104,16 @@ class WorkerNetwork(Protocol):
 
     async def broadcast_encoded(self, peer_ids: Sequence[bytes], tag: int,
                                 body: bytes) -> Sequence[SendHandle]: ...
+
+
+class StoreLike(Protocol):
+    """What the primary's core reads and writes of its store."""
+
+    async def write(self, ops: list[WriteOp], *, durable: bool = False) -> None: ...
+
+    def get(self, family: str, key: bytes) -> bytes | None: ...
+
+    def items(self, family: str) -> list[tuple[bytes, bytes]]: ...
 
 
 #: One store write: (family, key, value), a None value deleting the key.

@@ -31,13 +31,13 @@ import collections
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
 from narwhal import crypto, messages
 from narwhal.messages import Certificate, Cleanup, Header, Synchronize, Vote
-from narwhal.ports import MONOTONIC_CLOCK, Clock
+from narwhal.ports import MONOTONIC_CLOCK, Clock, PrimaryNetworkLike, StoreLike
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator, signed_vote
 from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
 from narwhal.primary.dag import Dag
@@ -45,7 +45,7 @@ from narwhal.primary.evidence import VOTE, EvidenceRecorder
 from narwhal.primary.parked import Parked, ParkedHeaders
 from narwhal.primary.sends import SendTracker
 
-__all__ = ["Core", "PrimaryNetworkLike", "round_key", "vote_key"]
+__all__ = ["Core", "round_key", "vote_key"]
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +65,6 @@ def round_key(round_: int, author: bytes = b"") -> bytes:
 
 def vote_key(author: bytes, round_: int) -> bytes:
     return author + round_.to_bytes(8, "big")
-
-
-class PrimaryNetworkLike(Protocol):
-    """What the core needs from the network (real: ``primary.network.PrimaryNetwork``)."""
-
-    async def broadcast(self, message: Any) -> list[Any]: ...
-
-    async def send(self, authority: bytes, message: Any) -> Any: ...
-
-    async def to_workers(self, message: Any, worker_ids: Iterable[int] | None = None) -> list[Any]: ...
-
-
-class StoreLike(Protocol):
-    async def write(self, ops: list[tuple[str, bytes, bytes | None]], *, durable: bool = False) -> None: ...
-
-    def get(self, family: str, key: bytes) -> bytes | None: ...
-
-    def items(self, family: str) -> list[tuple[bytes, bytes]]: ...
 
 
 class Core:

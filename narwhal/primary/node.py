@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
@@ -41,9 +41,9 @@ from narwhal.messages import (
     Vote,
 )
 from narwhal.net.retry import RetryConfig, is_transient, retry
-from narwhal.ports import Clock, RandomSource
+from narwhal.ports import Clock, NodeNetwork, RandomSource
 from narwhal.primary.committed_batches import CommittedBatches
-from narwhal.primary.core import Core, PrimaryNetworkLike, round_key, vote_key
+from narwhal.primary.core import Core, round_key, vote_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
 from narwhal.primary.history import PRUNE_INTERVAL as HISTORY_PRUNE_INTERVAL
 from narwhal.primary.history import HistoryRetention
@@ -100,15 +100,6 @@ def _until_space_returns(exc: BaseException) -> bool:
 
 
 
-
-
-class NodeNetwork(PrimaryNetworkLike, Protocol):
-    @property
-    def others(self) -> list[bytes]: ...
-
-    async def request(self, authority: bytes, message: Any, timeout: float) -> Any: ...
-
-    async def request_worker(self, worker_id: int, message: Any, timeout: float) -> Any: ...
 
 
 class PrimaryNode:

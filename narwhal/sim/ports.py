@@ -1,5 +1,5 @@
 """What a simulated primary and worker send through: the ports their cores take
-(``PrimaryNode``'s ``NodeNetwork``, ``WorkerNode``'s ``WorkerNetwork``), over the
+(``narwhal.ports.NodeNetwork``, ``WorkerNode``'s ``WorkerNetwork``), over the
 simulated links of :mod:`narwhal.sim.network`.
 
 A reliable send is a task on the sender's validator (a crash cancels it); its
