@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--consensus", choices=["bullshark", "tusk"], default="bullshark")
     p.add_argument("--no-faults", action="store_true", help="no nemesis: a healthy network")
     p.add_argument("--byzantine", action="store_true",
-                   help="the last validator equivocates (a twin of each header to half the others)")
+                   help="the last validator equivocates (a twin of each header to half the "
+                        "others) and withholds its certificates from one")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return p
 

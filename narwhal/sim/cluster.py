@@ -245,10 +245,10 @@ class SimCluster:
         #: Batches acknowledged (their author's primary stored the report): digest -> author.
         self.acknowledged: dict[bytes, int] = {}
         #: The index of a Byzantine validator (None: all honest). Its primary runs the
-        #: honest code, but every header it proposes reaches the upper half of the others
-        #: as a twin: same round and parents, no payload, signed (equivocation).
+        #: honest code, but its headers reach half of the others as twins (equivocation)
+        #: and its certificates never reach one of them (withholding): byzantine_sends.
         self.byzantine: int | None = None
-        self.twins = 0
+        self.twins = self.withheld = 0
         self._trace = hashlib.sha256()
         self.events = 0
         #: Handler failures at a receiver (a rejected message): kind -> count.
@@ -299,6 +299,18 @@ class SimCluster:
             assert isinstance(message, CertificatesRequest)
             answer = await node.certificates_by_digest(list(message.digests))
         return messages.decode(answer.tag, answer.body)  # what the requester's codec sees
+
+    def byzantine_sends(self, message: Any, receiver: int) -> list[Any]:
+        """What the Byzantine validator sends ``receiver`` instead of ``message``: twins of
+        its headers (:meth:`equivocate`), and none of its certificates to the last honest
+        validator (withholding: that one must fetch them when later certificates name them
+        as parents)."""
+        if isinstance(message, Header):
+            return self.equivocate(message, receiver)
+        if isinstance(message, Certificate) and receiver == self.honest()[-1].index:
+            self.withheld += 1
+            return []
+        return [message]
 
     def equivocate(self, header: Header, receiver: int) -> list[Header]:
         """What the Byzantine validator sends ``receiver`` instead of its own ``header``

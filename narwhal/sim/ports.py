@@ -37,6 +37,10 @@ class SimPeer:
     info: PeerInfo
 
 
+async def _nothing() -> None:
+    """A send that was never made (a withheld message): done at once."""
+
+
 class SendHandle:
     """One reliable send: await it for the answer, ``cancel()`` it to give up."""
 
@@ -74,12 +78,12 @@ class PrimaryPort:
         cluster = self._cluster
         me, target = cluster.validators[self._me], cluster.by_name[authority]
         sent = [message]
-        if self._me == cluster.byzantine and isinstance(message, Header):
-            sent = cluster.equivocate(message, target.index)
+        if self._me == cluster.byzantine:
+            sent = cluster.byzantine_sends(message, target.index)
         handles = [SendHandle(me.spawn(cluster.links.send(
             self._me, target.index, call(cluster.deliver, self._me, target, m), me.rng)))
             for m in sent]
-        return handles[0]
+        return handles[0] if handles else SendHandle(me.spawn(_nothing()))
 
     async def to_workers(self, message: Any, worker_ids: Any = None) -> list[Any]:
         await self._cluster.validators[self._me].to_worker(message)

@@ -62,6 +62,7 @@ class SimResult:
     #: Twin headers the Byzantine validator sent, and pieces of equivocation evidence the
     #: honest validators stored.
     equivocations: int = 0
+    withheld: int = 0
     evidence: int = 0
     #: Seconds from the heal until every honest validator committed something new.
     recovery_s: float | None = None
@@ -127,7 +128,7 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
                      sim_seconds=round(sim_seconds, 3),
                      wall_seconds=round(time.perf_counter() - started, 3), events=cluster.events,
                      faults=fault_log, acknowledged=len(promised), byzantine=cluster.byzantine,
-                     equivocations=cluster.twins,
+                     equivocations=cluster.twins, withheld=cluster.withheld,
                      evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
                      rejections=dict(sorted(cluster.rejections.items())),
                      recovery_s=round(recovery, 3) if recovery != math.inf else None)

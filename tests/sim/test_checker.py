@@ -64,8 +64,8 @@ def test_a_real_run_without_faults_is_safe_and_live():
     assert result.sim_seconds == 12.0
 
 
-def test_an_equivocating_validator_is_caught_and_the_honest_outputs_stay_safe_and_live():
+def test_an_equivocating_withholding_validator_is_caught_and_the_honest_outputs_stay_safe_and_live():
     result = simulate(4, duration=15.0, settle=6.0, faults=False, byzantine=True, replayable=False)
-    assert result.byzantine == 3 and result.equivocations > 10
+    assert result.byzantine == 3 and result.equivocations > 10 and result.withheld > 5
     assert result.evidence > 0  # honest validators stored the two signed headers
     assert result.violations == []
