@@ -17,7 +17,6 @@ import attrs
 
 from narwhal import messages
 from narwhal.config.network import PeerInfo
-from narwhal.messages import Header
 
 if TYPE_CHECKING:
     from narwhal.sim.cluster import SimCluster
