@@ -21,7 +21,7 @@ import time
 
 from rich.progress import Progress
 
-from narwhal.sim.run import SimResult, simulate
+from narwhal.sim.run import WARM_UP, SimResult, simulate
 
 __all__ = ["main"]
 
@@ -67,7 +67,17 @@ def _one(seed: int, args: argparse.Namespace) -> SimResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds: at least 1")
+    if args.validators < 1:
+        parser.error("--validators: at least 1")
+    if args.settle <= 0 or args.duration <= WARM_UP + args.settle:
+        parser.error(f"--duration must exceed the warm-up ({WARM_UP:g} s) plus --settle "
+                     f"({args.settle:g} s), and --settle must be positive")
+    if args.gc_depth is not None and args.gc_depth < 1:
+        parser.error("--gc-depth: at least 1")
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "narwhal.sim",

@@ -42,3 +42,15 @@ def test_the_same_seed_replays_the_same_trace_in_another_process():
 def test_a_run_that_could_not_be_replayed_is_refused():
     with pytest.raises(RuntimeError, match="PYTHONHASHSEED=0"):
         simulate(1)
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--seeds", "0"], "--seeds: at least 1"),
+    (["--duration", "10"], "--duration must exceed the warm-up"),
+    (["--validators", "0"], "--validators: at least 1"),
+    (["--gc-depth", "0"], "--gc-depth: at least 1"),
+])
+def test_bad_arguments_are_refused_with_a_clear_error(args: list[str], error: str):
+    done = subprocess.run([sys.executable, "-m", "narwhal.sim", *args], check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and error in done.stderr, done.stderr
