@@ -12,6 +12,7 @@ Safety, at any time:
 Liveness, once the faults are healed (the run's last phase):
 
 - every validator's output grew by at least ``min_commits_after_heal`` entries;
+- every validator reaches at least the index any validator had output at the heal;
 - every *acknowledged* batch (its author's primary stored the report) is in every
   validator's output, exactly once.
 
@@ -39,6 +40,11 @@ def check(outputs: dict[int, list[OutputEntry]], *, acknowledged: set[bytes],
         violations += _contiguous(node, entries)
         violations += _no_repeats(node, entries)
     violations += _agreement(outputs)
+    reached = max(at_heal.values(), default=0)
+    for node, entries in outputs.items():
+        if len(entries) < reached:
+            violations.append(f"liveness: node {node} output {len(entries)} entries, short of "
+                              f"the {reached} another validator had output at the heal")
     for node, entries in outputs.items():
         grown = len(entries) - at_heal.get(node, 0)
         if grown < min_commits_after_heal:
