@@ -3,7 +3,7 @@
 Why this exists (issue 11: a restarted node's output stalled for ever). The ordered output
 serves every committed certificate's transactions from our own workers. Until now the only
 request that made a worker fetch another authority's batch came from the header path
-(:meth:`Core._request_payload`), and that path is bound to the GC horizon on purpose: its
+(:meth:`PayloadAvailability.request`), and that path is bound to the GC horizon on purpose: its
 reliable ``Synchronize`` is cancelled when its round is garbage-collected, and the worker
 expires its sync a GC depth later. A node catching up after a restart commits rounds that
 fall below the horizon the moment they are committed, so those requests died before the

@@ -36,13 +36,14 @@ from typing import Any
 import attrs
 
 from narwhal import crypto, messages
-from narwhal.messages import Certificate, Cleanup, Header, Synchronize, Vote
+from narwhal.messages import Certificate, Cleanup, Header, Vote
 from narwhal.ports import MONOTONIC_CLOCK, Clock, PrimaryNetworkLike, StoreLike
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator, signed_vote
 from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
 from narwhal.primary.dag import Dag
 from narwhal.primary.evidence import VOTE, EvidenceRecorder
 from narwhal.primary.parked import Parked, ParkedHeaders
+from narwhal.primary.payload import PayloadAvailability, payload_key
 from narwhal.primary.sends import SendTracker
 
 __all__ = ["Core", "round_key", "vote_key"]
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 #: Headers waiting for parents or payload, shared equally by the authorities (each author's
 #: oldest are dropped beyond its share: :mod:`narwhal.primary.parked`).
 MAX_PARKED_HEADERS = 1_000
-#: A batch sync is asked for again after this long if the batch is still missing.
-SYNC_REPEAT_AFTER = 30.0
 #: Certificates waiting for ancestors. Beyond it the oldest are dropped and refetched later.
 MAX_PARKED_CERTIFICATES = 20_000
 
@@ -97,10 +96,11 @@ class Core:
         self.dag = Dag(Certificate.genesis(committee.authorities_sorted()))
         self.gc_round = 0
         self.voted: dict[tuple[bytes, int], bytes] = {}
-        #: Batches stored at our workers -> the round we learnt it. Pruned with GC to bound
-        #: memory; a header naming an older one (its batches proposed again) finds it in
-        #: the store's payload records instead (see ``missing_payload``).
-        self.available: dict[tuple[bytes, int], int] = {}
+        #: Which batches our workers hold; asks them for the others.
+        self.payload = PayloadAvailability(
+            store=store, clock=clock, frontier=lambda: self.frontier,
+            synchronize=lambda worker_id, message, round_: self.spawn_send(
+                network.to_workers(message, [worker_id]), round_))
         self._current: VotesAggregator | None = None
         self._aggregators: dict[int, CertificatesAggregator] = {}
         self._parked_headers = ParkedHeaders(
@@ -111,7 +111,6 @@ class Core:
         self._accepting: set[bytes] = set()
         #: Our sends in flight, by round: cancelled at GC (narwhal/primary/sends.py).
         self.sends = SendTracker()
-        self._sync_requested: dict[bytes, tuple[int, float]] = {}  # digest -> (round, asked at)
         self._revoted: set[tuple[bytes, int]] = set()
         #: Rejections and notable events by reason (metrics).
         self.counters: Counter[str] = Counter()
@@ -137,16 +136,16 @@ class Core:
         for certificate in sorted(certificates, key=lambda c: c.header.round):
             if certificate.header.round > gc_round and self.dag.insert(certificate):
                 self._count_parent(certificate)
-        self.available.update(dict.fromkeys(available, self.frontier))
+        self.payload.restore(available)
 
     def resync_payload(self) -> None:
         """Ask our workers for every batch our certificates reference but we lack (after a
         restart, the workers' own sync state is gone)."""
         for round_ in self.dag.rounds():
             for author, certificate in self.dag.round(round_).items():
-                missing = self.missing_payload(certificate.header.payload)
+                missing = self.payload.missing(certificate.header.payload)
                 if missing and author != self.name:
-                    self._request_payload(author, missing, round_)
+                    self.payload.request(author, missing, round_)
 
     # -- headers ---------------------------------------------------------------------------
 
@@ -188,7 +187,7 @@ class Core:
                 await self._send_vote(header)
             return
         missing_parents = self._missing_parents(header)
-        missing_payload = self.missing_payload(header.payload)
+        missing_payload = self.payload.missing(header.payload)
         if missing_parents or missing_payload:
             await self._park_header(header, missing_parents, missing_payload)
             return
@@ -227,7 +226,7 @@ class Core:
         if missing_parents:
             self._fetch(missing_parents, header.author, header.round - 1)
         if missing_payload:
-            self._request_payload(header.author, missing_payload, header.round)
+            self.payload.request(header.author, missing_payload, header.round)
 
     async def _header_equivocation(self, header: Header, other: Header | bytes | None) -> None:
         """``header`` conflicts with ``other`` (a parked header, or the digest of the one we
@@ -243,41 +242,6 @@ class Core:
                 return
             other = messages.decode_as(Header, blob)
         await self.evidence.headers(other, header)
-
-    def missing_payload(self, payload: Iterable[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
-        """The batches of ``payload`` (a header's) not (known to be) stored at our workers.
-
-        Why the store is asked too: ``available`` forgets batches at the GC horizon, and
-        that is exactly when an orphaned header's batches are proposed again. Asking the
-        worker for them costs a round trip before our vote, enough for the new header to
-        miss the next round's parents and be orphaned again (seen in 5-minute runs: the
-        same batches orphaned three times, committed 30 s late). The payload record says
-        our worker stored the batch durably, and workers keep their batches."""
-        missing = []
-        for entry in payload:
-            if entry in self.available:
-                continue
-            digest, worker_id = entry
-            if self._store.get("payload", digest + worker_id.to_bytes(4, "big")) is not None:
-                self.available[entry] = self.frontier  # known again, until the next horizon
-            else:
-                missing.append(entry)
-        return missing
-
-    def _request_payload(self, author: bytes, missing: list[tuple[bytes, int]], round_: int) -> None:
-        """Ask our workers to fetch batches we lack: once per digest, again after
-        ``SYNC_REPEAT_AFTER`` if it is still missing (the worker may have given up)."""
-        now = self._clock.now()
-        by_worker: dict[int, list[bytes]] = {}
-        for digest, worker_id in missing:
-            asked = self._sync_requested.get(digest)
-            if asked is None or now - asked[1] > SYNC_REPEAT_AFTER:
-                self._sync_requested[digest] = (round_, now)
-                by_worker.setdefault(worker_id, []).append(digest)
-        for worker_id, digests in by_worker.items():
-            for start in range(0, len(digests), messages.MAX_DIGESTS_PER_REQUEST):
-                chunk = tuple(digests[start:start + messages.MAX_DIGESTS_PER_REQUEST])
-                self.spawn_send(self._network.to_workers(Synchronize(chunk, author), [worker_id]), round_)
 
     async def _vote(self, header: Header) -> None:
         key = (header.author, header.round)
@@ -304,7 +268,7 @@ class Core:
             if header.round <= self.gc_round:
                 self._parked_headers.remove(header)
                 continue
-            if not self._missing_parents(header) and not self.missing_payload(header.payload):
+            if not self._missing_parents(header) and not self.payload.missing(header.payload):
                 try:
                     await self._try_vote(header)
                 except Invalid:
@@ -507,9 +471,9 @@ class Core:
         if header.round <= self.gc_round or not self.dag.insert(certificate):
             return
         self.counters["certificates_accepted"] += 1
-        missing_payload = self.missing_payload(header.payload)
+        missing_payload = self.payload.missing(header.payload)
         if missing_payload and header.author != self.name:
-            self._request_payload(header.author, missing_payload, header.round)  # catch up on batches
+            self.payload.request(header.author, missing_payload, header.round)  # catch up on batches
         self._count_parent(certificate)
         self._on_certificate(certificate)
 
@@ -568,12 +532,10 @@ class Core:
         needs the batch stored at our worker, which it is, not our record of it (after a
         crash we would only ask the worker again, and it answers from its store). So a
         store commit is off the path from a peer's batch to our vote."""
-        if (digest, worker_id) in self.available:
+        if not self.payload.stored(digest, worker_id):
             return
-        self.available[(digest, worker_id)] = self.frontier
-        self._sync_requested.pop(digest, None)
         record = asyncio.ensure_future(self._store.write(
-            [("payload", digest + worker_id.to_bytes(4, "big"), b""), *also], durable=bool(also)))
+            [("payload", payload_key(digest, worker_id), b""), *also], durable=bool(also)))
         try:
             if self._parked_headers:
                 await self.retry_parked_headers()
@@ -592,7 +554,7 @@ class Core:
             del self._aggregators[round_]
         self.sends.cancel_through(gc_round)
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
-        self.available = {k: r for k, r in self.available.items() if r > gc_round}
+        self.payload.garbage_collect(gc_round)
         self._revoted = {k for k in self._revoted if k[1] > gc_round}
         self.evidence.garbage_collect(gc_round)
         self._parked_headers.drop_through(gc_round)
@@ -603,7 +565,6 @@ class Core:
             for parent in certificate.header.parents:
                 if parent not in self.dag:
                     self._waiting_on.setdefault(parent, set()).add(digest)
-        self._sync_requested = {d: v for d, v in self._sync_requested.items() if v[0] > gc_round}
         self.spawn_send(self._network.to_workers(Cleanup(gc_round)), None)
 
     # -- plumbing ----------------------------------------------------------------------------

@@ -364,7 +364,7 @@ class PrimaryNode:
         self.committed_batches.arrived(digest, worker_id)
         if transactions and len(self._batch_sizes) < MAX_TRACKED_BATCH_SIZES:
             self._batch_sizes.setdefault(digest, transactions)
-        if ours and (digest, worker_id) in self.core.available:
+        if ours and (digest, worker_id) in self.core.payload:
             return  # a repeated report (our ack to the worker was lost): never propose it twice
         # ours: durable before the worker's report is acknowledged, so that after a crash
         # the proposer still includes it (it is removed when a header carries it)
@@ -568,7 +568,7 @@ class PrimaryNode:
     def _want_committed_payload(self, index: int, author: bytes,
                                 payload: Iterable[tuple[bytes, int]]) -> None:
         """Index ``index`` is committed: have our workers fetch the batches they lack."""
-        for digest, worker_id in self.core.missing_payload(payload):
+        for digest, worker_id in self.core.payload.missing(payload):
             self.committed_batches.want(index, digest, worker_id, author)
 
     # -- observability -------------------------------------------------------------------------

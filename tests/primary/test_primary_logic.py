@@ -255,12 +255,12 @@ async def test_a_batch_forgotten_at_the_gc_horizon_needs_no_worker_round_trip(si
     batch = os.urandom(32)
     await sim_node.node.on_batch(batch, 0, ours=False)  # our worker stored it: recorded
     await core.garbage_collect(core.frontier + 5)  # ...and forgotten from memory
-    assert (batch, 0) not in core.available
+    assert (batch, 0) not in core.payload
     header = signed_header(author, core.gc_round + 2, [os.urandom(32)], payload=[(batch, 0)])
-    assert core.missing_payload(header.payload) == []  # found in the store, known again
-    assert (batch, 0) in core.available
+    assert core.payload.missing(header.payload) == []  # found in the store, known again
+    assert (batch, 0) in core.payload
     unknown = signed_header(author, core.gc_round + 2, [os.urandom(32)], payload=[(os.urandom(32), 0)])
-    assert len(core.missing_payload(unknown.payload)) == 1  # never stored here: still asked for
+    assert len(core.payload.missing(unknown.payload)) == 1  # never stored here: still asked for
 
 
 async def test_vote_for_a_header_we_did_not_send_is_rejected(sim):
