@@ -1,9 +1,10 @@
 """Bullshark and Tusk: pure functions from a causally ordered certificate stream to a
 total order of certificates.
 
-Both keep the same :class:`ConsensusState` (a DAG of uncommitted certificates, the last
-committed round per authority) and differ only in *which* leader a new certificate can
-decide and *where* its support is counted (``docs/protocol.md``, "Consensus"):
+Both keep the same :class:`ConsensusState` (the last committed round per authority, over
+the DAG of :mod:`narwhal.consensus.dag`) and differ only in *which* leader a new
+certificate can decide and *where* its support is counted (``docs/protocol.md``,
+"Consensus"):
 
 - **Bullshark** (partially synchronous, as in MystenLabs/narwhal): a certificate of round R
   may decide the leader of round r = R-1 (r even, r >= 2) with f+1 stake of round-R
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from narwhal.consensus.dag import Dag
 from narwhal.messages import Certificate
 
 __all__ = ["Bullshark", "ConsensusState", "Tusk", "leader_of"]
@@ -47,12 +49,24 @@ def leader_of(committee: Committee, round_: int) -> bytes:
 
 
 class ConsensusState:
-    """What consensus remembers: uncommitted certificates and how far each author is committed."""
+    """What consensus remembers: how far each author is committed, over one DAG.
 
-    def __init__(self, gc_depth: int) -> None:
+    **One DAG.** A node's core already holds every accepted certificate above the GC round
+    in a :class:`Dag`; consensus reads that same object (``dag=``) instead of keeping a
+    copy. What consensus may still order is a filter on it, :meth:`live`: above its
+    author's last committed round and not below the GC horizon (``last_committed_round -
+    gc_depth``). That is exactly the set the former private copy held, because
+    ``last_committed`` and the horizon only grow; and after a state transfer
+    (:meth:`reset`) the certificates the node already holds above the checkpoint stay
+    visible, as they are at the nodes that did not need one. The DAG's owner prunes it
+    (the core at its GC round, which the node sets to this horizon); a state built without
+    ``dag=`` owns its DAG and prunes it itself at each commit.
+    """
+
+    def __init__(self, gc_depth: int, dag: Dag | None = None) -> None:
         self.gc_depth = gc_depth
-        self.dag: dict[int, dict[bytes, Certificate]] = {}
-        self.digests: dict[bytes, Certificate] = {}
+        self._owns_dag = dag is None
+        self.dag = Dag() if dag is None else dag
         self.last_committed: dict[bytes, int] = {}
         self.last_committed_round = 0
         #: Of the last :meth:`commit`, for each leader it committed: (outputs up to and
@@ -61,38 +75,46 @@ class ConsensusState:
         self.leader_ends: list[tuple[int, int, dict[bytes, int]]] = []
 
     def reset(self, last_committed: dict[bytes, int], last_committed_round: int) -> None:
-        """Start again from a checkpoint (state transfer): forget every certificate."""
-        self.dag.clear()
-        self.digests.clear()
+        """Start again from a checkpoint (state transfer)."""
         self.last_committed = dict(last_committed)
         self.last_committed_round = last_committed_round
         self.leader_ends = []
+        if self._owns_dag:
+            self._prune()
+
+    def live(self, certificate: Certificate) -> bool:
+        """Not committed yet and not below the GC horizon: consensus may still order it.
+        Genesis (round 0) counts as committed from the start."""
+        header = certificate.header
+        return header.round > self.last_committed.get(header.author, 0) and (
+            header.round >= self.last_committed_round - self.gc_depth)
 
     def insert(self, certificate: Certificate) -> None:
-        """Add a certificate (causal order). Already committed or GC'd ones are ignored;
-        genesis (round 0) counts as committed from the start."""
-        header = certificate.header
-        if header.round <= self.last_committed.get(header.author, 0) or (
-                header.round < self.last_committed_round - self.gc_depth):
-            return
-        self.dag.setdefault(header.round, {})[header.author] = certificate
-        self.digests[certificate.digest()] = certificate
+        """Add a certificate (causal order); one the DAG holds already (its owner inserted
+        it) or that is no longer live is left as it is."""
+        if self.live(certificate):
+            self.dag.insert(certificate)
+
+    def _get(self, digest: bytes) -> Certificate | None:
+        certificate = self.dag.get(digest)
+        return certificate if certificate is not None and self.live(certificate) else None
 
     def leader(self, committee: Committee, round_: int) -> Certificate | None:
-        return self.dag.get(round_, {}).get(leader_of(committee, round_))
+        leader = self.dag.round(round_).get(leader_of(committee, round_))
+        return leader if leader is not None and self.live(leader) else None
 
     def support(self, committee: Committee, leader: Certificate, round_: int) -> int:
         """Stake of round ``round_`` certificates that have ``leader`` as a parent."""
         digest = leader.digest()
-        return sum(committee.stake(author) for author, c in self.dag.get(round_, {}).items()
-                   if digest in c.header.parents)
+        return sum(committee.stake(author) for author, c in self.dag.round(round_).items()
+                   if digest in c.header.parents and self.live(c))
 
     def linked(self, leader: Certificate, previous: Certificate) -> bool:
         """Is there a path of parent edges from ``leader`` down to ``previous``?"""
-        frontier = {leader.digest()}
+        frontier = {leader.digest(): leader}
         for round_ in range(leader.header.round, previous.header.round, -1):
-            parents = {p for d in frontier for p in self.digests[d].header.parents if p in self.digests}
-            frontier = {d for d in parents if self.digests[d].header.round == round_ - 1}
+            frontier = {digest: parent for c in frontier.values() for digest in c.header.parents
+                        if (parent := self._get(digest)) is not None and parent.header.round == round_ - 1}
             if not frontier:
                 return False
         return previous.digest() in frontier
@@ -112,7 +134,8 @@ class ConsensusState:
                 output.append(certificate)
             self.leader_ends.append((len(output), committed_leader.header.round,
                                      dict(self.last_committed)))
-        self._prune()
+        if self._owns_dag:
+            self._prune()
         return output
 
     def _sub_dag(self, leader: Certificate) -> list[Certificate]:
@@ -125,12 +148,11 @@ class ConsensusState:
             certificate = stack.pop()
             result.append(certificate)
             for parent in certificate.header.parents:
-                ancestor = self.digests.get(parent)
+                ancestor = self._get(parent)
                 if ancestor is None or parent in seen:
-                    continue  # already committed and pruned, or below the GC horizon
+                    continue  # already committed, or below the GC horizon
                 seen.add(parent)
-                author, round_ = ancestor.header.author, ancestor.header.round
-                if round_ > self.last_committed.get(author, 0) and round_ > horizon:
+                if ancestor.header.round > horizon:
                     stack.append(ancestor)
         return sorted(result, key=lambda c: (c.header.round, c.header.author))
 
@@ -140,14 +162,8 @@ class ConsensusState:
         self.last_committed_round = max(self.last_committed_round, round_)
 
     def _prune(self) -> None:
-        """Forget committed certificates and everything below the GC horizon."""
-        horizon = self.last_committed_round - self.gc_depth
-        for round_ in list(self.dag):
-            by_author = self.dag[round_]
-            for author in [a for a in by_author if round_ <= self.last_committed.get(a, 0) or round_ < horizon]:
-                self.digests.pop(by_author.pop(author).digest(), None)
-            if not by_author:
-                del self.dag[round_]
+        """Forget the rounds below the GC horizon (only a DAG this state owns)."""
+        self.dag.prune_below(self.last_committed_round - self.gc_depth)
 
 
 class _LeaderCommit:

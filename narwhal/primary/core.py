@@ -36,11 +36,11 @@ from typing import Any
 import attrs
 
 from narwhal import crypto, messages
+from narwhal.consensus.dag import Dag
 from narwhal.messages import Certificate, Cleanup, Header, Vote
 from narwhal.ports import MONOTONIC_CLOCK, Clock, PrimaryNetworkLike, StoreLike
 from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator, signed_vote
 from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
-from narwhal.primary.dag import Dag
 from narwhal.primary.evidence import VOTE, EvidenceRecorder
 from narwhal.primary.parked import Parked, ParkedHeaders
 from narwhal.primary.payload import PayloadAvailability, payload_key
@@ -142,6 +142,8 @@ class Core:
         """Ask our workers for every batch our certificates reference but we lack (after a
         restart, the workers' own sync state is gone)."""
         for round_ in self.dag.rounds():
+            if round_ <= self.gc_round:
+                continue  # read back for consensus only (the DAG is shared with it)
             for author, certificate in self.dag.round(round_).items():
                 missing = self.payload.missing(certificate.header.payload)
                 if missing and author != self.name:

@@ -19,6 +19,7 @@ from typing import Any
 
 from narwhal import messages
 from narwhal.consensus import Bullshark, ConsensusState, Tusk
+from narwhal.consensus.orphans import never_committed
 from narwhal.consensus.records import (
     CONSENSUS_STATE_KEY,
     OUTPUT_FLOOR_KEY,
@@ -47,7 +48,6 @@ from narwhal.primary.core import Core, round_key, vote_key
 from narwhal.primary.fetcher import BULK_BEHIND, CertificateFetcher
 from narwhal.primary.history import PRUNE_INTERVAL as HISTORY_PRUNE_INTERVAL
 from narwhal.primary.history import HistoryRetention
-from narwhal.primary.orphans import never_committed
 from narwhal.primary.proposer import Proposer
 from narwhal.primary.state_sync import CheckpointSync
 from narwhal.serving_reads import ServingReads
@@ -148,7 +148,7 @@ class PrimaryNode:
             genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0,
             **timed)
         protocol = Bullshark if parameters.consensus == "bullshark" else Tusk
-        self.consensus = protocol(committee, ConsensusState(parameters.gc_depth))
+        self.consensus = protocol(committee, ConsensusState(parameters.gc_depth, dag=self.core.dag))
         self.consensus_index = 0
         self.committed: list[Certificate] = []  # the last RECENT_COMMITTED of this run
         self._commit_writes: asyncio.Future[None] | None = None
@@ -301,7 +301,7 @@ class PrimaryNode:
         batches. Those at or below the consensus GC horizon (consensus ignores everything
         there, so their batches cannot be output twice), and, a certificate of ``round_``
         having just arrived, those of the two rounds below it that provably no certificate
-        will ever reach (:mod:`narwhal.primary.orphans`), without waiting for the horizon."""
+        will ever reach (:mod:`narwhal.consensus.orphans`), without waiting for the horizon."""
         taken = sorted(r for r in self._uncommitted if r <= horizon or (
             round_ - 2 <= r < round_ and never_committed(self.core.dag, self.committee, self.name, r)))
         return taken, [entry for r in taken for entry in self._uncommitted.pop(r)]

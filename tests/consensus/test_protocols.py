@@ -142,7 +142,7 @@ def test_gc_horizon_is_respected():
     layers = build(20)
     _output, state = run(Bullshark, layers, gc_depth=2)
     assert state.last_committed_round == 18
-    assert all(round_ >= state.last_committed_round - 2 for round_ in state.dag)
+    assert all(round_ >= state.last_committed_round - 2 for round_ in state.dag.rounds())
 
 
 def test_redelivered_committed_certificates_are_never_output_again():

@@ -585,3 +585,9 @@ async def test_catch_up_requests_are_read_on_a_reader_thread(tmp_path, monkeypat
     finally:
         await sim.stop()
         await store.close()
+
+
+def test_consensus_reads_the_cores_dag(sim):
+    """One DAG: consensus orders over the certificates the core holds, not over a copy."""
+    node = sim.nodes[sim.names[0]].node
+    assert node.consensus.state.dag is node.core.dag

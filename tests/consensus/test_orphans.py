@@ -1,4 +1,4 @@
-"""narwhal.primary.orphans: when a header can provably never be committed."""
+"""narwhal.consensus.orphans: when a header can provably never be committed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from narwhal.config import Committee
+from narwhal.consensus.orphans import never_committed
 from narwhal.consensus.protocols import leader_of
 from narwhal.crypto import AuthorityKeys
-from narwhal.primary.orphans import never_committed
 
 COMMITTEE = Committee.local([AuthorityKeys.generate(1).public() for _ in range(4)], 1)
 A, B, C, D = COMMITTEE.authorities_sorted()
