@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--byzantine", action="store_true",
                    help="the last validator equivocates (a twin of each header to half the "
                         "others) and withholds its certificates from one")
+    p.add_argument("--jam", action="store_true",
+                   help="the last validator also sends one honest validator, with each of its "
+                        "headers, a signed header 3 rounds ahead naming made-up parents (a "
+                        "certificate-fetcher jam)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return p
 
@@ -56,6 +60,7 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
     extra += "" if args.consensus == "bullshark" else f" --consensus {args.consensus}"
     extra += " --no-faults" if args.no_faults else ""
     extra += " --byzantine" if args.byzantine else ""
+    extra += " --jam" if args.jam else ""
     return f"python -m narwhal.sim --seed {seed}{extra} --json"
 
 
@@ -63,7 +68,7 @@ def _one(seed: int, args: argparse.Namespace) -> SimResult:
     overrides = {} if args.gc_depth is None else {"gc_depth": args.gc_depth}
     return simulate(seed, duration=args.duration, settle=args.settle, n=args.validators,
                     faults=not args.no_faults, consensus=args.consensus,
-                    byzantine=args.byzantine, **overrides)
+                    byzantine=args.byzantine, jam=args.jam, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

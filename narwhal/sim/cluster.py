@@ -245,10 +245,14 @@ class SimCluster:
         #: Batches acknowledged (their author's primary stored the report): digest -> author.
         self.acknowledged: dict[bytes, int] = {}
         #: The index of a Byzantine validator (None: all honest). Its primary runs the
-        #: honest code, but its headers reach half of the others as twins (equivocation)
-        #: and its certificates never reach one of them (withholding): byzantine_sends.
+        #: honest code, but what it sends is changed by byzantine_sends: with
+        #: ``equivocates``, its headers reach half of the others as twins (equivocation)
+        #: and its certificates never reach one of them (withholding); with ``jams``, one
+        #: honest validator also gets headers naming made-up parents (a fetcher jam).
         self.byzantine: int | None = None
-        self.twins = self.withheld = 0
+        self.equivocates = True
+        self.jams = False
+        self.twins = self.withheld = self.jam_headers = 0
         self._trace = hashlib.sha256()
         self.events = 0
         #: Handler failures at a receiver (a rejected message): kind -> count.
@@ -306,11 +310,28 @@ class SimCluster:
         validator (withholding: that one must fetch them when later certificates name them
         as parents)."""
         if isinstance(message, Header):
-            return self.equivocate(message, receiver)
-        if isinstance(message, Certificate) and receiver == self.honest()[-1].index:
+            sent = self.equivocate(message, receiver) if self.equivocates else [message]
+            if self.jams and receiver == self.honest()[len(self.honest()) // 2].index:
+                sent.insert(0, self.jam(message))
+            return sent
+        if isinstance(message, Certificate) and self.equivocates \
+                and receiver == self.honest()[-1].index:
             self.withheld += 1
             return []
         return [message]
+
+    def jam(self, header: Header) -> Header:
+        """Issue 12's fetcher jam: a header of ``JAM_AHEAD`` rounds later, signed, naming as
+        many made-up parent certificates as the committee has authorities (more are refused
+        unverified). Its receiver parks it and wants those parents, which nobody has; its
+        fetcher must still catch up on the real ones (the checker's liveness rules)."""
+        round_ = header.round + JAM_AHEAD
+        parents = tuple(sorted(hashlib.sha256(f"jam/{self.seed}/{round_}/{i}".encode()).digest()
+                               for i in range(len(self.validators))))
+        unsigned = Header(header.author, round_, (), parents, bytes(64))
+        self.jam_headers += 1
+        keys = self.by_name[header.author].keys
+        return Header(header.author, round_, (), parents, keys.signing.sign(unsigned.digest()))
 
     def equivocate(self, header: Header, receiver: int) -> list[Header]:
         """What the Byzantine validator sends ``receiver`` instead of its own ``header``
@@ -346,6 +367,10 @@ class SimCluster:
 
     def commits(self) -> int:
         return max((len(o) for o in self.outputs().values()), default=0)
+
+
+#: How many rounds ahead of its real header the jamming validator's made-up one is.
+JAM_AHEAD = 3
 
 
 def _digest(message: Any) -> str:

@@ -64,6 +64,8 @@ class SimResult:
     equivocations: int = 0
     withheld: int = 0
     evidence: int = 0
+    #: Headers naming made-up parents the jamming validator sent (``jam``).
+    jam_headers: int = 0
     #: Seconds from the heal until every honest validator committed something new.
     recovery_s: float | None = None
 
@@ -74,22 +76,24 @@ class SimResult:
 def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int = 4,
              faults: bool = True, consensus: str = "bullshark",
              link: LinkModel = LinkModel(), replayable: bool = True,  # noqa: B008
-             byzantine: bool = False, **parameters: Any) -> SimResult:
+             byzantine: bool = False, jam: bool = False, **parameters: Any) -> SimResult:
     """Run seed ``seed`` to the end and check it (see the module docstring).
 
     ``replayable``: refuse to run unless string hashing is fixed (``PYTHONHASHSEED=0``),
     without which the same seed can take another path in another process. Tests that only
     compare runs within one process pass False. ``parameters`` override the validators'
     (``narwhal.sim.cluster.SIM_PARAMETERS``). ``byzantine``: the last validator equivocates
-    (``SimCluster.equivocate``); the checker then reads the honest validators' outputs and
-    the batches honest validators acknowledged."""
+    (``SimCluster.equivocate``); ``jam``: it tries to jam one honest validator's
+    certificate fetcher (``SimCluster.jam``). With either, the checker reads the honest
+    validators' outputs and the batches honest validators acknowledged."""
     if replayable and sys.flags.hash_randomization:
         raise RuntimeError("a simulation is replayable only with PYTHONHASHSEED=0 "
                            "(python -m narwhal.sim sets it)")
     started = time.perf_counter()
     cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus, **parameters)
-    if byzantine:
+    if byzantine or jam:
         cluster.byzantine = n - 1
+        cluster.equivocates, cluster.jams = byzantine, jam
     fault_log: list[str] = []
     at_heal: dict[int, int] = {}
     recovered: dict[int, float] = {}  # honest validator -> seconds from the heal to a commit
@@ -129,6 +133,7 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
                      wall_seconds=round(time.perf_counter() - started, 3), events=cluster.events,
                      faults=fault_log, acknowledged=len(promised), byzantine=cluster.byzantine,
                      equivocations=cluster.twins, withheld=cluster.withheld,
+                     jam_headers=cluster.jam_headers,
                      evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
                      rejections=dict(sorted(cluster.rejections.items())),
                      recovery_s=round(recovery, 3) if recovery != math.inf else None)

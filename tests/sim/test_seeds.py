@@ -7,7 +7,9 @@ checked for
 safety (outputs contiguous, agreeing, nothing twice) and liveness (commits after the heal,
 every acknowledged batch output). Two processes share the seeds (this box has two cores);
 the second runs its seeds with a Byzantine validator (``--byzantine``: it sends a twin of
-each of its headers to half of the others).
+each of its headers to half of the others). A smaller sweep runs issue 12's fetcher jam
+(``--jam``: one honest validator gets, with each Byzantine header, a signed header naming
+made-up parents), alone and with the equivocation.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import sys
 import pytest
 
 CI_SEEDS = 200
+CI_JAM_SEEDS = 40
 PROCESSES = 2
+PLAIN_AND_BYZANTINE: tuple[tuple[str, ...], ...] = ((), ("--byzantine",))
+JAM: tuple[tuple[str, ...], ...] = (("--jam",), ("--jam", "--byzantine"))
 
 
 def sweep(first: int, count: int, *extra: str) -> dict:
@@ -31,13 +36,15 @@ def sweep(first: int, count: int, *extra: str) -> dict:
     return json.loads(done.stdout)
 
 
-def sweep_both(first: int, seeds: int) -> None:
-    """``seeds`` seeds from ``first``: half plain, half with a Byzantine validator, in
-    PROCESSES processes; every one safe and live."""
+def sweep_both(first: int, seeds: int,
+               variants: tuple[tuple[str, ...], ...] = PLAIN_AND_BYZANTINE) -> None:
+    """``seeds`` seeds from ``first``, shared by PROCESSES processes, each running its
+    share with one of ``variants`` (by default: plain, and with a Byzantine validator);
+    every one safe and live."""
     share = seeds // PROCESSES
     with concurrent.futures.ThreadPoolExecutor(PROCESSES) as pool:
         results = list(pool.map(
-            lambda i: sweep(first + i * share, share, *(["--byzantine"] if i else [])),
+            lambda i: sweep(first + i * share, share, *variants[i % len(variants)]),
             range(PROCESSES)))
     failed = [f for r in results for f in r["failed"]]
     print(f"{seeds} seeds, {sum(r['seeds_per_minute'] for r in results):.0f} seeds/minute "
@@ -53,11 +60,20 @@ def test_every_seed_of_the_ci_sweep_is_safe_and_live():
     sweep_both(0, CI_SEEDS)
 
 
+@pytest.mark.timeout(600)
+def test_every_seed_of_the_ci_jam_sweep_is_safe_and_live():
+    """A validator trying to jam one honest validator's certificate fetcher does not stop
+    it (or anyone) from catching up and committing."""
+    sweep_both(500, CI_JAM_SEEDS, JAM)
+
+
 @pytest.mark.long
-@pytest.mark.timeout(4 * 3_600)
+@pytest.mark.timeout(5 * 3_600)
 def test_every_seed_of_a_long_sweep_is_safe_and_live():
-    """``--long``: 4,000 more seeds (about an hour on two cores)."""
+    """``--long``: 4,000 more seeds, then 1,000 with the fetcher jam (about 80 minutes on
+    two cores)."""
     sweep_both(1_000, 4_000)
+    sweep_both(6_000, 1_000, JAM)
 
 
 @pytest.mark.timeout(300)
