@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the last validator also sends one honest validator, with each of its "
                         "headers, a signed header 3 rounds ahead naming made-up parents (a "
                         "certificate-fetcher jam)")
+    p.add_argument("--skew", type=float, default=None, metavar="R",
+                   help="clock skew: each validator's clock runs at its own rate, drawn from "
+                        "[1/R, R], and reads up to an hour apart from the others (R >= 1)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return p
 
@@ -61,6 +64,7 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
     extra += " --no-faults" if args.no_faults else ""
     extra += " --byzantine" if args.byzantine else ""
     extra += " --jam" if args.jam else ""
+    extra += "" if args.skew is None else f" --skew {args.skew:g}"
     return f"python -m narwhal.sim --seed {seed}{extra} --json"
 
 
@@ -68,7 +72,7 @@ def _one(seed: int, args: argparse.Namespace) -> SimResult:
     overrides = {} if args.gc_depth is None else {"gc_depth": args.gc_depth}
     return simulate(seed, duration=args.duration, settle=args.settle, n=args.validators,
                     faults=not args.no_faults, consensus=args.consensus,
-                    byzantine=args.byzantine, jam=args.jam, **overrides)
+                    byzantine=args.byzantine, jam=args.jam, skew=args.skew, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"({args.settle:g} s), and --settle must be positive")
     if args.gc_depth is not None and args.gc_depth < 1:
         parser.error("--gc-depth: at least 1")
+    if args.skew is not None and not args.skew >= 1:
+        parser.error("--skew: a rate factor of at least 1")
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "narwhal.sim",

@@ -56,6 +56,7 @@ from narwhal.messages import (
 )
 from narwhal.ports import LOOP_CLOCK
 from narwhal.primary.node import PrimaryNode
+from narwhal.sim.loop import SkewedClock, true_now
 from narwhal.sim.network import LinkModel, Links
 from narwhal.sim.ports import PrimaryPort, SimPeer, WorkerPort
 from narwhal.sim.store import MemoryStore
@@ -116,6 +117,9 @@ class SimValidator:
         self._tasks: set[asyncio.Task[Any]] = set()  # its sends and its load
         self.submitted = 0
         self.starts = 0
+        #: This validator's own clock (its machine's: kept across restarts); true time
+        #: unless the run skews it.
+        self.clock = SkewedClock()
 
     @property
     def up(self) -> bool:
@@ -124,7 +128,12 @@ class SimValidator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start (or restart, from the stores) the primary, the worker and the load."""
+        """Start (or restart, from the stores) the primary, the worker and the load, on the
+        validator's clock (their tasks keep it)."""
+        with self.clock.current():
+            self._start()
+
+    def _start(self) -> None:
         assert self.node is None
         self.starts += 1
         cluster = self.cluster
@@ -261,7 +270,7 @@ class SimCluster:
     # -- tracing and delivery ----------------------------------------------------------------
 
     def record(self, *fields: Any) -> None:
-        now = asyncio.get_running_loop().time()
+        now = true_now()
         self._trace.update(repr((round(now, 9), *fields)).encode())
         self.events += 1
 

@@ -17,21 +17,92 @@ depend on it; ``narwhal.sim`` checks it).
 
 The only file descriptor the loop watches is its own self-pipe (for
 ``call_soon_threadsafe``); it is polled without waiting.
+
+**Clock skew.** Every validator shares this one loop, yet each can have a clock of its own
+(:class:`SkewedClock`: a rate and an offset). The clock in force is a context variable,
+set while a validator's code runs (its tasks are started with it, and a delivery runs the
+receiver's handler under the receiver's): ``time()`` returns that clock's reading, and
+``call_at`` turns a deadline read on it back into true virtual time. So everything a
+validator's code times -- ``asyncio.sleep``, ``asyncio.timeout``, ``call_later``, its
+``Clock`` port -- runs at its clock's rate, while the loop itself (run outside any
+validator) schedules on true time. A rate change applies to the timers set after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import math
 import selectors
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar, TypeVarTuple
 
-__all__ = ["SimulationStalled", "VirtualTimeLoop", "run_virtual"]
+__all__ = ["SimulationStalled", "SkewedClock", "VirtualTimeLoop", "run_virtual", "true_now",
+           "true_time"]
 
 T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 
 #: Where virtual time starts: not 0, so code that treats 0 as "never" is not fooled.
 EPOCH = 1_000.0
+
+
+class SkewedClock:
+    """A validator's own clock: it reads ``offset + rate x`` true virtual time. The default
+    (rate 1, offset 0) reads true time exactly, so a run without skew is unchanged."""
+
+    def __init__(self, rate: float = 1.0, offset: float = 0.0) -> None:
+        if rate <= 0:
+            raise ValueError("a clock's rate must be positive")
+        self.rate, self.offset = rate, offset
+
+    def local(self, true: float) -> float:
+        if self.rate == 1.0 and self.offset == 0.0:
+            return true
+        return self.offset + self.rate * true
+
+    def true(self, local: float) -> float:
+        """The first true time at which this clock reads ``local`` or more. Rounding must
+        not make it earlier: code that sleeps until ``local`` and finds the clock short of
+        it sleeps again for the (tiny) rest, and a timer converted to a time the loop
+        already reached would spin for ever without time moving."""
+        if self.rate == 1.0 and self.offset == 0.0:
+            return local
+        true = (local - self.offset) / self.rate
+        while self.local(true) < local:
+            true = math.nextafter(true, math.inf)
+        return true
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """Run the enclosed code, and what it starts, on this clock."""
+        token = _CLOCK.set(self)
+        try:
+            yield
+        finally:
+            _CLOCK.reset(token)
+
+
+#: The clock of the validator whose code is running (None: true time).
+_CLOCK: contextvars.ContextVar[SkewedClock | None] = contextvars.ContextVar("sim_clock",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def true_time() -> Iterator[None]:
+    """Run the enclosed code on true virtual time (the network, not a validator)."""
+    token = _CLOCK.set(None)
+    try:
+        yield
+    finally:
+        _CLOCK.reset(token)
+
+
+def true_now() -> float:
+    """The running loop's true virtual time, whichever validator's code asks."""
+    with true_time():
+        return asyncio.get_running_loop().time()
 
 
 class SimulationStalled(RuntimeError):
@@ -65,7 +136,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(_NoWaitSelector(self))
 
     def time(self) -> float:
-        return self._now
+        clock = _CLOCK.get()
+        return self._now if clock is None else clock.local(self._now)
+
+    def call_at(self, when: float, callback: Callable[[*_Ts], object], *args: *_Ts,
+                context: contextvars.Context | None = None) -> asyncio.TimerHandle:
+        clock = _CLOCK.get()  # ``when`` was read on the caller's clock
+        return super().call_at(when if clock is None else clock.true(when), callback, *args,
+                               context=context)
 
     def advance(self, seconds: float) -> None:
         """Move virtual time forward (only the loop's selector does, when idle)."""

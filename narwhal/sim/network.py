@@ -29,6 +29,7 @@ import attrs
 
 from narwhal.config.network import RetryConfig
 from narwhal.net.retry import Backoff, is_transient
+from narwhal.sim.loop import true_time
 
 __all__ = ["LinkModel", "Links"]
 
@@ -106,6 +107,13 @@ class Links:
             return False
         return self.rng.random() >= self.model.loss
 
+    @staticmethod
+    async def _travel(seconds: float) -> None:
+        """A message in flight: true time, whatever the sender's clock says (the retry
+        backoff and a request's timeout stay on the sender's clock, as in a real node)."""
+        with true_time():
+            await asyncio.sleep(seconds)
+
     async def _wait_released(self, *nodes: int) -> None:
         for node in nodes:
             while node in self.held:
@@ -120,7 +128,7 @@ class Links:
         backoff = Backoff(SEND_RETRY, rng=rng, clock=asyncio.get_running_loop().time)
         while True:
             await self._wait_released(sender, receiver)
-            await asyncio.sleep(self.latency(sender, receiver))
+            await self._travel(self.latency(sender, receiver))
             await self._wait_released(receiver)
             if self._passes(sender, receiver):
                 self.delivered += 1
@@ -139,12 +147,12 @@ class Links:
         """One try: the request and its answer each cross the link (each may be lost)."""
         async with asyncio.timeout(timeout):
             await self._wait_released(sender, receiver)
-            await asyncio.sleep(self.latency(sender, receiver))
+            await self._travel(self.latency(sender, receiver))
             if not self._passes(sender, receiver):
                 self.lost += 1
                 await asyncio.sleep(math.inf)
             result = await answer()
-            await asyncio.sleep(self.latency(receiver, sender))
+            await self._travel(self.latency(receiver, sender))
             if not self._passes(receiver, sender):
                 self.lost += 1
                 await asyncio.sleep(math.inf)

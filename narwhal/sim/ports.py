@@ -17,6 +17,7 @@ import attrs
 
 from narwhal import messages
 from narwhal.config.network import PeerInfo
+from narwhal.sim.loop import SkewedClock
 
 if TYPE_CHECKING:
     from narwhal.sim.cluster import SimCluster
@@ -24,9 +25,14 @@ if TYPE_CHECKING:
 __all__ = ["PrimaryPort", "SendHandle", "SimPeer", "WorkerPort", "call"]
 
 
-def call(handler: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[], Awaitable[Any]]:
-    """``handler(*args)``, to be awaited later (once the message crossed its link)."""
-    return lambda: handler(*args)
+def call(clock: SkewedClock, handler: Callable[..., Awaitable[Any]],
+         *args: Any) -> Callable[[], Awaitable[Any]]:
+    """``handler(*args)``, to be awaited later (once the message crossed its link), on the
+    receiver's ``clock``."""
+    async def on_clock() -> Any:
+        with clock.current():
+            return await handler(*args)
+    return on_clock
 
 
 @attrs.frozen
@@ -80,7 +86,8 @@ class PrimaryPort:
         if self._me == cluster.byzantine:
             sent = cluster.byzantine_sends(message, target.index)
         handles = [SendHandle(me.spawn(cluster.links.send(
-            self._me, target.index, call(cluster.deliver, self._me, target, m), me.rng)))
+            self._me, target.index, call(target.clock, cluster.deliver, self._me, target, m),
+            me.rng)))
             for m in sent]
         return handles[0] if handles else SendHandle(me.spawn(_nothing()))
 
@@ -96,7 +103,8 @@ class PrimaryPort:
         cluster = self._cluster
         target = cluster.by_name[authority]
         return await cluster.links.request(
-            self._me, target.index, call(cluster.answer, self._me, target, message), timeout)
+            self._me, target.index, call(target.clock, cluster.answer, self._me, target, message),
+            timeout)
 
 
 class WorkerPort:
@@ -113,7 +121,8 @@ class WorkerPort:
             return SendHandle(me.spawn(me.to_primary(message)), peer)
         target = cluster.by_worker_key[peer]
         return SendHandle(me.spawn(cluster.links.send(
-            self._me, target.index, call(target.worker_receives, self._me, message), me.rng)),
+            self._me, target.index, call(target.clock, target.worker_receives, self._me, message),
+            me.rng)),
             peer)
 
     async def broadcast_encoded(self, peer_ids: Sequence[bytes], tag: int,

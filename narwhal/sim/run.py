@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import sys
 import time
 from typing import Any
@@ -28,7 +29,7 @@ import attrs
 
 from narwhal.sim.checker import check
 from narwhal.sim.cluster import SimCluster
-from narwhal.sim.loop import run_virtual
+from narwhal.sim.loop import SkewedClock, run_virtual
 from narwhal.sim.network import LinkModel
 
 __all__ = ["SimResult", "simulate"]
@@ -66,6 +67,8 @@ class SimResult:
     evidence: int = 0
     #: Headers naming made-up parents the jamming validator sent (``jam``).
     jam_headers: int = 0
+    #: Each validator's clock rate (``skew``; None: every clock true).
+    clock_rates: list[float] | None = None
     #: Seconds from the heal until every honest validator committed something new.
     recovery_s: float | None = None
 
@@ -76,7 +79,8 @@ class SimResult:
 def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int = 4,
              faults: bool = True, consensus: str = "bullshark",
              link: LinkModel = LinkModel(), replayable: bool = True,  # noqa: B008
-             byzantine: bool = False, jam: bool = False, **parameters: Any) -> SimResult:
+             byzantine: bool = False, jam: bool = False, skew: float | None = None,
+             **parameters: Any) -> SimResult:
     """Run seed ``seed`` to the end and check it (see the module docstring).
 
     ``replayable``: refuse to run unless string hashing is fixed (``PYTHONHASHSEED=0``),
@@ -85,12 +89,16 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
     (``narwhal.sim.cluster.SIM_PARAMETERS``). ``byzantine``: the last validator equivocates
     (``SimCluster.equivocate``); ``jam``: it tries to jam one honest validator's
     certificate fetcher (``SimCluster.jam``). With either, the checker reads the honest
-    validators' outputs and the batches honest validators acknowledged."""
+    validators' outputs and the batches honest validators acknowledged. ``skew`` (>= 1):
+    each validator's clock runs at its own rate, drawn log-uniformly from [1/skew, skew],
+    and reads up to an hour apart from the others (:func:`skew_clocks`)."""
     if replayable and sys.flags.hash_randomization:
         raise RuntimeError("a simulation is replayable only with PYTHONHASHSEED=0 "
                            "(python -m narwhal.sim sets it)")
     started = time.perf_counter()
     cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus, **parameters)
+    if skew is not None:
+        skew_clocks(cluster, seed, skew)
     if byzantine or jam:
         cluster.byzantine = n - 1
         cluster.equivocates, cluster.jams = byzantine, jam
@@ -134,9 +142,22 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
                      faults=fault_log, acknowledged=len(promised), byzantine=cluster.byzantine,
                      equivocations=cluster.twins, withheld=cluster.withheld,
                      jam_headers=cluster.jam_headers,
+                     clock_rates=None if skew is None else [v.clock.rate for v in cluster.validators],
                      evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
                      rejections=dict(sorted(cluster.rejections.items())),
                      recovery_s=round(recovery, 3) if recovery != math.inf else None)
+
+
+def skew_clocks(cluster: SimCluster, seed: int, skew: float) -> None:
+    """Give every validator a clock of its own: a rate in [1/skew, skew] (log-uniform) and
+    an offset of up to an hour, drawn from a source of their own (the nemesis draws the
+    same faults with and without skew)."""
+    if skew < 1:
+        raise ValueError("skew: at least 1 (a rate factor)")
+    rng = random.Random(f"{seed}/skew")
+    for validator in cluster.validators:
+        validator.clock = SkewedClock(rate=skew ** rng.uniform(-1.0, 1.0),
+                                      offset=rng.uniform(0.0, 3_600.0))
 
 
 async def _recovery(cluster: SimCluster, recovered: dict[int, float]) -> None:

@@ -37,6 +37,19 @@ def test_the_same_seed_replays_the_same_trace_in_another_process():
     assert hashes[0] != hashes[1]
 
 
+@pytest.mark.timeout(300)
+def test_a_seed_with_skewed_clocks_replays_the_same_trace_and_differs_from_true_clocks():
+    first, again = (run_seed("--seed", "12", "--duration", "25", "--skew", "3"),
+                    run_seed("--seed", "12", "--duration", "25", "--skew", "3"))
+    first.pop("wall_seconds"), again.pop("wall_seconds")
+    assert first == again and first["violations"] == []
+    rates = first["clock_rates"]
+    assert len(set(rates)) == 4 and all(1 / 3 <= r <= 3 for r in rates)
+    true_clocks = run_seed("--seed", "12", "--duration", "25")
+    assert true_clocks["faults"] == first["faults"]  # the same nemesis...
+    assert true_clocks["trace_hash"] != first["trace_hash"]  # ...on other clocks
+
+
 @pytest.mark.skipif(not sys.flags.hash_randomization, reason="this process hashes strings "
                     "with a fixed seed: nothing to refuse")
 def test_a_run_that_could_not_be_replayed_is_refused():
@@ -49,6 +62,7 @@ def test_a_run_that_could_not_be_replayed_is_refused():
     (["--duration", "10"], "--duration must exceed the warm-up"),
     (["--validators", "0"], "--validators: at least 1"),
     (["--gc-depth", "0"], "--gc-depth: at least 1"),
+    (["--skew", "0.5"], "--skew: a rate factor of at least 1"),
 ])
 def test_bad_arguments_are_refused_with_a_clear_error(args: list[str], error: str):
     done = subprocess.run([sys.executable, "-m", "narwhal.sim", *args], check=False,

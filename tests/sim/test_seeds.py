@@ -23,9 +23,11 @@ import pytest
 
 CI_SEEDS = 200
 CI_JAM_SEEDS = 40
+CI_SKEW_SEEDS = 40
 PROCESSES = 2
 PLAIN_AND_BYZANTINE: tuple[tuple[str, ...], ...] = ((), ("--byzantine",))
 JAM: tuple[tuple[str, ...], ...] = (("--jam",), ("--jam", "--byzantine"))
+SKEW: tuple[tuple[str, ...], ...] = (("--skew", "2"), ("--skew", "4", "--byzantine"))
 
 
 def sweep(first: int, count: int, *extra: str) -> dict:
@@ -67,13 +69,21 @@ def test_every_seed_of_the_ci_jam_sweep_is_safe_and_live():
     sweep_both(500, CI_JAM_SEEDS, JAM)
 
 
+@pytest.mark.timeout(600)
+def test_every_seed_of_the_ci_skew_sweep_is_safe_and_live():
+    """Validators whose clocks run at rates up to 2x (4x, with an equivocating validator)
+    apart: their header delays, timeouts and retries disagree, and nothing else does."""
+    sweep_both(700, CI_SKEW_SEEDS, SKEW)
+
+
 @pytest.mark.long
 @pytest.mark.timeout(5 * 3_600)
 def test_every_seed_of_a_long_sweep_is_safe_and_live():
-    """``--long``: 4,000 more seeds, then 1,000 with the fetcher jam (about 80 minutes on
-    two cores)."""
+    """``--long``: 4,000 more seeds, then 1,000 with the fetcher jam and 1,000 with skewed
+    clocks (about 90 minutes on two cores)."""
     sweep_both(1_000, 4_000)
     sweep_both(6_000, 1_000, JAM)
+    sweep_both(8_000, 1_000, SKEW)
 
 
 @pytest.mark.timeout(300)
