@@ -17,7 +17,12 @@ What a link does to the bytes it carries (each directed link separately, see
 - **latency** one way, plus uniform **jitter** in ``[-jitter, +jitter]`` per chunk; the
   stream stays in order (a chunk never overtakes the one before it, as in TCP);
 - **bandwidth**: chunks are serialized at that many bytes a second, shared by every
-  connection of the link;
+  connection of the link. Like a router's buffer, the link holds at most
+  :data:`MAX_QUEUE_DELAY` of backlog: beyond it the relay stops reading, and the rest
+  waits in the sender's socket (backpressure, as over a real slow link). When a link is
+  reshaped, what waits in it is sent at the new pace from then on: a slow link made fast
+  again drains at once (before, chunks kept the slow schedule computed when they were
+  read, and a relay that had read 4 MiB ahead kept a node slow 20 s after the heal);
 - **loss**: TCP is reliable, so a lost segment is not missing data but a *stall*: each
   1448-byte segment is lost with probability ``loss``, and a chunk holding a lost one is
   delivered one retransmission timeout (:data:`RTO`, Linux's 200 ms minimum, or twice the
@@ -72,6 +77,12 @@ RTO = 0.2
 #: (the window of a real link): bounds the relay's memory, and backpressure reaches the
 #: sender as it would over TCP.
 MAX_IN_FLIGHT = 4 * 1024 * 1024
+#: Seconds of serialization a bandwidth-limited link queues before the relay stops reading.
+MAX_QUEUE_DELAY = 0.5
+#: A bandwidth-limited link reads chunks of at most this many seconds of its bandwidth
+#: (one segment at least): a real link trickles bytes out, it does not hold 64 KiB back
+#: for the 5 s a chunk that size takes at 100 kbit/s.
+CHUNK_TIME = 0.05
 
 Pair = tuple[int, int]
 
@@ -111,6 +122,22 @@ class _Link:
     def __attrs_post_init__(self) -> None:
         self.up.set()
 
+    def chunk_size(self) -> int:
+        bandwidth = self.spec.bandwidth
+        return CHUNK if bandwidth is None else max(SEGMENT, min(CHUNK, int(bandwidth * CHUNK_TIME)))
+
+    def backlog(self) -> float:
+        """Seconds until the link has serialized what it was given (0 if unlimited)."""
+        return max(0.0, self.free_at - time.monotonic()) if self.spec.bandwidth else 0.0
+
+    def reshaped(self) -> None:
+        """The spec changed: start again from now, and reschedule what waits."""
+        self.free_at = time.monotonic()
+        for relay in self.relays:
+            for pipe in relay.pipes:
+                if pipe.link is self:
+                    pipe.reschedule()
+
     def delivery_time(self, size: int, rng: random.Random) -> float:
         """When a chunk of ``size`` bytes read now reaches the other end."""
         spec, now = self.spec, time.monotonic()
@@ -132,6 +159,7 @@ class _Relay:
         self.writers: list[asyncio.StreamWriter] = []
         self.lost_bytes = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.pipes: list[_Pipe] = []
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   target: tuple[str, int]) -> None:
@@ -145,8 +173,9 @@ class _Relay:
         for link in (self.forward, self.backward):
             link.relays.add(self)
             link.counters["connections"] += 1
-        self.tasks = [asyncio.ensure_future(_Pipe(self, self.forward).run(reader, up_writer)),
-                      asyncio.ensure_future(_Pipe(self, self.backward).run(up_reader, writer))]
+        self.pipes = [_Pipe(self, self.forward), _Pipe(self, self.backward)]
+        self.tasks = [asyncio.ensure_future(self.pipes[0].run(reader, up_writer)),
+                      asyncio.ensure_future(self.pipes[1].run(up_reader, writer))]
         try:  # aborted (a reset, the emulator closing): the pipes end cancelled
             await asyncio.gather(*self.tasks, return_exceptions=True)
         finally:
@@ -169,8 +198,19 @@ class _Pipe:
         self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self.in_flight = 0
         self.changed = asyncio.Event()
+        #: Set when the queue's times were recomputed (the link was reshaped).
+        self.rescheduled = asyncio.Event()
         self.last_delivery = 0.0
         self.eof = False
+
+    def reschedule(self) -> None:
+        """Deliver what waits at the link's new pace, from now, in order."""
+        last, queue = 0.0, collections.deque[tuple[float, bytes]]()
+        for _, data in self.queue:
+            last = max(last, self.link.delivery_time(len(data), _RNG))
+            queue.append((last, data))
+        self.queue, self.last_delivery = queue, last
+        self.rescheduled.set()
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         deliver = asyncio.ensure_future(self._deliver(writer))
@@ -187,8 +227,10 @@ class _Pipe:
             while self.in_flight >= MAX_IN_FLIGHT:
                 self.changed.clear()
                 await self.changed.wait()
+            while (backlog := link.backlog()) > MAX_QUEUE_DELAY:  # a full router buffer
+                await asyncio.sleep(min(backlog - MAX_QUEUE_DELAY, 0.1))
             try:
-                data = await reader.read(CHUNK)
+                data = await reader.read(link.chunk_size())
             except OSError:
                 data = b""
             if not data:
@@ -201,8 +243,11 @@ class _Pipe:
                 link.counters["bytes_discarded"] += len(data)
                 self.relay.lost_bytes = True
                 continue
-            self.last_delivery = max(self.last_delivery, link.delivery_time(len(data), rng))
-            self.queue.append((self.last_delivery, data))
+            size = link.chunk_size()  # a read issued before the link was slowed may be larger
+            for start in range(0, len(data), size):
+                piece = data[start:start + size]
+                self.last_delivery = max(self.last_delivery, link.delivery_time(len(piece), rng))
+                self.queue.append((self.last_delivery, piece))
             self.in_flight += len(data)
             self.changed.set()
 
@@ -216,7 +261,11 @@ class _Pipe:
                 await self.changed.wait()
             at, data = self.queue[0]
             if (wait := at - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
+                self.rescheduled.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self.rescheduled.wait()
+                continue  # its time came, or the link was reshaped: look again
             await link.up.wait()  # in flight when the link was cut: held until heal
             self.queue.popleft()
             writer.write(data)
@@ -284,6 +333,7 @@ class LinkEmulator:
         """Change latency/jitter/bandwidth/loss of ``pairs`` (default: every link)."""
         for link in self._select(pairs):
             link.spec = attrs.evolve(link.spec, **changes)
+            link.reshaped()
 
     def cut(self, pairs: Iterable[Pair]) -> None:
         """Nothing crosses these directed links until :meth:`heal` (held, not lost)."""

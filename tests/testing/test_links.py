@@ -16,7 +16,7 @@ import pytest
 from narwhal import messages
 from narwhal.net.rpc import Router
 from narwhal.net.sending import ReliableNetwork
-from narwhal.testing.links import RTO, LinkEmulator
+from narwhal.testing.links import CHUNK, MAX_QUEUE_DELAY, RTO, LinkEmulator
 from tests.net.cluster import FAST, eventually, make_nodes, stop_all
 
 
@@ -87,6 +87,38 @@ async def test_bandwidth_is_throttled(relayed):
     await eventually(lambda: len(sink.received) >= 100_000, timeout=10)
     elapsed = time.monotonic() - started
     assert 0.4 <= elapsed <= 2.0, elapsed  # 100 kB at 200 kB/s: 0.5 s
+
+
+async def test_a_slow_link_queues_at_most_its_buffer_and_the_rest_waits_at_the_sender(relayed):
+    """Like a router's buffer: a 20 kB/s link holds about MAX_QUEUE_DELAY of backlog (plus
+    the chunk being read); the rest waits on the sender's side (its socket buffers, then
+    its writes back up)."""
+    emulator, sink, _reader, writer = relayed
+    emulator.shape([(0, 1)], bandwidth=20_000)
+    writer.write(os.urandom(2_000_000))
+    await asyncio.sleep(1.5)
+    counters = emulator.counters()["0->1"]
+    queued = counters["bytes_in"] - counters.get("bytes_delivered", 0)
+    assert queued <= 20_000 * MAX_QUEUE_DELAY + CHUNK, queued
+    assert counters["bytes_in"] < 200_000  # the relay stopped reading: not 2 MB ahead
+    assert 10_000 <= len(sink.received) <= 200_000, len(sink.received)
+
+
+async def test_a_slow_link_made_fast_again_drains_what_it_holds_at_once(relayed):
+    """Reshaping reschedules what waits: chunks read at 10 kB/s are not still delivered at
+    that pace after the link is back to full speed (the chaos slow-link scenario's node
+    stayed behind for 20 s after the heal because of it)."""
+    emulator, sink, _reader, writer = relayed
+    emulator.shape([(0, 1)], bandwidth=10_000)
+    payload = os.urandom(300_000)
+    writer.write(payload)
+    await asyncio.sleep(1.0)
+    assert len(sink.received) < 100_000
+    emulator.shape([(0, 1)], bandwidth=None)
+    started = time.monotonic()
+    await eventually(lambda: len(sink.received) >= len(payload), timeout=10)
+    assert time.monotonic() - started < 1.0  # at 10 kB/s the rest would take ~25 s
+    assert bytes(sink.received) == payload
 
 
 async def test_cut_holds_bytes_and_heal_delivers_them_intact(relayed):
