@@ -29,8 +29,16 @@ indexes contiguous, outputs prefixes of one another, no certificate twice (``saf
 phase on the fastest node (``tps_baseline``, ``tps_during``, ``tps_after``: same
 invocation), ``recovery_s`` (the longest, over heal/restart events, from the event until
 every node served an index beyond the highest any node had served at the event), peak RSS
-of any validator (``max_rss_mb``), and the emulator's link counters. ``ok`` is safety,
-no acknowledged loss and recovery within ``--recovery-bound`` (15 s).
+of any validator (``max_rss_mb``), and the emulator's link counters. Head-of-line blocking:
+``others_latency_ms``, the median consensus latency (``Created batch`` to the first
+``Committed batch``, from the nodes' logs) of the batches the validators *not* hit by the
+nemesis created in each phase, and ``others_latency_ratio`` (during / baseline). ``ok`` is
+safety, no acknowledged loss, recovery within ``--recovery-bound`` (15 s), and, for
+``pause`` and ``slow-link``, ``others_latency_ratio`` within ``--latency-bound`` (1.10: a
+slow or paused validator must not slow the others) and the others' per-peer queues toward
+it within their bounds (``queues_to_faulty``: the largest ``pending`` jobs and
+``queued_bytes`` sampled every 0.5 s during the fault, beside ``max_pending`` and
+``outbound_budget``).
 
     python bench/chaos.py --scenario kill --duration 60 --json
     python bench/chaos.py --scenario all --duration 30
@@ -59,6 +67,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from narwhal.client import OutputItem, OutputSubscriber
+from narwhal.testing.batch_log import read_each
 from narwhal.testing.cluster import CHAOS_PARAMETERS, RelayedCluster
 from narwhal.testing.outputs import (
     SUBSCRIBE_RETRY,
@@ -72,6 +81,11 @@ log = logging.getLogger("chaos")
 
 #: Seconds from a heal or restart within which every node must commit again.
 RECOVERY_BOUND = 15.0
+#: During a pause or a slow link, the others' median consensus latency may be at most this
+#: many times the baseline's (no head-of-line blocking behind the faulty validator).
+LATENCY_BOUND = 1.10
+#: Scenarios whose faulty validator must not slow the others.
+NO_HEAD_OF_LINE = ("pause", "slow-link")
 #: 100 kbit/s in bytes a second (slow-link).
 SLOW_LINK = 100_000 / 8
 #: Segment loss of the loss scenario.
@@ -161,16 +175,17 @@ async def partition(run: Run) -> None:
 
 async def pause(run: Run) -> None:
     victim = run.rng.randrange(run.cluster.size)
+    run.notes["paused"] = victim
     run.cluster.pause(victim)
     await asyncio.sleep(min(60.0, run.duration))
     run.cluster.resume(victim)
     run.events.append(time.monotonic())
-    run.notes["paused"] = victim
 
 
 async def minority_down(run: Run) -> None:
     cluster = run.cluster
     victims = run.rng.sample(range(cluster.size), cluster.f + 1)
+    run.notes["stopped"] = victims
     for victim in victims:
         await cluster.kill(victim)
     started = time.monotonic()
@@ -178,7 +193,6 @@ async def minority_down(run: Run) -> None:
     frozen = run.served_max()
     await asyncio.sleep(max(0.0, run.duration - STALL_GRACE))
     run.notes["committed_while_down"] = run.served_max() - frozen
-    run.notes["stopped"] = victims
     run.notes["down_s"] = round(time.monotonic() - started, 1)
     for victim in victims:
         cluster.start(victim)
@@ -187,22 +201,22 @@ async def minority_down(run: Run) -> None:
 
 async def asymmetric(run: Run) -> None:
     victim = run.rng.randrange(run.cluster.size)
+    run.notes["deaf"] = victim
     emulator = run.cluster.emulator
     emulator.cut(emulator.inbound(victim))
     await asyncio.sleep(run.duration)
     emulator.heal()
     run.events.append(time.monotonic())
-    run.notes["deaf"] = victim
 
 
 async def slow_link(run: Run) -> None:
     victim = run.rng.randrange(run.cluster.size)
+    run.notes["slow"] = victim
     emulator = run.cluster.emulator
     emulator.shape(emulator.touching(victim), bandwidth=SLOW_LINK)
     await asyncio.sleep(run.duration)
     emulator.shape(emulator.touching(victim), bandwidth=None)
     run.events.append(time.monotonic())
-    run.notes["slow"] = victim
 
 
 async def loss(run: Run) -> None:
@@ -246,6 +260,58 @@ async def sample_rss(cluster: RelayedCluster, peak: list[float]) -> None:
         await asyncio.sleep(1.0)
 
 
+async def sample_queues(cluster: RelayedCluster, victims: Callable[[], set[int]],
+                        seen: dict[str, int]) -> None:
+    """Every 0.5 s, the largest per-peer queues the other validators hold toward the
+    validators the nemesis hit: jobs pending (bounded by ``max_pending``) and bytes queued
+    on the connection (held near ``outbound_budget``)."""
+    names = [str(cluster.primary(i).get("authority", ""))[:8] for i in range(cluster.size)]
+    while True:
+        hit = victims()
+        prefixes = tuple(f"{names[v]}/" for v in hit if names[v])
+        for i in range(cluster.size):
+            if i in hit or not prefixes:
+                continue
+            for peer in cluster.peers(i):
+                if str(peer.get("name", "")).startswith(prefixes):
+                    for key, value in (("pending", peer.get("pending")),
+                                       ("max_pending", peer.get("max_pending")),
+                                       ("queued_bytes", peer.get("queued_outbound")),
+                                       ("outbound_budget", peer.get("outbound_budget"))):
+                        if isinstance(value, int):
+                            seen[key] = max(seen.get(key, 0), value)
+        await asyncio.sleep(0.5)
+
+
+def within_bounds(queues: dict[str, int]) -> bool:
+    """The others' queues toward the faulty validator were sampled and stayed at their
+    bounds (jobs: a hard bound; bytes: the budget past which its reads are paused)."""
+    return bool(queues) and queues.get("pending", 0) <= queues.get("max_pending", 0) \
+        and queues.get("queued_bytes", 0) <= queues.get("outbound_budget", 0)
+
+
+def faulty(notes: dict[str, Any]) -> set[int]:
+    """The validators the nemesis hit (from its notes)."""
+    hit: set[int] = set()
+    for key in ("paused", "slow", "deaf", "killed", "stopped"):
+        value = notes.get(key)
+        hit.update(value if isinstance(value, list) else [] if value is None else [value])
+    return hit
+
+
+def others_latency(cluster: RelayedCluster, hit: set[int],
+                   phases: dict[str, tuple[float, float]]) -> dict[str, float | None]:
+    """Median consensus latency (ms) of the batches the validators not in ``hit`` created
+    in each phase (wall-clock bounds)."""
+    created_by, times = read_each(cluster.net.node_dir(i) / "node.log" for i in range(cluster.size))
+    theirs = set().union(*(created_by[i] for i in range(cluster.size) if i not in hit))
+    medians: dict[str, float | None] = {}
+    for phase, (start, end) in phases.items():
+        latencies = sorted(times.latencies(start, end, theirs))
+        medians[phase] = round(1000 * latencies[len(latencies) // 2], 1) if latencies else None
+    return medians
+
+
 def recovery(followers: list[Follower], event: float) -> float | None:
     """Seconds from ``event`` until every node served an index beyond the highest any node
     had served at ``event`` (None: some node never did)."""
@@ -261,6 +327,7 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
     run = Run(cluster, args.duration, rng, [Follower(i) for i in range(cluster.size)])
     window = args.window or min(10.0, max(4.0, args.duration / 2))
     peak = [0.0]
+    queues: dict[str, int] = {}
     tasks = [asyncio.ensure_future(follow(cluster, f)) for f in run.followers]
     tasks.append(asyncio.ensure_future(sample_rss(cluster, peak)))
     result: dict[str, Any] = {"scenario": name, "nodes": cluster.size, "duration_s": args.duration,
@@ -274,9 +341,14 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
         for i in range(cluster.size):
             cluster.start_load(i, args.rate / cluster.size, total)
         t0 = time.monotonic()
+        to_wall = time.time() - t0  # the logs' clock
         await asyncio.sleep(window)
         t1 = time.monotonic()
-        await SCENARIOS[name](run)
+        sampler = asyncio.ensure_future(sample_queues(cluster, lambda: faulty(run.notes), queues))
+        try:
+            await SCENARIOS[name](run)
+        finally:
+            sampler.cancel()
         t2 = time.monotonic()
         await asyncio.sleep(window)
         t3 = time.monotonic()
@@ -305,6 +377,11 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
     acknowledged = await asyncio.to_thread(quorum_acknowledged_transactions, cluster.net, range(cluster.size))
     lost = lost_transactions(served, acknowledged)
     recoveries = [recovery(run.followers, event) for event in run.events]
+    phases = {"baseline": (t0, t1), "during": (t1, t2), "after": (t2, t3)}
+    latency = await asyncio.to_thread(others_latency, cluster, faulty(run.notes),
+                                      {k: (a + to_wall, b + to_wall) for k, (a, b) in phases.items()})
+    ratio = round(latency["during"] / latency["baseline"], 2) \
+        if latency["during"] and latency["baseline"] else None
     recovery_s = (None if None in recoveries else round(max(recoveries), 2)  # type: ignore[type-var]
                   ) if recoveries else 0.0
 
@@ -315,6 +392,8 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
         "safety_ok": not violations, "violations": violations,
         "tps_baseline": tps(t0, t1), "tps_during": tps(t1, t2), "tps_after": tps(t2, t3),
         "recovery_s": recovery_s, "recoveries_s": [None if r is None else round(r, 2) for r in recoveries],
+        "others_latency_ms": latency, "others_latency_ratio": ratio,
+        "queues_to_faulty": queues,
         "max_rss_mb": round(peak[0], 1), "acked": len(acknowledged),
         "acked_lost": max(lost.values(), default=0),
         "acked_lost_per_node": lost, "indexes": run.served_max(),
@@ -322,7 +401,10 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
     result["ok"] = bool(result["safety_ok"] and result["acked_lost"] == 0 and acknowledged
                         and recovery_s is not None and recovery_s <= args.recovery_bound
                         and result.get("committed_while_down", 0) == 0
-                        and result.get("committed_while_cut", 0) == 0)
+                        and result.get("committed_while_cut", 0) == 0
+                        and (name not in NO_HEAD_OF_LINE
+                             or (ratio is not None and ratio <= args.latency_bound
+                                 and within_bounds(queues))))
     return result
 
 
@@ -384,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="total load, tx/s of 64 B (default 800)")
     parser.add_argument("--consensus", choices=["bullshark", "tusk"], default="bullshark")
     parser.add_argument("--seed", type=int, default=None, help="the nemesis' random seed")
+    parser.add_argument("--latency-bound", type=float, default=LATENCY_BOUND,
+                        help="pause and slow-link: the others' median consensus latency during "
+                             f"the fault over the baseline's, at most (default {LATENCY_BOUND:g})")
     parser.add_argument("--recovery-bound", type=float, default=RECOVERY_BOUND,
                         help=f"seconds within which nodes must commit again (default {RECOVERY_BOUND:g})")
     parser.add_argument("--settle-bound", type=float, default=60.0,

@@ -75,10 +75,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -113,6 +111,7 @@ from narwhal.node.processes import (
 from narwhal.node.status import read_status
 from narwhal.store import Store
 from narwhal.testing.audit import AuditRun
+from narwhal.testing.batch_log import read_batch_logs
 from narwhal.testing.cluster import route_through
 from narwhal.testing.links import EmulatorThread
 
@@ -127,32 +126,9 @@ RSS_INTERVAL = 1.0
 LOG_TAIL = 15
 #: The client stamps its send time into the first bytes of each transaction.
 MIN_TX_SIZE = 24
-LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(Created batch|Committed batch) "
-                  r"([0-9a-f]{64})(?: txs=(\d+))?")
 #: Batches whose transactions are read back for the end-to-end latency: a uniform sample, so
 #: that a long run (a 5-minute run stores ~30 GB of batches) is analysed in bounded memory.
 E2E_SAMPLE_BATCHES = 2_000
-
-
-def parse_logs(paths: list[Path]) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
-    """(batch -> creation time, batch -> first commit time, batch -> transactions) from the
-    nodes' logs, read line by line."""
-    created: dict[str, float] = {}
-    committed: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for path in paths:
-        with path.open(errors="replace") as lines:
-            for line in lines:
-                match = LINE.match(line)
-                if not match:
-                    continue
-                stamp = dt.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                table = created if match[2] == "Created batch" else committed
-                digest = match[3]
-                table[digest] = min(stamp, table.get(digest, stamp))
-                if match[4]:
-                    counts[digest] = int(match[4])
-    return created, committed, counts
 
 
 def send_times(stores: list[Path], digests: list[str]) -> dict[str, list[int]]:
@@ -511,7 +487,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         if codes[child.name] != 0:
             console.print(f"warning: {child.name} exited with code {codes[child.name]} when stopped; "
                           f"see {logs[child.name][1]}", markup=False, highlight=False)
-    created, committed, counts = parse_logs([logs[f"node-{i}"][1] for i in running])
+    times = read_batch_logs([logs[f"node-{i}"][1] for i in running])
+    created, committed, counts = times.created, times.committed, times.counts
     window = [d for d, t in created.items() if started + args.warmup <= t <= ended and d in committed]
     consensus_latency = [committed[d] - created[d] for d in window]
     tx_count = sum(counts.get(d, 0) for d in window)

@@ -169,6 +169,14 @@ class RelayedCluster:
         status = read_status(self.net.node_dir(i) / "status.json") or {}
         return status.get("primary") or {}
 
+    def peers(self, i: int) -> list[dict[str, Any]]:
+        """Node ``i``'s peers, as its primary's and workers' status report them."""
+        status = read_status(self.net.node_dir(i) / "status.json") or {}
+        found = list((status.get("primary") or {}).get("peers") or [])
+        for worker in (status.get("workers") or {}).values():
+            found += worker.get("peers") or []
+        return found
+
     def rss_mb(self, i: int) -> float:
         """Resident memory of node ``i``'s process now (0 when it is not running)."""
         child = self.nodes.get(i)
