@@ -103,3 +103,17 @@ def test_seed_12_with_the_default_gc_depth_outputs_every_acknowledged_batch():
     result = json.loads(done.stdout)
     assert result["violations"] == [], result["violations"]
     assert result["acknowledged"] > 300
+
+
+@pytest.mark.timeout(120)
+def test_seed_1_with_clocks_up_to_4x_apart_runs_to_its_end():
+    """Found by seed 1 with ``--skew 4`` while skew was being added: a deadline read on a
+    skewed clock, converted back to true time, could round to a time the loop had already
+    reached; the proposer, sleeping until its deadline and finding its clock an ulp short,
+    slept again at the same instant, for ever (the run never ended). Converted deadlines
+    are now never early (``SkewedClock.true``)."""
+    done = subprocess.run([sys.executable, "-m", "narwhal.sim", "--seed", "1", "--skew", "4",
+                           "--duration", "25", "--json"],
+                          check=False, capture_output=True, text=True, timeout=100)
+    result = json.loads(done.stdout)
+    assert result["violations"] == [] and result["commits"] > 100, result
