@@ -1,5 +1,8 @@
-"""The primary's core: validate headers and vote, aggregate votes into certificates,
-accept certificates in causal order, and garbage-collect old rounds.
+"""The primary's core: validate headers and vote, aggregate votes into certificates, and
+garbage-collect old rounds. Certificates enter the DAG through
+:mod:`narwhal.primary.acceptance`; batches are checked through
+:mod:`narwhal.primary.payload`; the core wires the three together and is what the node
+calls.
 
 Rules kept here (``docs/protocol.md``, "Primary"):
 
@@ -12,11 +15,8 @@ Rules kept here (``docs/protocol.md``, "Primary"):
 - **Vote only for valid, complete headers**: member author who sent it himself, signature,
   round above the GC round, parents that are certificates of the previous round carrying a
   quorum of stake (fetched when missing), payload stored at our workers (asked to sync when
-  missing). Incomplete headers are parked, bounded, and retried when what they miss arrives.
-- **Accept certificates only after their parents** (or when those are below the GC round),
-  so the DAG and consensus see certificates in causal order. Missing ancestors are
-  fetched; the certificate is parked meanwhile.
-- A quorum of round-r certificates gives the proposer its parents for round r+1.
+  missing). Incomplete headers are parked, bounded, and retried when what they miss
+  arrives (a certificate inserted, a batch stored).
 - **GC**: rounds below the GC round are dropped from memory, their reliable sends are
   cancelled, and workers are told to ``Cleanup``.
 
@@ -39,8 +39,9 @@ from narwhal import crypto, messages
 from narwhal.consensus.dag import Dag
 from narwhal.messages import Certificate, Cleanup, Header, Vote
 from narwhal.ports import MONOTONIC_CLOCK, Clock, PrimaryNetworkLike, StoreLike
-from narwhal.primary.aggregators import CertificatesAggregator, VotesAggregator, signed_vote
-from narwhal.primary.checks import Invalid, check_certificate, check_header, check_vote
+from narwhal.primary.acceptance import CertificateAcceptance, round_key
+from narwhal.primary.aggregators import VotesAggregator
+from narwhal.primary.checks import Invalid, check_header, check_vote
 from narwhal.primary.evidence import VOTE, EvidenceRecorder
 from narwhal.primary.parked import Parked, ParkedHeaders
 from narwhal.primary.payload import PayloadAvailability, payload_key
@@ -53,13 +54,6 @@ log = logging.getLogger(__name__)
 #: Headers waiting for parents or payload, shared equally by the authorities (each author's
 #: oldest are dropped beyond its share: :mod:`narwhal.primary.parked`).
 MAX_PARKED_HEADERS = 1_000
-#: Certificates waiting for ancestors. Beyond it the oldest are dropped and refetched later.
-MAX_PARKED_CERTIFICATES = 20_000
-
-
-def round_key(round_: int, author: bytes = b"") -> bytes:
-    """Store key ordered by round: 8-byte big-endian round, then the author."""
-    return round_.to_bytes(8, "big") + author
 
 
 def vote_key(author: bytes, round_: int) -> bytes:
@@ -89,12 +83,8 @@ class Core:
         self._store = store
         self._network = network
         self._fetch = fetch_certificates
-        self._on_parents = on_parents
-        self._on_certificate = on_certificate
-        self._on_far_ahead = on_far_ahead
         self._worker_ids = tuple(worker_ids)
         self.dag = Dag(Certificate.genesis(committee.authorities_sorted()))
-        self.gc_round = 0
         self.voted: dict[tuple[bytes, int], bytes] = {}
         #: Which batches our workers hold; asks them for the others.
         self.payload = PayloadAvailability(
@@ -102,40 +92,43 @@ class Core:
             synchronize=lambda worker_id, message, round_: self.spawn_send(
                 network.to_workers(message, [worker_id]), round_))
         self._current: VotesAggregator | None = None
-        self._aggregators: dict[int, CertificatesAggregator] = {}
         self._parked_headers = ParkedHeaders(
             per_author=max(1, MAX_PARKED_HEADERS // len(committee.authorities)))
-        self._parked_certificates: dict[bytes, Certificate] = {}
-        #: Missing parent digest -> digests of the parked certificates waiting for it.
-        self._waiting_on: dict[bytes, set[bytes]] = {}
-        self._accepting: set[bytes] = set()
         #: Our sends in flight, by round: cancelled at GC (narwhal/primary/sends.py).
         self.sends = SendTracker()
         self._revoted: set[tuple[bytes, int]] = set()
         #: Rejections and notable events by reason (metrics).
         self.counters: Counter[str] = Counter()
         self._proposed_at = 0.0
-        #: Highest round of any valid certificate received, even one still waiting for its
-        #: ancestors: how far the committee is while we catch up. Certificates only: a
-        #: header is one signature, and a lone faulty author must not move our frontier.
-        self.highest_seen = 0
         #: Seconds from proposing each of our recent headers to its certificate (metrics).
         self.certificate_latencies: collections.deque[float] = collections.deque(maxlen=200)
         #: Proofs of equivocation, kept in the store (``restore`` loads what it holds).
         self.evidence = EvidenceRecorder(store)
+        #: Certificates into the DAG in causal order (narwhal/primary/acceptance.py).
+        self.certificates = CertificateAcceptance(
+            name=name, committee=committee, store=store, dag=self.dag, counters=self.counters,
+            evidence=self.evidence, payload=self.payload, fetch_certificates=fetch_certificates,
+            on_parents=on_parents, on_certificate=on_certificate, on_far_ahead=on_far_ahead,
+            on_inserted=self.retry_parked_headers)
+
+    @property
+    def gc_round(self) -> int:
+        """Rounds <= this are garbage-collected (:meth:`garbage_collect`)."""
+        return self.certificates.gc_round
+
+    @property
+    def highest_seen(self) -> int:
+        return self.certificates.highest_seen
 
     # -- recovery ------------------------------------------------------------------------
 
     def restore(self, *, certificates: Iterable[Certificate], votes: Iterable[tuple[bytes, int, bytes]],
                 available: Iterable[tuple[bytes, int]], gc_round: int) -> None:
         """Rebuild memory from the store after a restart (certificates in round order)."""
-        self.gc_round = gc_round
         self.evidence.load()
         for author, round_, digest in votes:
             self.voted[(author, round_)] = digest
-        for certificate in sorted(certificates, key=lambda c: c.header.round):
-            if certificate.header.round > gc_round and self.dag.insert(certificate):
-                self._count_parent(certificate)
+        self.certificates.restore(certificates, gc_round)
         self.payload.restore(available)
 
     def resync_payload(self) -> None:
@@ -327,192 +320,28 @@ class Core:
         await self.evidence.votes(held, vote)
         return True
 
-    async def _certificate_equivocation(self, held: Certificate, other: Certificate) -> None:
-        """Two valid certificates of one (author, round): its author signed two headers,
-        and every voter in both quorums (at least one with < 1/3 faulty stake: impossible
-        unless more are faulty) signed two votes."""
-        self.counters["certificate_conflict"] += 1
-        await self.evidence.headers(held.header, other.header)
-        theirs = dict(other.votes)
-        for voter, signature in held.votes:
-            if voter in theirs:
-                await self.evidence.votes(signed_vote(held.header, voter, signature),
-                                          signed_vote(other.header, voter, theirs[voter]))
 
     # -- certificates --------------------------------------------------------------------
 
     async def handle_certificate(self, certificate: Certificate, sender: bytes | None) -> None:
-        """A certificate from a peer (or a fetch): validate, then accept in causal order."""
-        digest = certificate.digest()
-        if digest in self.dag or digest in self._accepting:
-            return
-        if digest in self._parked_certificates and certificate.header.round - 1 > self.gc_round \
-                and not all(p in self.dag for p in certificate.header.parents):
-            return  # still waiting for a parent (one parked with every parent in, or with its
-            # parents below a GC round that jumped past them, is taken again)
-        if certificate.header.round <= self.gc_round:
-            self.counters["certificate_too_old"] += 1
-            return
-        try:
-            check_certificate(certificate, self.committee, gc_round=self.gc_round,
-                              highest_round=self.dag.highest_round)
-        except Invalid as exc:
-            self.counters[f"certificate_{exc.reason}"] += 1
-            if exc.reason == "too_far_ahead":
-                self._note_far_ahead(certificate)
-            raise
-        self.highest_seen = max(self.highest_seen, certificate.header.round)
-        await self.accept_certificate(certificate, sender)
-
-    def _note_far_ahead(self, certificate: Certificate) -> None:
-        """A certificate too far ahead to accept: if it is otherwise valid, a quorum signed
-        it, so the committee really is there and we are far behind (a long outage). It is
-        still refused (we hold nothing for its round), but it moves our frontier and starts
-        a catch-up by round. Without this a node that was down for MAX_ROUNDS_AHEAD rounds
-        refused everything and never learnt it was behind. Each such check costs the
-        signatures once per higher round: a peer cannot make us repeat it for free."""
-        if certificate.header.round <= self.highest_seen:
-            return
-        try:
-            check_certificate(certificate, self.committee, gc_round=self.gc_round,
-                              highest_round=certificate.header.round)
-        except Invalid:
-            return
-        self.highest_seen = certificate.header.round
-        self.counters["far_behind"] += 1
-        self._on_far_ahead()
+        """A certificate from a peer (or a fetch): see :class:`CertificateAcceptance`."""
+        await self.certificates.handle_certificate(certificate, sender)
 
     async def accept_certificate(self, certificate: Certificate, hint: bytes | None = None) -> None:
-        """Store and insert ``certificate`` once its parents are in; park it otherwise."""
-        header = certificate.header
-        missing = [] if header.round - 1 <= self.gc_round else [
-            p for p in header.parents if p not in self.dag]
-        if missing:
-            digest = certificate.digest()
-            self._parked_certificates[digest] = certificate
-            for parent in missing:
-                self._waiting_on.setdefault(parent, set()).add(digest)
-            while len(self._parked_certificates) > MAX_PARKED_CERTIFICATES:
-                self._parked_certificates.pop(next(iter(self._parked_certificates)))
-                self.counters["certificate_parked_dropped"] += 1
-            self._fetch(missing, hint or header.author, header.round - 1)
-            return
-        await self._insert(certificate)
-        await self._release_children(certificate.digest())
-        await self.retry_parked_headers()
-
-    async def _insert(self, certificate: Certificate) -> None:
-        digest = certificate.digest()
-        header = certificate.header
-        if digest in self._accepting or digest in self.dag:
-            return
-        if self.dag.has_author_round(header.author, header.round):
-            self._parked_certificates.pop(digest, None)
-            await self._certificate_equivocation(self.dag.round(header.round)[header.author],
-                                                 certificate)
-            return
-        self._accepting.add(digest)
-        try:
-            await self._store.write(_certificate_rows(certificate))
-        finally:
-            self._accepting.discard(digest)
-        self._stored(certificate)
+        await self.certificates.accept_certificate(certificate, hint)
 
     async def accept_page(self, certificates: list[Certificate]) -> None:
-        """A bulk page of certificates (catching up, :meth:`CertificateFetcher._take_page`):
-        those whose parents are in the DAG or earlier in the page are checked like any
-        other, written in **one** store write and inserted in round order; the others take
-        the normal path. One write per certificate made a far-behind node wait for ~1,000
-        store commits per page: about 5 ms each, most of its catch-up time."""
-        ready: list[Certificate] = []
-        rest: list[Certificate] = []
-        in_page: set[bytes] = set()
-        taken: set[tuple[bytes, int]] = set()
-        for certificate in sorted(certificates, key=lambda c: c.header.round):
-            header, digest = certificate.header, certificate.digest()
-            if digest in self.dag or digest in self._accepting or header.round <= self.gc_round:
-                continue
-            parents_in = header.round - 1 <= self.gc_round or all(
-                p in self.dag or p in in_page for p in header.parents)
-            slot = (header.author, header.round)
-            if not parents_in or slot in taken or self.dag.has_author_round(*slot):
-                rest.append(certificate)
-                continue
-            try:
-                check_certificate(certificate, self.committee, gc_round=self.gc_round, highest_round=max(
-                    self.dag.highest_round, ready[-1].header.round if ready else 0))
-            except Invalid as exc:
-                self.counters[f"certificate_{exc.reason}"] += 1
-                log.info("fetched certificate %s rejected: %s", digest.hex()[:16], exc)
-                continue
-            ready.append(certificate)
-            in_page.add(digest)
-            taken.add(slot)
-            self.highest_seen = max(self.highest_seen, header.round)
-        if ready:
-            self._accepting.update(in_page)
-            try:
-                await self._store.write([row for c in ready for row in _certificate_rows(c)])
-            finally:
-                self._accepting.difference_update(in_page)
-            for certificate in ready:
-                self._stored(certificate)
-            for certificate in ready:
-                await self._release_children(certificate.digest())
-            await self.retry_parked_headers()
-        for certificate in rest:
-            try:
-                await self.handle_certificate(certificate, None)
-            except Invalid as exc:
-                log.info("fetched certificate %s rejected: %s", certificate.digest().hex()[:16], exc)
+        await self.certificates.accept_page(certificates)
 
-    def _stored(self, certificate: Certificate) -> None:
-        """``certificate`` is in the store: into the DAG, then consensus and the rest."""
-        header = certificate.header
-        self._parked_certificates.pop(certificate.digest(), None)
-        if header.round <= self.gc_round or not self.dag.insert(certificate):
-            return
-        self.counters["certificates_accepted"] += 1
-        missing_payload = self.payload.missing(header.payload)
-        if missing_payload and header.author != self.name:
-            self.payload.request(header.author, missing_payload, header.round)  # catch up on batches
-        self._count_parent(certificate)
-        self._on_certificate(certificate)
-
-    def _count_parent(self, certificate: Certificate) -> None:
-        round_ = certificate.header.round
-        aggregator = self._aggregators.setdefault(round_, CertificatesAggregator(self.committee))
-        parents = aggregator.append(certificate)
-        if parents is not None:
-            self._on_parents(round_, parents)
-
-    async def _release_children(self, digest: bytes) -> None:
-        """``digest`` was inserted: insert the parked certificates it completes, and
-        theirs in turn. Indexed by missing parent, so each insertion looks only at the
-        certificates waiting for it (a catch-up parks thousands)."""
-        inserted = [digest]
-        while inserted:
-            for child_digest in self._waiting_on.pop(inserted.pop(), ()):
-                child = self._parked_certificates.get(child_digest)
-                if child is None:
-                    continue  # already inserted, or dropped
-                if child.header.round <= self.gc_round:
-                    del self._parked_certificates[child_digest]
-                elif all(p in self.dag for p in child.header.parents):
-                    # parked until stored: if the write fails (disk full), it stays parked
-                    # and is taken when it comes again (a child of it makes us fetch it)
-                    await self._insert(child)
-                    if child_digest in self.dag:
-                        inserted.append(child_digest)
 
     @property
     def frontier(self) -> int:
         """The highest round we know the committee has reached."""
         return max(self.dag.highest_round, self.highest_seen)
 
+
     def parents_of(self, round_: int) -> tuple[bytes, ...]:
-        aggregator = self._aggregators.get(round_)
-        return aggregator.digests() if aggregator is not None else ()
+        return self.certificates.parents_of(round_)
 
     def certificates_coming(self, round_: int) -> int:
         """Authorities whose certificate of ``round_`` we hold or expect: we hold it, or
@@ -550,23 +379,13 @@ class Core:
         """Drop rounds <= ``gc_round``: memory, parked work, and their reliable sends."""
         if gc_round <= self.gc_round:
             return
-        self.gc_round = gc_round
-        self.dag.prune_below(gc_round + 1)
-        for round_ in [r for r in self._aggregators if r <= gc_round]:
-            del self._aggregators[round_]
+        self.certificates.garbage_collect(gc_round)
         self.sends.cancel_through(gc_round)
         self.voted = {k: v for k, v in self.voted.items() if k[1] > gc_round}
         self.payload.garbage_collect(gc_round)
         self._revoted = {k for k in self._revoted if k[1] > gc_round}
         self.evidence.garbage_collect(gc_round)
         self._parked_headers.drop_through(gc_round)
-        for digest in [d for d, c in self._parked_certificates.items() if c.header.round <= gc_round]:
-            del self._parked_certificates[digest]
-        self._waiting_on = {}
-        for digest, certificate in self._parked_certificates.items():
-            for parent in certificate.header.parents:
-                if parent not in self.dag:
-                    self._waiting_on.setdefault(parent, set()).add(digest)
         self.spawn_send(self._network.to_workers(Cleanup(gc_round)), None)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -578,9 +397,3 @@ class Core:
     async def close(self) -> None:
         self.sends.close()
 
-
-def _certificate_rows(certificate: Certificate) -> list[tuple[str, bytes, bytes | None]]:
-    """The store rows of one certificate: its body, and its (round, author) index."""
-    header, digest = certificate.header, certificate.digest()
-    return [("certificates", digest, messages.encode(certificate)),
-            ("certificates_by_round", round_key(header.round, header.author), digest)]
