@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the last validator also sends one honest validator, with each of its "
                         "headers, a signed header 3 rounds ahead naming made-up parents (a "
                         "certificate-fetcher jam)")
+    p.add_argument("--forge", action="store_true",
+                   help="the last validator also sends, after each of its headers, forged "
+                        "certificates (made-up votes, a round far ahead), a vote for a header "
+                        "its receiver never proposed, and its previous header again")
     p.add_argument("--skew", type=float, default=None, metavar="R",
                    help="clock skew: each validator's clock runs at its own rate, drawn from "
                         "[1/R, R], and reads up to an hour apart from the others (R >= 1)")
@@ -64,6 +68,7 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
     extra += " --no-faults" if args.no_faults else ""
     extra += " --byzantine" if args.byzantine else ""
     extra += " --jam" if args.jam else ""
+    extra += " --forge" if args.forge else ""
     extra += "" if args.skew is None else f" --skew {args.skew:g}"
     return f"python -m narwhal.sim --seed {seed}{extra} --json"
 
@@ -72,7 +77,8 @@ def _one(seed: int, args: argparse.Namespace) -> SimResult:
     overrides = {} if args.gc_depth is None else {"gc_depth": args.gc_depth}
     return simulate(seed, duration=args.duration, settle=args.settle, n=args.validators,
                     faults=not args.no_faults, consensus=args.consensus,
-                    byzantine=args.byzantine, jam=args.jam, skew=args.skew, **overrides)
+                    byzantine=args.byzantine, jam=args.jam, forge=args.forge, skew=args.skew,
+                    **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -257,11 +257,15 @@ class SimCluster:
         #: honest code, but what it sends is changed by byzantine_sends: with
         #: ``equivocates``, its headers reach half of the others as twins (equivocation)
         #: and its certificates never reach one of them (withholding); with ``jams``, one
-        #: honest validator also gets headers naming made-up parents (a fetcher jam).
+        #: honest validator also gets headers naming made-up parents (a fetcher jam); with
+        #: ``forges``, everyone also gets forged certificates, votes for headers they never
+        #: proposed and replayed headers (:meth:`forgeries`).
         self.byzantine: int | None = None
         self.equivocates = True
-        self.jams = False
-        self.twins = self.withheld = self.jam_headers = 0
+        self.jams = self.forges = False
+        self.twins = self.withheld = self.jam_headers = self.forged = 0
+        #: The Byzantine validator's latest real headers by round (replayed by forgeries).
+        self._headers: dict[int, Header] = {}
         self._trace = hashlib.sha256()
         self.events = 0
         #: Handler failures at a receiver (a rejected message): kind -> count.
@@ -322,12 +326,38 @@ class SimCluster:
             sent = self.equivocate(message, receiver) if self.equivocates else [message]
             if self.jams and receiver == self.honest()[len(self.honest()) // 2].index:
                 sent.insert(0, self.jam(message))
+            if self.forges:
+                sent += self.forgeries(message, receiver)
             return sent
         if isinstance(message, Certificate) and self.equivocates \
                 and receiver == self.honest()[-1].index:
             self.withheld += 1
             return []
         return [message]
+
+    def forgeries(self, header: Header, receiver: int) -> list[Any]:
+        """What a Byzantine validator can send that no honest one would, after each of its
+        headers: a certificate of it whose honest votes are made up (bad signatures), a
+        certificate of a round far ahead, a vote for a header ``receiver`` never proposed,
+        and its previous header again (a replay). Each must be refused or ignored, at
+        the cost of a signature check at most, and change nothing."""
+        def made_up(label: str, size: int = 64) -> bytes:
+            digest = hashlib.sha512(f"forged/{self.seed}/{header.round}/{label}".encode()).digest()
+            return digest[:size]
+        honest = sorted(v.name for v in self.honest())
+        votes = tuple((name, made_up(name.hex())) for name in honest)
+        far = Header(header.author, header.round + 1_000, (), header.parents, header.signature)
+        target = self.validators[receiver].name
+        forged: list[Any] = [
+            Certificate(header, votes), Certificate(far, votes),
+            Vote(made_up("digest", 32), header.round, target, header.author, made_up("vote"))]
+        previous = max((r for r in self._headers if r < header.round), default=None)
+        if previous is not None:
+            forged.append(self._headers[previous])
+        self._headers = {r: h for r, h in self._headers.items() if r >= header.round - 1}
+        self._headers[header.round] = header
+        self.forged += len(forged)
+        return forged
 
     def jam(self, header: Header) -> Header:
         """Issue 12's fetcher jam: a header of ``JAM_AHEAD`` rounds later, signed, naming as

@@ -67,6 +67,9 @@ class SimResult:
     evidence: int = 0
     #: Headers naming made-up parents the jamming validator sent (``jam``).
     jam_headers: int = 0
+    #: Forged certificates and votes, and replayed headers, the Byzantine validator sent
+    #: (``forge``).
+    forged: int = 0
     #: Each validator's clock rate (``skew``; None: every clock true).
     clock_rates: list[float] | None = None
     #: Seconds from the heal until every honest validator committed something new.
@@ -79,7 +82,8 @@ class SimResult:
 def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int = 4,
              faults: bool = True, consensus: str = "bullshark",
              link: LinkModel = LinkModel(), replayable: bool = True,  # noqa: B008
-             byzantine: bool = False, jam: bool = False, skew: float | None = None,
+             byzantine: bool = False, jam: bool = False, forge: bool = False,
+             skew: float | None = None,
              **parameters: Any) -> SimResult:
     """Run seed ``seed`` to the end and check it (see the module docstring).
 
@@ -88,7 +92,9 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
     compare runs within one process pass False. ``parameters`` override the validators'
     (``narwhal.sim.cluster.SIM_PARAMETERS``). ``byzantine``: the last validator equivocates
     (``SimCluster.equivocate``); ``jam``: it tries to jam one honest validator's
-    certificate fetcher (``SimCluster.jam``). With either, the checker reads the honest
+    certificate fetcher (``SimCluster.jam``); ``forge``: it also sends forged certificates
+    and votes and replays its headers (``SimCluster.forgeries``). With any, the checker
+    reads the honest
     validators' outputs and the batches honest validators acknowledged. ``skew`` (>= 1):
     each validator's clock runs at its own rate, drawn log-uniformly from [1/skew, skew],
     and reads up to an hour apart from the others (:func:`skew_clocks`)."""
@@ -99,9 +105,9 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
     cluster = SimCluster(seed=seed, n=n, link=link, consensus=consensus, **parameters)
     if skew is not None:
         skew_clocks(cluster, seed, skew)
-    if byzantine or jam:
+    if byzantine or jam or forge:
         cluster.byzantine = n - 1
-        cluster.equivocates, cluster.jams = byzantine, jam
+        cluster.equivocates, cluster.jams, cluster.forges = byzantine, jam, forge
     fault_log: list[str] = []
     at_heal: dict[int, int] = {}
     recovered: dict[int, float] = {}  # honest validator -> seconds from the heal to a commit
@@ -141,7 +147,7 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
                      wall_seconds=round(time.perf_counter() - started, 3), events=cluster.events,
                      faults=fault_log, acknowledged=len(promised), byzantine=cluster.byzantine,
                      equivocations=cluster.twins, withheld=cluster.withheld,
-                     jam_headers=cluster.jam_headers,
+                     jam_headers=cluster.jam_headers, forged=cluster.forged,
                      clock_rates=None if skew is None else [v.clock.rate for v in cluster.validators],
                      evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
                      rejections=dict(sorted(cluster.rejections.items())),

@@ -24,10 +24,12 @@ import pytest
 CI_SEEDS = 200
 CI_JAM_SEEDS = 40
 CI_SKEW_SEEDS = 40
+CI_FORGE_SEEDS = 40
 PROCESSES = 2
 PLAIN_AND_BYZANTINE: tuple[tuple[str, ...], ...] = ((), ("--byzantine",))
 JAM: tuple[tuple[str, ...], ...] = (("--jam",), ("--jam", "--byzantine"))
 SKEW: tuple[tuple[str, ...], ...] = (("--skew", "2"), ("--skew", "4", "--byzantine"))
+FORGE: tuple[tuple[str, ...], ...] = (("--forge",), ("--forge", "--byzantine", "--jam"))
 
 
 def sweep(first: int, count: int, *extra: str) -> dict:
@@ -76,14 +78,22 @@ def test_every_seed_of_the_ci_skew_sweep_is_safe_and_live():
     sweep_both(700, CI_SKEW_SEEDS, SKEW)
 
 
+@pytest.mark.timeout(600)
+def test_every_seed_of_the_ci_forgery_sweep_is_safe_and_live():
+    """Forged certificates and votes and replayed headers from a Byzantine validator (alone,
+    and with its equivocation and fetcher jam) are refused and change nothing."""
+    sweep_both(900, CI_FORGE_SEEDS, FORGE)
+
+
 @pytest.mark.long
 @pytest.mark.timeout(5 * 3_600)
 def test_every_seed_of_a_long_sweep_is_safe_and_live():
-    """``--long``: 4,000 more seeds, then 1,000 with the fetcher jam and 1,000 with skewed
-    clocks (about 90 minutes on two cores)."""
+    """``--long``: 4,000 more seeds, then 1,000 each with the fetcher jam, skewed clocks and
+    forgeries (about 100 minutes on two cores)."""
     sweep_both(1_000, 4_000)
     sweep_both(6_000, 1_000, JAM)
     sweep_both(8_000, 1_000, SKEW)
+    sweep_both(10_000, 1_000, FORGE)
 
 
 @pytest.mark.timeout(300)
