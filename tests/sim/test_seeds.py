@@ -127,3 +127,20 @@ def test_seed_1_with_clocks_up_to_4x_apart_runs_to_its_end():
                           check=False, capture_output=True, text=True, timeout=100)
     result = json.loads(done.stdout)
     assert result["violations"] == [] and result["commits"] > 100, result
+
+
+@pytest.mark.timeout(120)
+def test_seed_100659_with_an_equivocating_validator_outputs_every_acknowledged_batch():
+    """Found by the 10,000-seed run (at c026bb9): validator 2's worker sent a batch while
+    its links were 20x slow; the two sends that would have made its quorum drew latency
+    spikes, multiplied by 20 once and for all when sent, and stayed 16 and 20 s in flight
+    after the link had healed. The batch was acknowledged 2 s before the end of the run and
+    validator 2 (the one the Byzantine validator withholds its certificates from) had not
+    yet output it. A simulator bug: a message on a slow link now moves at the link's pace
+    only while the link is slow (``Links._travel``)."""
+    done = subprocess.run([sys.executable, "-m", "narwhal.sim", "--seed", "100659",
+                           "--byzantine", "--duration", "25", "--json"],
+                          check=False, capture_output=True, text=True, timeout=100)
+    result = json.loads(done.stdout)
+    assert result["violations"] == [], result["violations"]
+    assert any("slow [2]" in fault for fault in result["faults"])  # the schedule that found it
