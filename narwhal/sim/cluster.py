@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import random
 from collections.abc import Awaitable
 from typing import Any
@@ -64,7 +63,6 @@ from narwhal.worker.node import WorkerNode
 
 __all__ = ["OutputEntry", "SimCluster", "SimValidator"]
 
-log = logging.getLogger(__name__)
 
 WORKER_ID = 0
 #: The simulated validators' parameters: a header every 0.2 s at most (one batch is enough),

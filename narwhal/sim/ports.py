@@ -3,7 +3,7 @@
 simulated links of :mod:`narwhal.sim.network`.
 
 A reliable send is a task on the sender's validator (a crash cancels it); its
-:class:`SendHandle` behaves like the real network's ``CancelHandle``: awaitable for the
+:class:`SimSendHandle` behaves like the real network's ``CancelHandle``: awaitable for the
 answer, cancellable, with done callbacks that receive the task.
 """
 
@@ -22,7 +22,7 @@ from narwhal.sim.loop import SkewedClock
 if TYPE_CHECKING:
     from narwhal.sim.cluster import SimCluster
 
-__all__ = ["PrimaryPort", "SendHandle", "SimPeer", "WorkerPort", "call"]
+__all__ = ["PrimaryPort", "SimPeer", "SimSendHandle", "WorkerPort", "call"]
 
 
 def call(clock: SkewedClock, handler: Callable[..., Awaitable[Any]],
@@ -46,7 +46,7 @@ async def _nothing() -> None:
     """A send that was never made (a withheld message): done at once."""
 
 
-class SendHandle:
+class SimSendHandle:
     """One reliable send: await it for the answer, ``cancel()`` it to give up."""
 
     def __init__(self, task: asyncio.Task[Any], peer: bytes = b"") -> None:
@@ -79,17 +79,17 @@ class PrimaryPort:
     async def broadcast(self, message: Any) -> list[Any]:
         return [await self.send(other, message) for other in self.others]
 
-    async def send(self, authority: bytes, message: Any) -> SendHandle:
+    async def send(self, authority: bytes, message: Any) -> SimSendHandle:
         cluster = self._cluster
         me, target = cluster.validators[self._me], cluster.by_name[authority]
         sent = [message]
         if self._me == cluster.byzantine:
             sent = cluster.byzantine_sends(message, target.index)
-        handles = [SendHandle(me.spawn(cluster.links.send(
+        handles = [SimSendHandle(me.spawn(cluster.links.send(
             self._me, target.index, call(target.clock, cluster.deliver, self._me, target, m),
             me.rng)))
             for m in sent]
-        return handles[0] if handles else SendHandle(me.spawn(_nothing()))
+        return handles[0] if handles else SimSendHandle(me.spawn(_nothing()))
 
     async def to_workers(self, message: Any, worker_ids: Any = None) -> list[Any]:
         await self._cluster.validators[self._me].to_worker(message)
@@ -114,13 +114,13 @@ class WorkerPort:
     def __init__(self, cluster: SimCluster, me: int) -> None:
         self._cluster, self._me = cluster, me
 
-    async def send(self, peer: bytes, message: Any) -> SendHandle:
+    async def send(self, peer: bytes, message: Any) -> SimSendHandle:
         cluster = self._cluster
         me = cluster.validators[self._me]
         if peer == me.primary_key:
-            return SendHandle(me.spawn(me.to_primary(message)), peer)
+            return SimSendHandle(me.spawn(me.to_primary(message)), peer)
         target = cluster.by_worker_key[peer]
-        return SendHandle(me.spawn(cluster.links.send(
+        return SimSendHandle(me.spawn(cluster.links.send(
             self._me, target.index, call(target.clock, target.worker_receives, self._me, message),
             me.rng)),
             peer)
