@@ -20,7 +20,9 @@ Scenarios (``--scenario``, repeatable, or ``all``):
 - ``asymmetric``: one validator can send but not receive (every link into it cut);
 - ``slow-link``: every link of one validator at 100 kbit/s;
 - ``loss``: 2% segment loss on every link (TCP retransmission stalls, see the emulator);
-- ``staggered-start``: every validator but one stopped, then started again one by one.
+- ``staggered-start``: every validator but one stopped, then started again one by one;
+  recovery is measured from each start that brings a quorum up, over the validators up
+  (fewer than a quorum cannot commit, and a validator not yet started serves nothing).
 
 Checked at the end, on what every node served from index 1 (:mod:`narwhal.testing.outputs`):
 indexes contiguous, outputs prefixes of one another, no certificate twice (``safety_ok``,
@@ -128,8 +130,14 @@ class Run:
     duration: float
     rng: random.Random
     followers: list[Follower]
-    events: list[float] = attrs.field(factory=list)  # heals and restarts
+    #: Heals and restarts: (when, the nodes that must all commit again; None: every node).
+    events: list[tuple[float, frozenset[int] | None]] = attrs.field(factory=list)
     notes: dict[str, Any] = attrs.field(factory=dict)
+
+    def event(self, nodes: frozenset[int] | None = None) -> None:
+        """A heal or restart now: from here ``nodes`` (default: every node) must commit
+        again within the recovery bound."""
+        self.events.append((time.monotonic(), nodes))
 
     async def sleep_until(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
@@ -149,7 +157,7 @@ async def kill(run: Run) -> None:
         await cluster.kill(victim)
         await run.sleep_until(min(end, killed_at + run.rng.uniform(1, 10)))
         cluster.start(victim)
-        run.events.append(time.monotonic())
+        run.event()
         run.notes.setdefault("killed", []).append(victim)
         await run.sleep_until(max(time.monotonic() + 1, killed_at + run.rng.uniform(5, 15)))
 
@@ -166,7 +174,7 @@ async def partition(run: Run) -> None:
         await asyncio.sleep(cut - STALL_GRACE)
         committed_while_cut += run.served_max() - frozen  # neither side has a quorum: 0
         emulator.heal()
-        run.events.append(time.monotonic())
+        run.event()
         cycle += 1
         await asyncio.sleep(min(10.0, max(0.0, end - time.monotonic())))
     run.notes["partitions"] = cycle
@@ -179,7 +187,7 @@ async def pause(run: Run) -> None:
     run.cluster.pause(victim)
     await asyncio.sleep(min(60.0, run.duration))
     run.cluster.resume(victim)
-    run.events.append(time.monotonic())
+    run.event()
 
 
 async def minority_down(run: Run) -> None:
@@ -196,7 +204,7 @@ async def minority_down(run: Run) -> None:
     run.notes["down_s"] = round(time.monotonic() - started, 1)
     for victim in victims:
         cluster.start(victim)
-    run.events.append(time.monotonic())
+    run.event()
 
 
 async def asymmetric(run: Run) -> None:
@@ -206,7 +214,7 @@ async def asymmetric(run: Run) -> None:
     emulator.cut(emulator.inbound(victim))
     await asyncio.sleep(run.duration)
     emulator.heal()
-    run.events.append(time.monotonic())
+    run.event()
 
 
 async def slow_link(run: Run) -> None:
@@ -216,14 +224,14 @@ async def slow_link(run: Run) -> None:
     emulator.shape(emulator.touching(victim), bandwidth=SLOW_LINK)
     await asyncio.sleep(run.duration)
     emulator.shape(emulator.touching(victim), bandwidth=None)
-    run.events.append(time.monotonic())
+    run.event()
 
 
 async def loss(run: Run) -> None:
     run.cluster.emulator.shape(loss=LOSS)
     await asyncio.sleep(run.duration)
     run.cluster.emulator.shape(loss=0.0)
-    run.events.append(time.monotonic())
+    run.event()
 
 
 async def staggered_start(run: Run) -> None:
@@ -231,10 +239,12 @@ async def staggered_start(run: Run) -> None:
     later = list(range(1, cluster.size))
     await asyncio.gather(*(asyncio.to_thread(cluster.group.stop, [cluster.nodes[i]]) for i in later))
     step = run.duration / len(later)
-    for i in later:
+    quorum = cluster.size - cluster.f
+    for count, i in enumerate(later, start=2):
         await asyncio.sleep(step)
         cluster.start(i)
-        run.events.append(time.monotonic())
+        if count >= quorum:  # fewer than a quorum up cannot commit: nothing to recover yet
+            run.event(frozenset(range(count)))
 
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
@@ -312,11 +322,12 @@ def others_latency(cluster: RelayedCluster, hit: set[int],
     return medians
 
 
-def recovery(followers: list[Follower], event: float) -> float | None:
-    """Seconds from ``event`` until every node served an index beyond the highest any node
-    had served at ``event`` (None: some node never did)."""
+def recovery(followers: list[Follower], event: float,
+             nodes: frozenset[int] | None = None) -> float | None:
+    """Seconds from ``event`` until every node (of ``nodes``, if given: those up) served an
+    index beyond the highest any node had served at ``event`` (None: some node never did)."""
     frontier = max(f.index_at(event) for f in followers)
-    firsts = [f.first_beyond(frontier, event) for f in followers]
+    firsts = [f.first_beyond(frontier, event) for f in followers if nodes is None or f.node in nodes]
     return None if None in firsts else max(firsts) - event  # type: ignore[operator]
 
 
@@ -376,7 +387,7 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
     violations = output_violations(served)
     acknowledged = await asyncio.to_thread(quorum_acknowledged_transactions, cluster.net, range(cluster.size))
     lost = lost_transactions(served, acknowledged)
-    recoveries = [recovery(run.followers, event) for event in run.events]
+    recoveries = [recovery(run.followers, at, nodes) for at, nodes in run.events]
     phases = {"baseline": (t0, t1), "during": (t1, t2), "after": (t2, t3)}
     latency = await asyncio.to_thread(others_latency, cluster, faulty(run.notes),
                                       {k: (a + to_wall, b + to_wall) for k, (a, b) in phases.items()})

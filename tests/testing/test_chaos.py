@@ -67,3 +67,29 @@ def test_other_scenarios(capsys, tmp_path, scenario):
 @pytest.mark.parametrize("scenario", ["kill", "partition"])
 def test_long_scenarios(capsys, tmp_path, scenario):
     run(capsys, tmp_path, scenario, duration=60, window=10, long_outage=True)
+
+
+def follower(node: int, served: list[tuple[float, int]]) -> chaos.Follower:
+    """A follower that served index ``i`` at time ``t`` for each (t, i)."""
+    return chaos.Follower(node, [(i, 0, b"", b"", ()) for _, i in served], [t for t, _ in served])
+
+
+def test_recovery_counts_the_nodes_that_must_commit_again_only():
+    """From the event, every node of the set (default: all) must serve past the frontier
+    any node had at the event; a node not started yet is left out when the event says so
+    (staggered-start: a start that brings a quorum up, finding 6)."""
+    followers = [follower(0, [(1.0, 5), (3.0, 6)]), follower(1, [(1.0, 5), (4.5, 6)]),
+                 follower(2, [(1.0, 5)])]  # node 2 never serves past 5
+    assert chaos.recovery(followers, 2.0) is None
+    assert chaos.recovery(followers, 2.0, frozenset({0, 1})) == 2.5
+    assert chaos.recovery(followers, 2.0, frozenset({0})) == 1.0
+
+
+def test_the_nemesis_notes_name_the_validators_it_hit_and_queues_are_checked_against_bounds():
+    assert chaos.faulty({"paused": 2}) == {2}
+    assert chaos.faulty({"killed": [1, 3], "slow": 0, "partitions": 2}) == {0, 1, 3}
+    assert chaos.within_bounds({"pending": 30, "max_pending": 20_000, "queued_bytes": 10,
+                                "outbound_budget": 1 << 24})
+    assert not chaos.within_bounds({})  # nothing sampled is no proof
+    assert not chaos.within_bounds({"pending": 30, "max_pending": 20, "queued_bytes": 0,
+                                    "outbound_budget": 1})
