@@ -7,10 +7,14 @@ A run has three phases (virtual seconds):
    crash a validator and restart it from its store, a 2|2 or 1|3 partition, a one-way cut
    (one validator can send but not receive, or the reverse), a pause (a validator's traffic
    held, as bytes wait in TCP buffers, and delivered on resume), a slow validator (its
-   links 20 times slower), or quiet -- never more
-   than f validators affected at once;
+   links 20 times slower while it lasts), or quiet -- never more than f validators
+   affected at once;
 3. settle (``settle`` seconds): every fault healed, the workers stop sealing new batches,
    and the run must finish what it acknowledged.
+
+Options that hold for the whole run: a Byzantine validator (``byzantine``: equivocation
+and withholding; ``jam``: a certificate-fetcher jam; ``forge``: forged certificates and
+votes, replayed headers) and clock skew (``skew``: a clock per validator, its own rate).
 
 Then :func:`narwhal.sim.checker.check` reads every output. The result's ``trace_hash`` is
 the SHA-256 of every delivery, request and fault in order (``narwhal.sim.cluster``).
