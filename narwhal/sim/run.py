@@ -4,9 +4,10 @@ A run has three phases (virtual seconds):
 
 1. warm-up (``WARM_UP``): no faults;
 2. faults until ``duration - settle``: one fault at a time, each drawn from the seed --
-   crash a validator and restart it from its store, a partition of f validators from the others (1|3 with four), a one-way cut
-   (one validator can send but not receive, or the reverse), a pause (a validator's traffic
-   held, as bytes wait in TCP buffers, and delivered on resume), a slow validator (its
+   crash a validator and restart it from its store, a partition of f validators from the
+   others (1|3 with four), a one-way cut (one validator can send but not receive, or the
+   reverse), a pause (a validator's traffic held, as bytes wait in TCP buffers, and
+   delivered on resume), a slow validator (its
    links 20 times slower while it lasts), or quiet -- never more than f validators
    affected at once;
 3. settle (``settle`` seconds): every fault healed, the workers stop sealing new batches,
