@@ -343,16 +343,12 @@ class Core:
     def parents_of(self, round_: int) -> tuple[bytes, ...]:
         return self.certificates.parents_of(round_)
 
-    def certificates_awaited(self, round_: int) -> list[bytes]:
-        """Authorities whose certificate of ``round_`` we expect but do not hold: we voted
-        for their header (so it is being certified, or was)."""
+    def certificates_coming(self, round_: int) -> int:
+        """Authorities whose certificate of ``round_`` we hold or expect: we hold it, or
+        voted for their header (so it is being certified, or was)."""
         held = self.dag.round(round_)
-        return [author for author in self.committee.authorities
-                if author not in held and (author, round_) in self.voted]
-
-    def held_authors(self, round_: int) -> list[bytes]:
-        """Authorities whose certificate of ``round_`` we hold."""
-        return list(self.dag.round(round_))
+        return sum(1 for author in self.committee.authorities
+                   if author in held or (author, round_) in self.voted)
 
     # -- payload ---------------------------------------------------------------------------
 

@@ -143,8 +143,7 @@ class PrimaryNode:
         self.proposer = Proposer(
             name=name, signer=signer, store=store, propose=self._propose,
             all_parents=self.core.parents_of, frontier=lambda: self.core.frontier,
-            certificates_awaited=self.core.certificates_awaited,
-            held_authors=self.core.held_authors,
+            certificates_coming=self.core.certificates_coming,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
             genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0,
             **timed)

@@ -12,12 +12,7 @@ authority proposes the moment its quorum is complete, so the last certificate of
 often reaches nobody in time, is referenced by no header, and is never committed; its
 batches then wait ~``gc_depth`` rounds to be proposed again (seen in 5-minute runs at
 50,000 tx/s: p95 latency ~9 s in the windows where that happened). A crashed authority's
-certificate is not waited for: we never voted for a header of it. Nor, for a while, is a
-*slow* authority's (:class:`LateAuthors`): one whose certificate we waited for in vain is
-not waited for during the next 1, 2, 4, ... 64 rounds, until one of its certificates is
-there in time again. Without that, every header of the committee waited the grace for a
-validator on a slow link, and the others' commit latency rose by ~14% (bench/chaos.py
-slow-link): head-of-line blocking behind the slowest authority.
+certificate is not waited for: we never voted for a header of it.
 
 Never two headers for one round, across restarts too: the round is written to the store
 *before* the header is handed to the core for broadcasting, and a restarted proposer
@@ -28,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable
 
 from narwhal import messages
 from narwhal.messages import Header
@@ -46,33 +41,6 @@ DIGEST_SIZE = 32
 MAX_HEADER_PAYLOAD = messages.MAX_HEADER_PAYLOAD
 
 
-#: At most this many rounds without waiting for an authority that kept us waiting in vain.
-MAX_LATE_SKIP = 64
-
-
-class LateAuthors:
-    """Authorities whose certificates came too late to be waited for (see the module
-    docstring): after the n-th wait in a row in vain, not waited for during 2**(n-1)
-    rounds (at most :data:`MAX_LATE_SKIP`)."""
-
-    def __init__(self) -> None:
-        #: author -> (waits in vain in a row, first round it is waited for again)
-        self._late: dict[bytes, tuple[int, int]] = {}
-
-    def worth_waiting_for(self, authors: Iterable[bytes], round_: int) -> set[bytes]:
-        """Of ``authors`` (whose certificates of ``round_`` are coming), those to wait for."""
-        return {a for a in authors if a not in self._late or round_ >= self._late[a][1]}
-
-    def proposed(self, round_: int, waited_in_vain: Iterable[bytes], held: Iterable[bytes]) -> None:
-        """A header on parents of ``round_`` was made: ``waited_in_vain`` were waited for and
-        did not come; ``held`` came in time (they are waited for again from now)."""
-        for author in held:
-            self._late.pop(author, None)
-        for author in waited_in_vain:
-            misses = self._late.get(author, (0, 0))[0] + 1
-            self._late[author] = (misses, round_ + min(MAX_LATE_SKIP, 2 ** (misses - 1)) + 1)
-
-
 class Proposer:
     def __init__(
         self,
@@ -87,8 +55,7 @@ class Proposer:
         last_proposed: int = 0,
         all_parents: Callable[[int], tuple[bytes, ...]] = lambda round_: (),
         frontier: Callable[[], int] = lambda: 0,
-        certificates_awaited: Callable[[int], Collection[bytes]] = lambda round_: (),
-        held_authors: Callable[[int], Collection[bytes]] = lambda round_: (),
+        certificates_coming: Callable[[int], int] = lambda round_: 0,
         parents_grace: float | None = None,
         clock: Clock = LOOP_CLOCK,
     ) -> None:
@@ -99,9 +66,7 @@ class Proposer:
         self._propose = propose
         self._all_parents = all_parents
         self._frontier = frontier
-        self._awaited = certificates_awaited
-        self._held_authors = held_authors
-        self.late = LateAuthors()
+        self._coming = certificates_coming
         self._grace = max_header_delay / 2 if parents_grace is None else parents_grace
         self._header_size = header_size
         self._max_delay = max_header_delay
@@ -141,18 +106,13 @@ class Proposer:
         if round_ == self._parents_round:
             self._wake.set()
 
-    def _waiting_for(self) -> set[bytes]:
-        """Authorities of the parents' round whose certificate is coming (we voted for
-        their header), not held yet, and worth waiting for."""
-        round_ = self._parents_round
-        return self.late.worth_waiting_for(self._awaited(round_), round_)
-
     def _waiting_for_parents(self, now: float, due_since: float) -> float | None:
         """How long to wait for known-coming certificates of the parents' round (None: no)."""
         until = due_since + self._grace
         if now >= until:
             return None
-        return until - now if self._waiting_for() else None
+        held = len(self._all_parents(self._parents_round))
+        return until - now if held < self._coming(self._parents_round) else None
 
     async def run(self) -> None:
         deadline = self._clock.now() + self._max_delay
@@ -187,7 +147,6 @@ class Proposer:
         assert self._parents is not None
         parents_round = self._parents_round
         round_ = parents_round + 1
-        self.late.proposed(parents_round, self._waiting_for(), self._held_authors(parents_round))
         payload_list = self._digests[:MAX_HEADER_PAYLOAD]
         self._digests = self._digests[MAX_HEADER_PAYLOAD:]
         payload = tuple(sorted(dict(payload_list).items()))  # unique digests, sorted

@@ -392,8 +392,7 @@ async def test_a_due_header_waits_briefly_for_a_certificate_known_to_be_coming(c
                         propose=propose, header_size=1_000_000, max_header_delay=0.05,
                         parents_grace=0.5, genesis_parents=tuple(genesis_digests(sim)),
                         all_parents=lambda round_: tuple(held) if round_ == 1 else (),
-                        certificates_awaited=lambda round_: (
-                            [b"D"] if coming == 4 and round_ == 1 and len(held) < 4 else []))
+                        certificates_coming=lambda round_: coming if round_ == 1 else 0)
     task = asyncio.ensure_future(proposer.run())
     try:
         await sim.run_until(lambda: len(proposed) >= 1, timeout=5)  # round 1, on genesis
@@ -592,27 +591,3 @@ def test_consensus_reads_the_cores_dag(sim):
     """One DAG: consensus orders over the certificates the core holds, not over a copy."""
     node = sim.nodes[sim.names[0]].node
     assert node.consensus.state.dag is node.core.dag
-
-
-def test_an_authority_waited_for_in_vain_is_not_waited_for_during_1_2_4_rounds():
-    """Head-of-line blocking behind a slow validator (bench/chaos.py slow-link: the others'
-    latency +14%): after each wait in vain, its certificate is not waited for during twice
-    as many rounds (at most MAX_LATE_SKIP); once it comes in time it is waited for again."""
-    from narwhal.primary.proposer import MAX_LATE_SKIP, LateAuthors
-
-    late, slow, other = LateAuthors(), b"S", b"O"
-    waited = []
-    for round_ in range(1, 16):
-        wait_for = late.worth_waiting_for([slow, other], round_)
-        waited.append(slow in wait_for)
-        assert other in wait_for  # on time every round: always waited for
-        late.proposed(round_, waited_in_vain=wait_for - {other}, held=[other])
-    #            r1    r2     r3    r4     r5     r6    r7 ... r10   r11 ...
-    assert waited == [True, False, True, False, False, True, False, False, False, False,
-                      True, False, False, False, False]
-    late.proposed(16, waited_in_vain=[], held=[slow])  # in time again
-    assert slow in late.worth_waiting_for([slow], 17)
-    for _ in range(40):  # however often it is late, it is tried again within the cap
-        late.proposed(100, waited_in_vain=[slow], held=[])
-    assert slow not in late.worth_waiting_for([slow], 100 + MAX_LATE_SKIP)
-    assert slow in late.worth_waiting_for([slow], 101 + MAX_LATE_SKIP)
