@@ -95,7 +95,7 @@ def samples(m: ModuleType, committee: int, seed: int = 1) -> dict[str, Any]:
 
     def header(author: bytes, round_: int) -> Any:
         return m.Header(author, round_, sorted((b(32), i % 4) for i in range(8)),
-                        sorted(b(32) for _ in range(committee)), b(64))
+                        sorted(b(32) for _ in range(committee)), (), b(64))
 
     def certificate(author: bytes, round_: int) -> Any:
         return m.Certificate(header(author, round_), [(k, b(64)) for k in keys])

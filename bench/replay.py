@@ -62,7 +62,7 @@ class _Nowhere:
 
 
 def _signed(keys: AuthorityKeys, round_: int, parents: list[bytes]) -> Header:
-    unsigned = Header(keys.name, round_, (), tuple(sorted(parents)), bytes(64))
+    unsigned = Header(keys.name, round_, (), tuple(sorted(parents)), (), bytes(64))
     return attrs.evolve(unsigned, signature=keys.signing.sign(unsigned.digest()))
 
 

@@ -180,8 +180,8 @@ def sha(domain: bytes, value: Any) -> bytes:
 @SLOW
 @given(h=strategy(m.Nested(m.Header)), sig=st.binary(min_size=64, max_size=64))
 def test_header_digest_excludes_the_signature(h: m.Header, sig: bytes) -> None:
-    expected = sha(b"narwhal-py/header\x00", [h.author, h.round, h.payload, h.parents])
-    assert h.digest() == expected == m.Header(*wire_fields(h)[:4], sig).digest()
+    expected = sha(b"narwhal-py/header\x00", [h.author, h.round, h.payload, h.parents, h.weak_links])
+    assert h.digest() == expected == m.Header(*wire_fields(h)[:5], sig).digest()
 
 
 @SLOW
@@ -316,7 +316,7 @@ def test_fetch_max_items_range() -> None:
 def test_encode_refuses_invalid_messages() -> None:
     d1, d2 = item(m.DIGEST, 1), item(m.DIGEST, 2)
     bad = [
-        m.Header(bytes(32), 1, (), (d2, d1), bytes(64)),
+        m.Header(bytes(32), 1, (), (d2, d1), (), bytes(64)),
         m.Vote(bytes(31), 1, bytes(32), bytes(32), bytes(64)),
         m.Cleanup(-1),
         m.OurBatch(d1, True, 1),

@@ -15,7 +15,9 @@ certificate can decide and *where* its support is counted (``docs/protocol.md``,
 When a leader is decided, every earlier uncommitted leader (every second round down to
 ``last_committed_round + 2``) that is linked to it through parent edges is committed first,
 oldest first; each committed leader outputs its causal history that was not output yet:
-certificates ``c`` with ``c.round > last_committed[c.author]``, above the GC horizon.
+certificates ``c`` with ``c.round > last_committed[c.author]``, above the GC horizon. That
+history follows weak links too (Bullshark's: a header's references to older certificates
+its parents do not reach); leader links and support count parent edges only.
 
 Determinism: nothing here depends on dict or set iteration order or on arrival order.
 Each sub-DAG is sorted by (round, author key); leaders are chosen by a fixed rotation over
@@ -139,7 +141,10 @@ class ConsensusState:
         return output
 
     def _sub_dag(self, leader: Certificate) -> list[Certificate]:
-        """The leader's causal history not output yet, sorted by (round, author)."""
+        """The leader's causal history not output yet, sorted by (round, author): through
+        parents and weak links alike. A weak link is followed only when its certificate
+        has the round the link names: a node that accepted the header without holding it
+        (the named round was collected there) must order exactly the same."""
         horizon = self.last_committed_round - self.gc_depth
         seen = {leader.digest()}
         stack = [leader]
@@ -147,11 +152,13 @@ class ConsensusState:
         while stack:
             certificate = stack.pop()
             result.append(certificate)
-            for parent in certificate.header.parents:
-                ancestor = self._get(parent)
-                if ancestor is None or parent in seen:
-                    continue  # already committed, or below the GC horizon
-                seen.add(parent)
+            header = certificate.header
+            edges = [(parent, header.round - 1) for parent in header.parents]
+            for digest, round_ in edges + list(header.weak_links):
+                ancestor = self._get(digest)
+                if ancestor is None or digest in seen or ancestor.header.round != round_:
+                    continue  # already committed, below the GC horizon, or a wrong link
+                seen.add(digest)
                 if ancestor.header.round > horizon:
                     stack.append(ancestor)
         return sorted(result, key=lambda c: (c.header.round, c.header.author))

@@ -71,6 +71,7 @@ MAX_OUTPUT_TRANSACTIONS = 100_000
 DIGESTS = ListOf(DIGEST, MAX_DIGESTS_PER_REQUEST, "MAX_DIGESTS_PER_REQUEST")
 PARENTS = ListOf(DIGEST, MAX_COMMITTEE_SIZE, "MAX_COMMITTEE_SIZE", sorted=True)
 PAYLOAD = ListOf(Pair(DIGEST, U32), MAX_HEADER_PAYLOAD, "MAX_HEADER_PAYLOAD", sorted=True)
+WEAK_LINKS = ListOf(Pair(DIGEST, U64), MAX_COMMITTEE_SIZE, "MAX_COMMITTEE_SIZE", sorted=True)
 VOTES = ListOf(Pair(PUBLIC_KEY, SIGNATURE), MAX_COMMITTEE_SIZE, "MAX_COMMITTEE_SIZE", sorted=True)
 PARTS = Scalar("u32 in 1..MAX_HEADER_PAYLOAD", int, lo=1, hi=MAX_HEADER_PAYLOAD)
 MAX_ITEMS = Scalar("u32 in 1..MAX_CERTIFICATES_PER_RESPONSE", int, lo=1,
@@ -92,13 +93,17 @@ class Header(Message):
     round: int = _field(U64)
     payload: tuple[tuple[bytes, int], ...] = _field(PAYLOAD)  # (batch digest, worker id)
     parents: tuple[bytes, ...] = _field(PARENTS)  # certificate digests of round - 1
+    #: Bullshark's weak links: (certificate digest, its round) of rounds below round - 1
+    #: that the parents do not reach, so a late certificate is ordered by the next leader
+    #: instead of being orphaned (``docs/protocol.md``, "Weak links").
+    weak_links: tuple[tuple[bytes, int], ...] = _field(WEAK_LINKS)
     signature: bytes = _field(SIGNATURE)
     _digest: bytes | None = _cache()
 
     def digest(self) -> bytes:
         """SHA-256 of the domain and the header array without its signature."""
         return _memo_digest(self, b"narwhal-py/header\x00", lambda: _dumps(
-            (self.author, self.round, self.payload, self.parents)))
+            (self.author, self.round, self.payload, self.parents, self.weak_links)))
 
 
 @_message(0x0102, Link.PRIMARY_PRIMARY, Ack)
@@ -136,7 +141,7 @@ class Certificate(Message):
     @classmethod
     def genesis(cls, authorities: Iterable[bytes]) -> list[Certificate]:
         """The round-0 certificates every node starts from, one per authority, sorted."""
-        return [cls(Header(a, 0, (), (), bytes(64)), ()) for a in sorted(authorities)]
+        return [cls(Header(a, 0, (), (), (), bytes(64)), ()) for a in sorted(authorities)]
 
 
 @_message(0x0105, Link.PRIMARY_PRIMARY)

@@ -2,8 +2,8 @@
 
 Rules (``docs/protocol.md``, "Primary"):
 
-- **Accept a certificate only after its parents** (or when those are below the GC round),
-  so the DAG and consensus see certificates in causal order. A certificate missing parents
+- **Accept a certificate only after its ancestors**, parents and weak links (or when those
+  are below the GC round), so the DAG and consensus see certificates in causal order. A certificate missing parents
   is parked, indexed by what it misses, and its ancestors are fetched; each insertion
   releases the parked certificates it completes.
 - A certificate is **stored before it is inserted**: after a crash the DAG is rebuilt from
@@ -35,7 +35,7 @@ from narwhal.primary.checks import Invalid, check_certificate
 from narwhal.primary.evidence import EvidenceRecorder
 from narwhal.primary.payload import PayloadAvailability
 
-__all__ = ["MAX_PARKED_CERTIFICATES", "CertificateAcceptance", "round_key"]
+__all__ = ["MAX_PARKED_CERTIFICATES", "CertificateAcceptance", "fetch_each_round", "round_key"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,17 @@ MAX_PARKED_CERTIFICATES = 20_000
 def round_key(round_: int, author: bytes = b"") -> bytes:
     """Store key ordered by round: 8-byte big-endian round, then the author."""
     return round_.to_bytes(8, "big") + author
+
+
+def fetch_each_round(fetch: Callable[[Iterable[bytes], bytes | None, int], None],
+                     missing: Iterable[tuple[bytes, int]], source: bytes | None) -> None:
+    """Want the ``missing`` (digest, round) ancestors, one call per round (the fetcher
+    drops a want once the GC round passes its round)."""
+    by_round: dict[int, list[bytes]] = {}
+    for digest, round_ in missing:
+        by_round.setdefault(round_, []).append(digest)
+    for round_, digests in sorted(by_round.items()):
+        fetch(digests, source, round_)
 
 
 class CertificateAcceptance:
@@ -103,10 +114,9 @@ class CertificateAcceptance:
         digest = certificate.digest()
         if digest in self.dag or digest in self._accepting:
             return
-        if digest in self._parked and certificate.header.round - 1 > self.gc_round \
-                and not all(p in self.dag for p in certificate.header.parents):
-            return  # still waiting for a parent (one parked with every parent in, or with its
-            # parents below a GC round that jumped past them, is taken again)
+        if digest in self._parked and self.dag.missing(certificate.header, self.gc_round):
+            return  # still waiting for an ancestor (one parked with every ancestor in, or with
+            # them below a GC round that jumped past them, is taken again)
         if certificate.header.round <= self.gc_round:
             self.counters["certificate_too_old"] += 1
             return
@@ -140,19 +150,18 @@ class CertificateAcceptance:
         self._on_far_ahead()
 
     async def accept_certificate(self, certificate: Certificate, hint: bytes | None = None) -> None:
-        """Store and insert ``certificate`` once its parents are in; park it otherwise."""
+        """Store and insert ``certificate`` once its ancestors are in; park it otherwise."""
         header = certificate.header
-        missing = [] if header.round - 1 <= self.gc_round else [
-            p for p in header.parents if p not in self.dag]
+        missing = self.dag.missing(header, self.gc_round)
         if missing:
             digest = certificate.digest()
             self._parked[digest] = certificate
-            for parent in missing:
-                self._waiting_on.setdefault(parent, set()).add(digest)
+            for ancestor, _ in missing:
+                self._waiting_on.setdefault(ancestor, set()).add(digest)
             while len(self._parked) > MAX_PARKED_CERTIFICATES:
                 self._parked.pop(next(iter(self._parked)))
                 self.counters["certificate_parked_dropped"] += 1
-            self._fetch(missing, hint or header.author, header.round - 1)
+            fetch_each_round(self._fetch, missing, hint or header.author)
             return
         await self._insert(certificate)
         await self._release_children(certificate.digest())
@@ -189,8 +198,7 @@ class CertificateAcceptance:
             header, digest = certificate.header, certificate.digest()
             if digest in self.dag or digest in self._accepting or header.round <= self.gc_round:
                 continue
-            parents_in = header.round - 1 <= self.gc_round or all(
-                p in self.dag or p in in_page for p in header.parents)
+            parents_in = all(d in in_page for d, _ in self.dag.missing(header, self.gc_round))
             slot = (header.author, header.round)
             if not parents_in or slot in taken or self.dag.has_author_round(*slot):
                 rest.append(certificate)
@@ -255,7 +263,7 @@ class CertificateAcceptance:
                     continue  # already inserted, or dropped
                 if child.header.round <= self.gc_round:
                     del self._parked[child_digest]
-                elif all(p in self.dag for p in child.header.parents):
+                elif not self.dag.missing(child.header, self.gc_round):
                     # parked until stored: if the write fails (disk full), it stays parked
                     # and is taken when it comes again (a child of it makes us fetch it)
                     await self._insert(child)
@@ -289,9 +297,8 @@ class CertificateAcceptance:
             del self._parked[digest]
         self._waiting_on = {}
         for digest, certificate in self._parked.items():
-            for parent in certificate.header.parents:
-                if parent not in self.dag:
-                    self._waiting_on.setdefault(parent, set()).add(digest)
+            for ancestor, _ in self.dag.missing(certificate.header, gc_round):
+                self._waiting_on.setdefault(ancestor, set()).add(digest)
 
 
 def _certificate_rows(certificate: Certificate) -> list[tuple[str, bytes, bytes | None]]:

@@ -47,7 +47,8 @@ def _member(committee: Committee, name: bytes, what: str) -> None:
 
 def check_header(header: Header, committee: Committee, *, gc_round: int, highest_round: int,
                  sender: bytes | None = None) -> None:
-    """Author is a member (and the sender, if known), round in range, signature valid."""
+    """Author is a member (and the sender, if known), round in range, weak links in range,
+    signature valid."""
     _member(committee, header.author, "header author")
     if sender is not None and sender != header.author:
         raise Invalid("wrong_sender", "a header must be sent by its author")
@@ -62,8 +63,21 @@ def check_header(header: Header, committee: Committee, *, gc_round: int, highest
         # us fetch digests nobody has (checked before the signature: it costs nothing)
         raise Invalid("too_many_parents", f"{len(header.parents)} parents in a committee of "
                       f"{len(committee.authorities)}")
+    _check_weak_links(header, len(committee.authorities))
     if not crypto.verify(header.author, header.digest(), header.signature):
         raise Invalid("bad_signature", "header signature is invalid")
+
+
+def _check_weak_links(header: Header, committee_size: int) -> None:
+    """At most one per authority, each of a round in 1 .. round - 2 (the previous round is
+    the parents'), none also a parent: what the DAG holds is checked when they are in it."""
+    if len(header.weak_links) > committee_size:
+        raise Invalid("too_many_weak_links", f"{len(header.weak_links)} weak links in a "
+                      f"committee of {committee_size}")
+    if any(not 0 < round_ < header.round - 1 for _, round_ in header.weak_links):
+        raise Invalid("bad_weak_link_round", "a weak link must name a round below the parents'")
+    if not set(header.parents).isdisjoint(digest for digest, _ in header.weak_links):
+        raise Invalid("weak_link_is_parent", "a weak link repeats a parent")
 
 
 def check_vote(vote: Vote, header: Header, committee: Committee) -> None:

@@ -14,8 +14,9 @@ Rules kept here (``docs/protocol.md``, "Primary"):
   round) and a voter's two votes for different headers of ours.
 - **Vote only for valid, complete headers**: member author who sent it himself, signature,
   round above the GC round, parents that are certificates of the previous round carrying a
-  quorum of stake (fetched when missing), payload stored at our workers (asked to sync when
-  missing). Incomplete headers are parked, bounded, and retried when what they miss
+  quorum of stake (fetched when missing), weak links naming the rounds of certificates we
+  hold (fetched when missing, like parents), payload stored at our workers (asked to sync
+  when missing). Incomplete headers are parked, bounded, and retried when what they miss
   arrives (a certificate inserted, a batch stored).
 - **GC**: rounds below the GC round are dropped from memory, their reliable sends are
   cancelled, and workers are told to ``Cleanup``.
@@ -39,7 +40,7 @@ from narwhal import crypto, messages
 from narwhal.consensus.dag import Dag
 from narwhal.messages import Certificate, Cleanup, Header, Vote
 from narwhal.ports import MONOTONIC_CLOCK, Clock, PrimaryNetworkLike, StoreLike
-from narwhal.primary.acceptance import CertificateAcceptance, round_key
+from narwhal.primary.acceptance import CertificateAcceptance, fetch_each_round, round_key
 from narwhal.primary.aggregators import VotesAggregator
 from narwhal.primary.checks import Invalid, check_header, check_vote
 from narwhal.primary.evidence import VOTE, EvidenceRecorder
@@ -190,12 +191,16 @@ class Core:
         self._parked_headers.remove(header)
         await self._vote(header)
 
-    def _missing_parents(self, header: Header) -> list[bytes]:
-        if header.round - 1 <= self.gc_round and header.round > 1:
-            return []  # parents already collected: nothing to check against
-        return [p for p in header.parents if p not in self.dag]
+    def _missing_parents(self, header: Header) -> list[tuple[bytes, int]]:
+        """Parents and weak links we lack (those collected are not checked against)."""
+        return self.dag.missing(header, self.gc_round)
 
     def _check_parents(self, header: Header, parents: list[Certificate | None]) -> None:
+        for digest, round_ in header.weak_links:
+            linked = self.dag.get(digest)
+            if linked is not None and linked.header.round != round_:
+                self.counters["header_bad_weak_link_round"] += 1
+                raise Invalid("bad_weak_link_round", "a weak link names the wrong round")
         if header.round - 1 <= self.gc_round and header.round > 1:
             return
         weight = 0
@@ -209,7 +214,7 @@ class Core:
             self.counters["header_parents_no_quorum"] += 1
             raise Invalid("parents_no_quorum", "the parents do not carry a quorum of stake")
 
-    async def _park_header(self, header: Header, missing_parents: list[bytes],
+    async def _park_header(self, header: Header, missing_parents: list[tuple[bytes, int]],
                            missing_payload: list[tuple[bytes, int]]) -> None:
         parked = self._parked_headers.add(header)
         if parked is Parked.CONFLICT:
@@ -219,7 +224,7 @@ class Core:
             self.counters["header_parked"] += 1
             self.counters["header_parked_dropped"] = self._parked_headers.dropped
         if missing_parents:
-            self._fetch(missing_parents, header.author, header.round - 1)
+            fetch_each_round(self._fetch, missing_parents, header.author)
         if missing_payload:
             self.payload.request(header.author, missing_payload, header.round)
 

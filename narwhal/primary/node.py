@@ -143,7 +143,7 @@ class PrimaryNode:
         self.proposer = Proposer(
             name=name, signer=signer, store=store, propose=self._propose,
             all_parents=self.core.parents_of, frontier=lambda: self.core.frontier,
-            certificates_coming=self.core.certificates_coming,
+            certificates_coming=self.core.certificates_coming, weak_links=self._weak_links,
             header_size=parameters.header_size, max_header_delay=parameters.max_header_delay,
             genesis_parents=genesis, last_proposed=int.from_bytes(last[:8], "big") if last else 0,
             **timed)
@@ -288,6 +288,16 @@ class PrimaryNode:
             self._uncommitted[header.round] = header.payload
         await self.core.propose(header)
 
+    def _weak_links(self, round_: int) -> tuple[tuple[bytes, int], ...]:
+        """Weak links for our header of ``round_``: the certificates of rounds below
+        ``round_ - 1`` that nothing in our DAG references and consensus may still order
+        (above their author's last committed round and the GC round), oldest first, at most
+        one per authority."""
+        state = self.consensus.state
+        linked = [c for c in self.core.dag.unreferenced(round_ - 1)
+                  if c.header.round > max(self.core.gc_round, state.last_committed.get(c.header.author, 0))]
+        return tuple(sorted((c.digest(), c.header.round) for c in linked[:len(self.committee.authorities)]))
+
     def _behind(self) -> int | None:
         """The round to fetch certificates after, in bulk, when others are far ahead."""
         held = self.core.dag.highest_round
@@ -300,10 +310,12 @@ class PrimaryNode:
         ``_uncommitted`` at once (no later check takes them again): their rounds and
         batches. Those at or below the consensus GC horizon (consensus ignores everything
         there, so their batches cannot be output twice), and, a certificate of ``round_``
-        having just arrived, those of the two rounds below it that provably no certificate
-        will ever reach (:mod:`narwhal.consensus.orphans`), without waiting for the horizon."""
+        having just arrived, those below it that provably will never be committed (never
+        certified, or passed over: :mod:`narwhal.consensus.orphans`), without waiting for
+        the horizon."""
+        ours = self.consensus.state.last_committed.get(self.name, 0)
         taken = sorted(r for r in self._uncommitted if r <= horizon or (
-            round_ - 2 <= r < round_ and never_committed(self.core.dag, self.committee, self.name, r)))
+            r < round_ and never_committed(self.core.dag, self.committee, self.name, r, ours)))
         return taken, [entry for r in taken for entry in self._uncommitted.pop(r)]
 
     async def _repropose(self, orphans: list[int], payload: list[tuple[bytes, int]]) -> None:

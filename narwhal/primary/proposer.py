@@ -14,6 +14,11 @@ batches then wait ~``gc_depth`` rounds to be proposed again (seen in 5-minute ru
 50,000 tx/s: p95 latency ~9 s in the windows where that happened). A crashed authority's
 certificate is not waited for: we never voted for a header of it.
 
+And against the orphans that remain (a certificate that came too late for every header
+of the next round): the header carries **weak links** to them (``weak_links(round)``,
+the DAG's certificates of rounds below the parents' that nothing references yet), so the
+next leader that reaches our header orders them too, as in Bullshark.
+
 Never two headers for one round, across restarts too: the round is written to the store
 *before* the header is handed to the core for broadcasting, and a restarted proposer
 starts above the last persisted round.
@@ -24,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+
+import attrs
 
 from narwhal import messages
 from narwhal.messages import Header
@@ -56,6 +63,7 @@ class Proposer:
         all_parents: Callable[[int], tuple[bytes, ...]] = lambda round_: (),
         frontier: Callable[[], int] = lambda: 0,
         certificates_coming: Callable[[int], int] = lambda round_: 0,
+        weak_links: Callable[[int], tuple[tuple[bytes, int], ...]] = lambda round_: (),
         parents_grace: float | None = None,
         clock: Clock = LOOP_CLOCK,
     ) -> None:
@@ -67,6 +75,7 @@ class Proposer:
         self._all_parents = all_parents
         self._frontier = frontier
         self._coming = certificates_coming
+        self._weak_links = weak_links
         self._grace = max_header_delay / 2 if parents_grace is None else parents_grace
         self._header_size = header_size
         self._max_delay = max_header_delay
@@ -154,8 +163,8 @@ class Proposer:
         # a slow authority's certificate that arrived meanwhile is referenced (and so
         # committed) instead of orphaned.
         parents = tuple(sorted(set(self._parents) | set(self._all_parents(parents_round))))
-        unsigned = Header(self.name, round_, payload, parents, bytes(64))
-        header = Header(self.name, round_, payload, unsigned.parents, self._signer.sign(unsigned.digest()))
+        unsigned = Header(self.name, round_, payload, parents, self._weak_links(round_), bytes(64))
+        header = attrs.evolve(unsigned, signature=self._signer.sign(unsigned.digest()))
         # Durable *before* anyone can see the header: a restart never reuses this round.
         await self._store.write([
             ("last_proposed", b"", round_.to_bytes(8, "big") + header.digest()),
@@ -169,6 +178,7 @@ class Proposer:
             # are kept: the core announces each round's quorum only once
             self._parents = None
         self.headers_proposed += 1
-        log.info("Created header %s round=%d batches=%d parents=%d", header.digest().hex()[:16],
-                 round_, len(payload), len(header.parents))
+        log.info("Created header %s round=%d batches=%d parents=%d weak_links=%d",
+                 header.digest().hex()[:16], round_, len(payload), len(header.parents),
+                 len(header.weak_links))
         await self._propose(header)

@@ -3,8 +3,9 @@
 ``--seed S [--json]`` runs one seed and prints its result (``seed``, ``trace_hash``,
 ``commits``, ``violations``, ``sim_seconds``, ``wall_seconds``, ``recovery_s``, ...);
 ``--seeds N`` runs seeds ``--first``..``--first+N-1`` and prints ``{"seeds": N, "failed":
-[...], "seeds_per_minute": X, "recovery_s_median": ..., "recovery_s_max": ...}``. A failing seed prints the exact command that replays it. Exit
-status 1 if any seed failed.
+[...], "seeds_per_minute": X, "recovery_s_median": ..., "recovery_s_max": ..., "weak_links":
+..., "reproposed_headers": ...}`` (the last two summed over the seeds). A failing seed prints
+the exact command that replays it. Exit status 1 if any seed failed.
 
 Replayable only with a fixed ``PYTHONHASHSEED`` (set and ``str`` hashing orders ``set``
 iteration): this entry point re-executes itself with ``PYTHONHASHSEED=0`` when it is not.
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if result.violations else 0
     failed: list[dict[str, object]] = []
     recoveries: list[float] = []
+    weak_links = reproposed = 0
     started = time.perf_counter()
     with Progress(disable=args.json, transient=True) as progress:
         task = progress.add_task("seeds", total=args.seeds)
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             result = _one(seed, args)
             if result.recovery_s is not None:
                 recoveries.append(result.recovery_s)
+            weak_links += result.weak_links
+            reproposed += result.reproposed_headers
             if result.violations:
                 failed.append({"seed": seed, "violations": result.violations,
                                "replay": replay_command(seed, args)})
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"seeds": args.seeds, "first": args.first, "failed": failed,
                       "seeds_per_minute": round(args.seeds / minutes, 1) if minutes else None,
                       "recovery_s_median": recoveries[len(recoveries) // 2] if recoveries else None,
-                      "recovery_s_max": recoveries[-1] if recoveries else None}))
+                      "recovery_s_max": recoveries[-1] if recoveries else None,
+                      "weak_links": weak_links, "reproposed_headers": reproposed}))
     return 1 if failed else 0
 
 

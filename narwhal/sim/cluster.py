@@ -344,7 +344,7 @@ class SimCluster:
             return digest[:size]
         honest = sorted(v.name for v in self.honest())
         votes = tuple((name, made_up(name.hex())) for name in honest)
-        far = Header(header.author, header.round + 1_000, (), header.parents, header.signature)
+        far = Header(header.author, header.round + 1_000, (), header.parents, (), header.signature)
         target = self.validators[receiver].name
         forged: list[Any] = [
             Certificate(header, votes), Certificate(far, votes),
@@ -365,10 +365,10 @@ class SimCluster:
         round_ = header.round + JAM_AHEAD
         parents = tuple(sorted(hashlib.sha256(f"jam/{self.seed}/{round_}/{i}".encode()).digest()
                                for i in range(len(self.validators))))
-        unsigned = Header(header.author, round_, (), parents, bytes(64))
+        unsigned = Header(header.author, round_, (), parents, (), bytes(64))
         self.jam_headers += 1
         keys = self.by_name[header.author].keys
-        return Header(header.author, round_, (), parents, keys.signing.sign(unsigned.digest()))
+        return Header(header.author, round_, (), parents, (), keys.signing.sign(unsigned.digest()))
 
     def equivocate(self, header: Header, receiver: int) -> list[Header]:
         """What the Byzantine validator sends ``receiver`` instead of its own ``header``
@@ -380,8 +380,8 @@ class SimCluster:
         if not header.payload or receiver not in others[len(others) // 2:] + others[:1]:
             return [header]
         keys = self.by_name[header.author].keys
-        unsigned = Header(header.author, header.round, (), header.parents, bytes(64))
-        twin = Header(header.author, header.round, (), header.parents,
+        unsigned = Header(header.author, header.round, (), header.parents, (), bytes(64))
+        twin = Header(header.author, header.round, (), header.parents, (),
                       keys.signing.sign(unsigned.digest()))
         self.twins += 1
         return [header, twin] if receiver == others[0] else [twin]

@@ -32,8 +32,10 @@ from typing import Any
 
 import attrs
 
+from narwhal import messages
+from narwhal.messages import Certificate
 from narwhal.sim.checker import check
-from narwhal.sim.cluster import SimCluster
+from narwhal.sim.cluster import SimCluster, SimValidator
 from narwhal.sim.loop import SkewedClock, run_virtual
 from narwhal.sim.network import LinkModel
 
@@ -79,6 +81,11 @@ class SimResult:
     clock_rates: list[float] | None = None
     #: Seconds from the heal until every honest validator committed something new.
     recovery_s: float | None = None
+    #: Weak links in the certificates the first honest validator stored (issue 16), and
+    #: headers whose batches honest validators proposed again (orphaned: never certified,
+    #: passed over, or below the GC horizon uncommitted).
+    weak_links: int = 0
+    reproposed_headers: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -156,7 +163,14 @@ def simulate(seed: int, *, duration: float = 30.0, settle: float = 12.0, n: int 
                      clock_rates=None if skew is None else [v.clock.rate for v in cluster.validators],
                      evidence=sum(len(v.store.keys("evidence")) for v in cluster.honest()),
                      rejections=dict(sorted(cluster.rejections.items())),
-                     recovery_s=round(recovery, 3) if recovery != math.inf else None)
+                     recovery_s=round(recovery, 3) if recovery != math.inf else None,
+                     weak_links=_weak_links(cluster.honest()[0]),
+                     reproposed_headers=sum(len(v.store.keys("reproposed")) for v in cluster.honest()))
+
+
+def _weak_links(validator: SimValidator) -> int:
+    return sum(len(messages.decode_as(Certificate, blob).header.weak_links)
+               for _, blob in validator.store.items("certificates"))
 
 
 def skew_clocks(cluster: SimCluster, seed: int, skew: float) -> None:

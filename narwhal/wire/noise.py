@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: The wire protocol's major version, sent in the preamble and bound into the prologue.
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2
 MAGIC: Final = b"NWPY"
 #: magic(4) version(u8) pattern(u8) reserved(u16, zero).
 PREAMBLE: Final = struct.Struct(">4sBBH")

@@ -226,7 +226,7 @@ class ByzantinePeer:
     def header(self, round_: int, parents: tuple[bytes, ...] = (),
                payload: tuple[tuple[bytes, int], ...] = ()) -> Header:
         unsigned = Header(self.name, round_, tuple(sorted(payload)), tuple(sorted(parents)),
-                          bytes(64))
+                          (), bytes(64))
         return attrs.evolve(unsigned, signature=self.keys.signing.sign(unsigned.digest()))
 
     def vote(self, header: Header) -> Vote:

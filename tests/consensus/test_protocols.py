@@ -36,7 +36,7 @@ GENESIS = Certificate.genesis(KEYS)
 
 def cert(author: bytes, round_: int, parents) -> Certificate:
     digests = tuple(sorted(p.digest() for p in parents))
-    return Certificate(Header(author, round_, (), digests, bytes(64)), ())
+    return Certificate(Header(author, round_, (), digests, (), bytes(64)), ())
 
 
 def build(rounds: int, *, skip=(), parents_of=None) -> list[list[Certificate]]:

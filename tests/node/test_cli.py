@@ -218,7 +218,7 @@ async def test_evidence_list_prints_and_verifies_what_a_primary_stored(net, tmp_
     byzantine = AuthorityKeys.load(net.key_files[1])
 
     def header(payload):
-        unsigned = Header(byzantine.name, 5, payload, (), bytes(64))
+        unsigned = Header(byzantine.name, 5, payload, (), (), bytes(64))
         return attrs.evolve(unsigned, signature=byzantine.signing.sign(unsigned.digest()))
 
     a, b = header(()), header(((b"\x01" * 32, 0),))

@@ -9,7 +9,7 @@ A, B = b"a" * 32, b"b" * 32
 
 
 def header(author: bytes, round_: int, tag: int = 0) -> Header:
-    return Header(author, round_, (), (bytes([tag]) * 32,), bytes(64))
+    return Header(author, round_, (), (bytes([tag]) * 32,), (), bytes(64))
 
 
 def test_one_header_per_author_and_round_and_a_share_per_author():

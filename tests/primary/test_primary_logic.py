@@ -18,7 +18,7 @@ from .sim import Simulation
 
 
 def signed_header(keys, round_, parents, payload=()):
-    unsigned = Header(keys.name, round_, tuple(sorted(payload)), tuple(sorted(parents)), bytes(64))
+    unsigned = Header(keys.name, round_, tuple(sorted(payload)), tuple(sorted(parents)), (), bytes(64))
     return attrs.evolve(unsigned, signature=keys.signing.sign(unsigned.digest()))
 
 

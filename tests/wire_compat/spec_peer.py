@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 # --- constants (spec sections 2-5) -----------------------------------------------------
 
 MAGIC = b"NWPY"
-VERSION = 1
+VERSION = 2
 IK, NK, REFUSED = 1, 2, 0
 PROLOGUE_LABEL = b"narwhal-py wire v1\x00"  # 18 ASCII bytes + one zero byte (3.2)
 MAX_HANDSHAKE_MESSAGE = 1024  # 3.3

@@ -35,7 +35,7 @@ DOMAINS = {"Header": b"narwhal-py/header\x00", "Vote": b"narwhal-py/vote\x00",
 
 def instances() -> list[m.Message]:
     """One fixed instance per message type, in tag order."""
-    header = m.Header(KEY_A, 3, ((D1, 0), (D2, 1)), (D3, D4), SIG_A)
+    header = m.Header(KEY_A, 3, ((D1, 0), (D2, 1)), (D3, D4), ((D1, 1),), SIG_A)
     certificate = m.Certificate(header, ((KEY_B, SIG_B), (KEY_C, SIG_C)))
     batch = m.Batch((b"", b"tx-1", bytes(300)))
     out = [
@@ -144,7 +144,7 @@ def spec_encode(v: Any) -> bytes:
 
 def spec_digest(msg: Any) -> bytes:
     preimage = {
-        "Header": lambda: spec_encode(wire(msg)[:4]),
+        "Header": lambda: spec_encode(wire(msg)[:5]),
         "Vote": lambda: spec_encode(wire(msg)[:3]),
         "Certificate": lambda: spec_encode(
             (spec_digest(msg.header), msg.header.round, msg.header.author)),

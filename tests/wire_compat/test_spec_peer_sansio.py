@@ -187,14 +187,14 @@ def test_spec_refused_pattern_is_read_by_us() -> None:
 
 
 def test_version_negotiation_both_ways() -> None:
-    future = b"NWPY\x02\x01\x00\x00"
+    future = b"NWPY\x03\x01\x00\x00"
     ours = NoiseHandshake.responder(network_id=NETWORK_ID, local_static=keypair()[0])
     with pytest.raises(VersionMismatch):
         ours.receive_data(future)
     spec = sp.SpecResponder(network_id=NETWORK_ID, local_static=keypair()[0])
     with pytest.raises(sp.SpecError) as info:
         spec.receive_data(future)
-    assert info.value.reply == ours.data_to_send() == b"NWPY\x01\x01\x00\x00"
+    assert info.value.reply == ours.data_to_send() == b"NWPY\x02\x01\x00\x00"
 
 
 @pytest.mark.parametrize(
