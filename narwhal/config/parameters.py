@@ -170,6 +170,12 @@ class Parameters:
         lambda v: type(v) is int and 1024 <= v < 2**32, "an integer in [1024, 2**32)"))
     consensus: str = attrs.field(default="bullshark", validator=_check(
         lambda v: v in CONSENSUS_PROTOCOLS, f"one of {CONSENSUS_PROTOCOLS}"))
+    #: Whether our headers carry weak links to late certificates nothing references
+    #: (Bullshark's; ``docs/protocol.md``). Off, such a certificate's batches wait until
+    #: they provably cannot be committed and are proposed again: for benchmarks of what
+    #: weak links bring. Peers' weak links are followed either way.
+    weak_links: bool = attrs.field(default=True, validator=_check(
+        lambda v: type(v) is bool, "true or false"))
     #: When a store write counts as durable. "normal": what leaves the node as a promise
     #: (a vote, a proposed header, a batch acknowledgement) is fsynced before it leaves, so
     #: a power cut can never make the node vote or propose twice for one round, nor lose a

@@ -293,6 +293,8 @@ class PrimaryNode:
         ``round_ - 1`` that nothing in our DAG references and consensus may still order
         (above their author's last committed round and the GC round), oldest first, at most
         one per authority."""
+        if not self.parameters.weak_links:
+            return ()
         state = self.consensus.state
         linked = [c for c in self.core.dag.unreferenced(round_ - 1)
                   if c.header.round > max(self.core.gc_round, state.last_committed.get(c.header.author, 0))]
