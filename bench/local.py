@@ -177,6 +177,8 @@ def node_figures(status_files: list[Path]) -> dict[str, Any]:
 #: Figure -> (how to read it from one node's status, how to combine the nodes').
 NODE_FIGURES: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[list[Any]], Any]]] = {
     "batches_reproposed": (lambda s: s["primary"]["counters"].get("batches_reproposed", 0), sum),
+    "batches_reproposed_at_horizon": (
+        lambda s: s["primary"]["counters"].get("batches_reproposed_at_horizon", 0), sum),
     "gc_full_collections": (lambda s: s["gc_full_collections"], sum),
     "gc_max_pause_ms": (lambda s: s["gc_max_pause_ms"], max),
     "loop_stalls": (lambda s: s["loop_stalls"], sum),
@@ -638,7 +640,7 @@ def summary(result: dict[str, Any]) -> str:
  End-to-end BPS: {result['e2e_bps']:,.0f} B/s
  End-to-end latency: {result['e2e_latency_ms'] or 0:,.0f} ms {percentiles(result, 'e2e')}
 
- Batches proposed again, their header orphaned: {_count(result.get('batches_reproposed'))} (whole run; {result['batches_measured']:,} batches measured)
+ Batches proposed again, their header orphaned: {_count(result.get('batches_reproposed'))}, of which after waiting for the GC horizon: {_count(result.get('batches_reproposed_at_horizon'))} (whole run; {result['batches_measured']:,} batches measured)
  Event-loop stalls (> 250 ms, start-up and shutdown included): {_count(result.get('loop_stalls'))}, longest lag {_count(result.get('loop_max_lag_ms'))} ms; garbage collector: {_count(result.get('gc_full_collections'))} full collection(s), longest pause {_count(result.get('gc_max_pause_ms'))} ms
 
  Node memory (RSS): {memory_line(result, 'rss')}

@@ -65,6 +65,12 @@ PRIMARY_METRICS = [
     ("narwhal_primary_consensus_index", "Certificates ordered by consensus", "consensus_index",
      False),
     ("narwhal_primary_headers_proposed", "Headers proposed", "headers_proposed", True),
+    ("narwhal_primary_weak_links_proposed", ("Weak links our headers carried (late certificates "
+     "no parent edge reached)"), "weak_links_proposed", True),
+    ("narwhal_primary_batches_reproposed", ("Batches of ours proposed again, their header "
+     "never committed"), "batches_reproposed", True),
+    ("narwhal_primary_batches_reproposed_at_horizon", ("Of those, batches whose header waited "
+     "for the GC horizon (the last resort)"), "batches_reproposed_at_horizon", True),
     ("narwhal_primary_certificates", "Certificates accepted", "certificates", True),
     ("narwhal_primary_transactions_committed",
      "Transactions in committed batches (as reported by the workers)", "transactions_committed", True),

@@ -308,15 +308,18 @@ def test_node_figures_are_read_from_the_status_files(tmp_path: Path) -> None:
     files = []
     for i, (count, pause) in enumerate([(3, 12.5), (0, 91.0), (4, 3.0)]):
         files.append(tmp_path / f"status-{i}.json")
-        counters = {"votes_cast": 9} | ({"batches_reproposed": count} if count else {})
+        counters = {"votes_cast": 9} | ({"batches_reproposed": count,
+                                         "batches_reproposed_at_horizon": count // 2} if count else {})
         files[-1].write_text(json.dumps({"primary": {"counters": counters}, "loop_stalls": 1,
                                          "gc_full_collections": i, "gc_max_pause_ms": pause,
                                          "loop_max_lag_ms": 10.0 * i}))
-    assert local.node_figures(files) == {"batches_reproposed": 7, "gc_full_collections": 3,
+    assert local.node_figures(files) == {"batches_reproposed": 7, "batches_reproposed_at_horizon": 3,
+                                         "gc_full_collections": 3,
                                          "gc_max_pause_ms": 91.0, "loop_stalls": 3,
                                          "loop_max_lag_ms": 20.0}
     files[1].write_text(json.dumps({"primary": {"counters": {}}}))  # an older node: no GC figures
-    assert local.node_figures(files) == {"batches_reproposed": 7, "gc_full_collections": None,
+    assert local.node_figures(files) == {"batches_reproposed": 7, "batches_reproposed_at_horizon": 3,
+                                         "gc_full_collections": None,
                                          "gc_max_pause_ms": None, "loop_stalls": None,
                                          "loop_max_lag_ms": None}
     files[1].write_text("{not json")  # torn or missing: unknown, not 0

@@ -307,10 +307,9 @@ class PrimaryNode:
             return None
         return max(self.core.gc_round, held - 1)
 
-    def _take_orphans(self, round_: int, horizon: int) -> tuple[list[int], list[tuple[bytes, int]]]:
+    def _take_orphans(self, round_: int, horizon: int) -> dict[int, tuple[tuple[bytes, int], ...]]:
         """Our uncommitted headers that can never be committed, taken out of
-        ``_uncommitted`` at once (no later check takes them again): their rounds and
-        batches. Those at or below the consensus GC horizon (consensus ignores everything
+        ``_uncommitted`` at once (no later check takes them again): round -> batches. Those at or below the consensus GC horizon (consensus ignores everything
         there, so their batches cannot be output twice), and, a certificate of ``round_``
         having just arrived, those below it that provably will never be committed (never
         certified, or passed over: :mod:`narwhal.consensus.orphans`), without waiting for
@@ -318,9 +317,14 @@ class PrimaryNode:
         ours = self.consensus.state.last_committed.get(self.name, 0)
         taken = sorted(r for r in self._uncommitted if r <= horizon or (
             r < round_ and never_committed(self.core.dag, self.committee, self.name, r, ours)))
-        return taken, [entry for r in taken for entry in self._uncommitted.pop(r)]
+        return {r: self._uncommitted.pop(r) for r in taken}
 
-    async def _repropose(self, orphans: list[int], payload: list[tuple[bytes, int]]) -> None:
+    async def _repropose(self, orphans: dict[int, tuple[tuple[bytes, int], ...]], horizon: int) -> None:
+        """Propose the batches of the orphaned headers ``orphans`` (round -> batches) again.
+        Those whose header waited for the GC ``horizon`` (the last resort) are counted
+        apart: with weak links, a latency tail only a silent or far-behind validator of ours
+        should cause."""
+        payload = [entry for entries in orphans.values() for entry in entries]
         if not payload:
             return
         # pending again, and never again taken for orphans after a restart: exactly once
@@ -329,8 +333,10 @@ class PrimaryNode:
         for digest, worker_id in payload:
             self.proposer.add_digest(digest, worker_id)
         self.core.counters["batches_reproposed"] += len(payload)
+        self.core.counters["batches_reproposed_at_horizon"] += sum(
+            len(entries) for r, entries in orphans.items() if r <= horizon)
         log.info("proposing %d batches again: their headers (rounds %s) were never committed",
-                 len(payload), orphans)
+                 len(payload), sorted(orphans))
 
     async def _repropose_last_header(self) -> None:
         """After a restart, send our last header again if it never became a certificate:
@@ -489,9 +495,9 @@ class PrimaryNode:
             self.fetcher.garbage_collect(gc_round)
             self.core.spawn_send(self.core.garbage_collect(gc_round), None)
             self.core.spawn_send(self.history.note(gc_round, self.consensus_index), None)
-        orphans, payload = self._take_orphans(certificate.header.round, gc_round)
+        orphans = self._take_orphans(certificate.header.round, gc_round)
         if orphans:
-            self.core.spawn_send(self._repropose(orphans, payload), None)
+            self.core.spawn_send(self._repropose(orphans, gc_round), None)
 
     async def _prune_history(self) -> None:
         """Every PRUNE_INTERVAL: delete the history older than retain_seconds."""
@@ -595,6 +601,9 @@ class PrimaryNode:
             "round": self.proposer.round,
             "last_proposed": self.proposer.last_proposed,
             "headers_proposed": self.proposer.headers_proposed,
+            "weak_links_proposed": self.proposer.weak_links_proposed,
+            "batches_reproposed": core.counters["batches_reproposed"],
+            "batches_reproposed_at_horizon": core.counters["batches_reproposed_at_horizon"],
             "dag_round": core.dag.highest_round,
             "gc_round": core.gc_round,
             "consensus": self.consensus.name,

@@ -86,6 +86,8 @@ class Proposer:
         self._digests: list[tuple[bytes, int]] = []
         self._wake = asyncio.Event()
         self.headers_proposed = 0
+        #: Weak links our headers carried (certificates they saved from being orphaned).
+        self.weak_links_proposed = 0
 
     @property
     def round(self) -> int:
@@ -178,6 +180,7 @@ class Proposer:
             # are kept: the core announces each round's quorum only once
             self._parents = None
         self.headers_proposed += 1
+        self.weak_links_proposed += len(header.weak_links)
         log.info("Created header %s round=%d batches=%d parents=%d weak_links=%d",
                  header.digest().hex()[:16], round_, len(payload), len(header.parents),
                  len(header.weak_links))

@@ -148,6 +148,8 @@ async def test_a_lagging_validators_skipped_round_is_committed_through_a_weak_li
         linked = {d for n in sim.nodes.values() for c in n.node.committed for d, _ in c.header.weak_links}
         assert orphan in linked
         assert lagging.core.counters["batches_reproposed"] == 0
+        assert lagging.status()["weak_links_proposed"] >= 1
+        assert all(n.node.status()["batches_reproposed_at_horizon"] == 0 for n in sim.nodes.values())
     finally:
         await sim.stop()
 
