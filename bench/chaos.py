@@ -31,7 +31,9 @@ indexes contiguous, outputs prefixes of one another, no certificate twice (``saf
 phase on the fastest node (``tps_baseline``, ``tps_during``, ``tps_after``: same
 invocation), ``recovery_s`` (the longest, over heal/restart events, from the event until
 every node served an index beyond the highest any node had served at the event), peak RSS
-of any validator (``max_rss_mb``), and the emulator's link counters. Head-of-line blocking:
+of any validator (``max_rss_mb``), the emulator's link counters, and the orphan figures
+(``weak_links_proposed``, ``batches_reproposed``, ``batches_reproposed_at_horizon``: summed
+over the validators' last status). Head-of-line blocking:
 ``others_latency_ms``, the median consensus latency (``Created batch`` to the first
 ``Committed batch``, from the nodes' logs) of the batches the validators *not* hit by the
 nemesis created in each phase, and ``others_latency_ratio`` (during / baseline). ``ok`` is
@@ -293,6 +295,12 @@ async def sample_queues(cluster: RelayedCluster, victims: Callable[[], set[int]]
         await asyncio.sleep(0.5)
 
 
+#: Summed over the validators' last status (a restarted one counts from its restart): weak
+#: links their headers carried, and their batches proposed again, at once or after waiting
+#: for the GC horizon (the latency tail weak links remove).
+ORPHAN_FIGURES = ("weak_links_proposed", "batches_reproposed", "batches_reproposed_at_horizon")
+
+
 def within_bounds(queues: dict[str, int]) -> bool:
     """The others' queues toward the faulty validator were sampled and stayed at their
     bounds (jobs: a hard bound; bytes: the budget past which its reads are paused)."""
@@ -382,6 +390,8 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         counters = cluster.emulator.counters()
+        orphans = {key: sum(int(cluster.primary(i).get(key) or 0) for i in range(cluster.size))
+                   for key in ORPHAN_FIGURES}
         result["exit_codes"] = await cluster.stop()
     served = {f.node: f.items for f in run.followers}
     violations = output_violations(served)
@@ -408,7 +418,7 @@ async def run_scenario(name: str, args: argparse.Namespace, directory: Path) -> 
         "max_rss_mb": round(peak[0], 1), "acked": len(acknowledged),
         "acked_lost": max(lost.values(), default=0),
         "acked_lost_per_node": lost, "indexes": run.served_max(),
-        "links": link_totals(counters), **run.notes})
+        "links": link_totals(counters), **orphans, **run.notes})
     result["ok"] = bool(result["safety_ok"] and result["acked_lost"] == 0 and acknowledged
                         and recovery_s is not None and recovery_s <= args.recovery_bound
                         and result.get("committed_while_down", 0) == 0

@@ -25,8 +25,7 @@ import chaos
 GROSS_STALL = 1.5
 
 
-def run(capsys, tmp_path, scenario: str, duration: float, window: float, *,
-        long_outage: bool = False) -> dict:
+def run(capsys, tmp_path, scenario: str, duration: float, window: float) -> dict:
     code = chaos.main(["--scenario", scenario, "--duration", str(duration), "--window",
                        str(window), "--seed", "7", "--dir", str(tmp_path), "--json"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -36,10 +35,6 @@ def run(capsys, tmp_path, scenario: str, duration: float, window: float, *,
     # no quorum (2|2 partition, f+1 down): nothing may commit
     assert result.get("committed_while_cut", 0) == result.get("committed_while_down", 0) == 0
     assert result["recovery_s"] is not None, result
-    if result["recovery_s"] > 15 and long_outage:
-        # safety and no loss held (asserted above); catch-up after an outage of ~15 s or
-        # more is slower than the bound: an open node liveness issue, docs/reliability.md
-        pytest.xfail(f"recovery {result['recovery_s']} s > 15 s after a long outage")
     assert result["recovery_s"] <= 15, result
     if scenario in chaos.NO_HEAD_OF_LINE:
         # the 1.10x latency figure is the benchmark's verdict (``ok``), not a timed test's:
@@ -70,13 +65,13 @@ def test_short_scenario_is_safe_loses_nothing_and_recovers(capsys, tmp_path, sce
 @pytest.mark.parametrize("scenario", [
     "pause", "minority-down", "asymmetric", "slow-link", "loss", "staggered-start"])  # longer
 def test_other_scenarios(capsys, tmp_path, scenario):
-    run(capsys, tmp_path, scenario, duration=15, window=5, long_outage=True)
+    run(capsys, tmp_path, scenario, duration=15, window=5)
 
 
 @pytest.mark.long
 @pytest.mark.parametrize("scenario", ["kill", "partition"])
 def test_long_scenarios(capsys, tmp_path, scenario):
-    run(capsys, tmp_path, scenario, duration=60, window=10, long_outage=True)
+    run(capsys, tmp_path, scenario, duration=60, window=10)
 
 
 def follower(node: int, served: list[tuple[float, int]]) -> chaos.Follower:
