@@ -398,8 +398,11 @@ def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     assert result["consensus_latency_p50_ms"] <= result["consensus_latency_p99_ms"] <= result["consensus_latency_max_ms"]
     assert result["e2e_latency_p50_ms"] <= result["e2e_latency_p99_ms"] <= result["e2e_latency_max_ms"]
     assert sorted(result["rss_samples"]) == ["node-0", "node-1", "node-2", "node-3"]
-    for samples in result["rss_samples"].values():
-        assert len(samples) >= 3 and all(mb > 1 for _, mb in samples)
+    for node, samples in result["rss_samples"].items():
+        # node-3's sample as it is restarted may catch the new process before it loaded much
+        small = [mb for _, mb in samples if mb <= 1]
+        assert len(samples) >= 3 and all(mb > 0 for _, mb in samples)
+        assert len(small) <= (1 if node == "node-3" else 0), samples
     assert 1 < result["rss_mb_start"] <= result["rss_mb_max"]
     assert result["rss_mb_end"] <= result["rss_mb_max"]
     assert isinstance(result["rss_growth_mb_per_min"], float)
