@@ -200,14 +200,17 @@ def random_dag(seed: int, rounds: int) -> list[list[Certificate]]:
 
 
 def causal_order(layers, seed: int) -> list[Certificate]:
-    """A random delivery order in which every certificate comes after its parents."""
+    """A random delivery order in which every certificate comes after its ancestors in the
+    layers: its parents and its weak links."""
     rng = random.Random(seed)
     by_digest = {c.digest(): c for layer in layers for c in layer}
     delivered = {c.digest() for c in GENESIS}
     pending = [c for layer in layers[1:] for c in layer]
     order = []
     while pending:
-        ready = [c for c in pending if all(p in delivered or p not in by_digest for p in c.header.parents)]
+        ready = [c for c in pending if all(
+            a in delivered or a not in by_digest
+            for a in (*c.header.parents, *(d for d, _ in c.header.weak_links)))]
         choice = rng.choice(ready)
         pending.remove(choice)
         delivered.add(choice.digest())

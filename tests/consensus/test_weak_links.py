@@ -16,7 +16,7 @@ from narwhal.consensus import Bullshark, Tusk, leader_of
 from narwhal.consensus.dag import Dag
 from narwhal.messages import Certificate, Header
 
-from .test_protocols import COMMITTEE, GENESIS, KEYS, run
+from .test_protocols import COMMITTEE, GENESIS, KEYS, causal_order, run
 
 
 def cert(author: bytes, round_: int, parents, weak=()) -> Certificate:
@@ -121,23 +121,6 @@ def random_dag_with_weak_links(seed: int, rounds: int) -> list[list[Certificate]
             dag.insert(certificate)
         layers.append(layer)
     return layers
-
-
-def causal_order(layers, seed: int) -> list[Certificate]:
-    """A random delivery order in which every certificate comes after its parents and its
-    weak links."""
-    rng = random.Random(seed)
-    delivered = {c.digest() for c in GENESIS}
-    pending = [c for layer in layers[1:] for c in layer]
-    order = []
-    while pending:
-        ready = [c for c in pending if all(p in delivered for p in c.header.parents)
-                 and all(d in delivered for d, _ in c.header.weak_links)]
-        choice = rng.choice(ready)
-        pending.remove(choice)
-        delivered.add(choice.digest())
-        order.append(choice)
-    return order
 
 
 @settings(max_examples=60, deadline=None)
